@@ -1,0 +1,90 @@
+//! The dataplane's table of intercepted connections.
+
+use std::{collections::VecDeque, net::SocketAddr, time::Instant};
+
+use hashbrown::HashMap;
+use pop3_engine::session::ConnId;
+use smoltcp::iface::SocketHandle;
+
+use crate::upstream::UpstreamLink;
+
+/// A client connection and what is in flight on it.
+pub struct Conn {
+    pub handle: SocketHandle,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    /// The engine has been told the connection is open.
+    pub opened: bool,
+    /// The engine has been told the client is gone.
+    pub client_closed: bool,
+    /// Close the client side once `to_client` is flushed.
+    pub close_after_flush: bool,
+    /// Bytes for the client that did not fit the TCP send buffer yet.
+    pub to_client: VecDeque<u8>,
+    pub upstream: Option<UpstreamLink>,
+    /// Server bytes handed to the engine whose credit is not returned yet.
+    pub upstream_credit_owed: usize,
+    pub created: Instant,
+    pub last_activity: Instant,
+}
+
+/// Connections by id, by socket and by flow. Bounded by the caller (`max_conns`).
+#[derive(Default)]
+pub struct ConnTable {
+    conns: HashMap<ConnId, Conn>,
+    by_flow: HashMap<(SocketAddr, SocketAddr), ConnId>,
+    next_id: ConnId,
+}
+
+impl ConnTable {
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn by_flow(&self, client: SocketAddr, server: SocketAddr) -> Option<ConnId> {
+        self.by_flow.get(&(client, server)).copied()
+    }
+
+    pub fn insert(
+        &mut self,
+        handle: SocketHandle,
+        client: SocketAddr,
+        server: SocketAddr,
+        now: Instant,
+    ) -> ConnId {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.conns.insert(
+            id,
+            Conn {
+                handle,
+                client,
+                server,
+                opened: false,
+                client_closed: false,
+                close_after_flush: false,
+                to_client: VecDeque::new(),
+                upstream: None,
+                upstream_credit_owed: 0,
+                created: now,
+                last_activity: now,
+            },
+        );
+        self.by_flow.insert((client, server), id);
+        id
+    }
+
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(&id)
+    }
+
+    pub fn remove(&mut self, id: ConnId) -> Option<Conn> {
+        let conn = self.conns.remove(&id)?;
+        self.by_flow.remove(&(conn.client, conn.server));
+        Some(conn)
+    }
+
+    pub fn ids(&self) -> Vec<ConnId> {
+        self.conns.keys().copied().collect()
+    }
+}

@@ -1,0 +1,465 @@
+//! The packet path in userspace: AF_XDP frames in, TCP terminated by smoltcp, POP3 bytes
+//! to and from the engine, upstream connections on tokio, frames out.
+//!
+//! One thread runs the whole loop (`poll(2)` on the XDP sockets, the upstream eventfd
+//! and the signalfd), so connection state needs no locks. Data flows one way through
+//! each step: frames -> [`frame::parse`] -> [`stack::Stack`] -> [`Pop3Engine`] ->
+//! actions -> stack -> frames.
+
+mod conn;
+pub mod frame;
+pub mod stack;
+pub mod xsk;
+
+use std::{
+    net::IpAddr,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use hashbrown::HashMap;
+use pop3_engine::session::{Action, ConnId, ConnInfo, Event, Output, Pop3Engine};
+use smoltcp::socket::tcp::State;
+use thiserror::Error;
+
+use crate::{
+    signals::SignalFd,
+    upstream::{Upstream, UpstreamEvent, Waker},
+};
+use conn::ConnTable;
+use frame::ReplyHeader;
+use stack::Stack;
+use xsk::{XskError, XskQueue};
+
+/// Tunables of the dataplane.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    /// The subscriber-facing interface.
+    pub ifname: String,
+    /// Number of RX queues of the interface; one AF_XDP socket each.
+    pub queues: u32,
+    /// IP MTU of the interface.
+    pub mtu: usize,
+    /// Most concurrent intercepted connections; SYNs beyond it are refused with RST.
+    pub max_conns: usize,
+    /// A connection that is not established within this is dropped.
+    pub handshake_timeout: Duration,
+    /// A connection without any traffic for this long is dropped.
+    pub idle_timeout: Duration,
+    /// How long to wait for the mail server's TCP handshake.
+    pub connect_timeout: Duration,
+}
+
+/// Why the dataplane could not start.
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Xsk(#[from] XskError),
+    #[error("starting the upstream runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("poll: {0}")]
+    Poll(std::io::Error),
+}
+
+/// What the dataplane did, for the operator's counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataplaneStats {
+    pub frames_rx: u64,
+    pub frames_tx: u64,
+    pub frames_malformed: u64,
+    pub tx_ring_full: u64,
+    pub conns_accepted: u64,
+    pub conns_refused_full: u64,
+    pub conns_timed_out: u64,
+    pub conns_active: u64,
+}
+
+/// Frames read from one queue before moving on, so one busy queue cannot starve others.
+const RX_BUDGET: u32 = 256;
+/// Bytes read from a client socket per engine call.
+const CLIENT_READ_CHUNK: usize = 4096;
+/// How often idle and handshake timeouts are checked at the latest.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// The dataplane of one interface.
+pub struct Dataplane<E> {
+    config: DataplaneConfig,
+    queues: Vec<XskQueue>,
+    stack: Stack,
+    conns: ConnTable,
+    /// Link-layer header and queue to use towards each client address.
+    replies: HashMap<IpAddr, (ReplyHeader, usize)>,
+    engine: E,
+    upstream: Upstream,
+    upstream_events: mpsc::Receiver<UpstreamEvent>,
+    waker: Arc<Waker>,
+    outputs: Vec<Output>,
+    scratch: Vec<u8>,
+    stats: DataplaneStats,
+    epoch: Instant,
+    last_housekeeping: Instant,
+}
+
+impl<E: Pop3Engine> Dataplane<E> {
+    /// Opens one AF_XDP socket per RX queue of the interface and starts the upstream
+    /// runtime. The sockets still have to be put into the XSKMAP (see [`Self::sockets`]).
+    pub fn new(config: DataplaneConfig, engine: E) -> Result<Self, DataplaneError> {
+        let queues = (0..config.queues)
+            .map(|q| XskQueue::open(&config.ifname, q))
+            .collect::<Result<Vec<_>, _>>()?;
+        let waker = Arc::new(Waker::new().map_err(DataplaneError::Runtime)?);
+        let (upstream, upstream_events) = Upstream::new(config.connect_timeout, waker.clone())
+            .map_err(DataplaneError::Runtime)?;
+        let epoch = Instant::now();
+        Ok(Self {
+            stack: Stack::new(config.mtu, random_seed(), smoltcp::time::Instant::ZERO),
+            config,
+            queues,
+            conns: ConnTable::default(),
+            replies: HashMap::new(),
+            engine,
+            upstream,
+            upstream_events,
+            waker,
+            outputs: Vec::new(),
+            scratch: vec![0; CLIENT_READ_CHUNK],
+            stats: DataplaneStats::default(),
+            epoch,
+            last_housekeeping: epoch,
+        })
+    }
+
+    /// `(queue id, socket)` pairs for the XSKMAP.
+    pub fn sockets(&self) -> impl Iterator<Item = (u32, BorrowedFd<'_>)> {
+        self.queues.iter().map(|q| (q.queue_id(), q.fd()))
+    }
+
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    pub fn stats(&self) -> DataplaneStats {
+        let mut stats = self.stats;
+        for q in &self.queues {
+            let s = q.stats();
+            stats.frames_rx += s.rx_frames;
+            stats.frames_tx += s.tx_frames;
+            stats.tx_ring_full += s.tx_ring_full;
+        }
+        stats.conns_active = self.conns.len() as u64;
+        stats
+    }
+
+    /// Runs until a signal arrives on `signals`; returns its number. `on_tick` runs after
+    /// every loop iteration (for the operator surface), at least once a second.
+    pub fn run(
+        &mut self,
+        signals: &SignalFd,
+        mut on_tick: impl FnMut(&Self),
+    ) -> Result<i32, DataplaneError> {
+        loop {
+            let timeout = self.next_wakeup(Instant::now());
+            let mut fds: Vec<libc::pollfd> = self
+                .queues
+                .iter()
+                .map(|q| q.as_raw_fd())
+                .chain([self.waker.as_fd().as_raw_fd(), signals.as_raw_fd()])
+                .map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: `fds` is a live, correctly sized array of pollfd.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
+            if ready < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(DataplaneError::Poll(err));
+                }
+            }
+            if fds.last().is_some_and(|fd| fd.revents & libc::POLLIN != 0)
+                && let Some(signal) = signals.read()
+            {
+                return Ok(signal);
+            }
+            self.waker.reset();
+            let now = Instant::now();
+            self.receive(now);
+            self.upstream_events(now);
+            self.service_conns(now);
+            self.timers(now);
+            self.transmit(now);
+            on_tick(self);
+        }
+    }
+
+    fn smol_now(&self, now: Instant) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(now.duration_since(self.epoch).as_micros() as i64)
+    }
+
+    fn next_wakeup(&mut self, now: Instant) -> Duration {
+        let smol_now = self.smol_now(now);
+        let mut wait = HOUSEKEEPING;
+        if let Some(delay) = self.stack.poll_delay(smol_now) {
+            wait = wait.min(Duration::from_micros(delay.total_micros()));
+        }
+        if let Some(at) = self.engine.next_timeout() {
+            wait = wait.min(at.saturating_duration_since(now));
+        }
+        wait
+    }
+
+    /// Reads frames from every queue into the TCP stack.
+    fn receive(&mut self, now: Instant) {
+        let smol_now = self.smol_now(now);
+        let Self {
+            queues,
+            stack,
+            conns,
+            replies,
+            stats,
+            config,
+            ..
+        } = self;
+        for (index, queue) in queues.iter_mut().enumerate() {
+            queue.receive(RX_BUDGET, |bytes| {
+                let segment = match frame::parse(bytes) {
+                    Ok(segment) => segment,
+                    Err(err) => {
+                        stats.frames_malformed += 1;
+                        tracing::debug!(%err, "frame dropped");
+                        return;
+                    }
+                };
+                replies.insert(segment.client.ip(), (segment.reply_header, index));
+                let existing = conns.by_flow(segment.client, segment.server);
+                match existing {
+                    Some(id) => {
+                        if let Some(conn) = conns.get_mut(id) {
+                            conn.last_activity = now;
+                        }
+                    }
+                    None if segment.opens_connection => {
+                        if conns.len() >= config.max_conns {
+                            // No listener: smoltcp answers RST, a clear refusal.
+                            stats.conns_refused_full += 1;
+                        } else {
+                            let handle = stack.listen(segment.server);
+                            conns.insert(handle, segment.client, segment.server, now);
+                            stats.conns_accepted += 1;
+                        }
+                    }
+                    None => {}
+                }
+                stack.ingress(smol_now, segment.ip_packet);
+            });
+        }
+    }
+
+    fn upstream_events(&mut self, now: Instant) {
+        while let Ok(event) = self.upstream_events.try_recv() {
+            let (id, event) = match &event {
+                UpstreamEvent::Connected(id) => (*id, Event::UpstreamConnected),
+                UpstreamEvent::Data(id, data) => {
+                    if let Some(conn) = self.conns.get_mut(*id) {
+                        conn.upstream_credit_owed += data.len();
+                    }
+                    (*id, Event::UpstreamData(data))
+                }
+                UpstreamEvent::Closed(id) => (*id, Event::UpstreamClosed),
+                UpstreamEvent::Failed(id) => (*id, Event::UpstreamFailed),
+            };
+            if self.conns.get_mut(id).is_none() {
+                continue;
+            }
+            self.engine.handle(id, event, now, &mut self.outputs);
+            self.apply_outputs();
+        }
+    }
+
+    /// Moves bytes between every connection's socket and the engine, and reclaims
+    /// connections that are finished.
+    fn service_conns(&mut self, now: Instant) {
+        for id in self.conns.ids() {
+            self.service(id, now);
+            self.apply_outputs();
+            self.flush_to_client(id);
+            self.reclaim_if_done(id, now);
+        }
+    }
+
+    fn service(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let socket = self.stack.socket(conn.handle);
+        if !conn.opened && socket.may_send() {
+            conn.opened = true;
+            let info = ConnInfo {
+                client: conn.client,
+                server: conn.server,
+            };
+            self.engine.open(id, info, now, &mut self.outputs);
+        }
+        if !conn.opened || conn.client_closed {
+            return;
+        }
+        while socket.can_recv() {
+            let Ok(n) = socket.recv_slice(&mut self.scratch) else {
+                break;
+            };
+            self.engine
+                .handle(id, Event::ClientData(&self.scratch[..n]), now, &mut self.outputs);
+        }
+        if !socket.may_recv() {
+            conn.client_closed = true;
+            self.engine
+                .handle(id, Event::ClientClosed, now, &mut self.outputs);
+        }
+    }
+
+    fn apply_outputs(&mut self) {
+        for Output { conn: id, action } in self.outputs.drain(..) {
+            let Some(conn) = self.conns.get_mut(id) else {
+                continue;
+            };
+            match action {
+                Action::ToClient(bytes) => conn.to_client.extend(bytes),
+                Action::ConnectUpstream => {
+                    conn.upstream = Some(self.upstream.connect(id, conn.server));
+                }
+                Action::ToUpstream(bytes) => {
+                    if let Some(link) = &conn.upstream {
+                        link.send(bytes);
+                    }
+                }
+                Action::CloseUpstream => {
+                    if let Some(link) = conn.upstream.take() {
+                        link.close();
+                    }
+                }
+                Action::CloseClient => conn.close_after_flush = true,
+            }
+        }
+    }
+
+    /// Moves pending bytes into the client's TCP send buffer; returns upstream credit
+    /// once everything the server sent has reached it.
+    fn flush_to_client(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let socket = self.stack.socket(conn.handle);
+        while !conn.to_client.is_empty() && socket.can_send() {
+            let (front, _) = conn.to_client.as_slices();
+            match socket.send_slice(front) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    conn.to_client.drain(..n);
+                }
+            }
+        }
+        if conn.to_client.is_empty() {
+            if conn.upstream_credit_owed > 0
+                && let Some(link) = &conn.upstream
+            {
+                link.return_credit(conn.upstream_credit_owed);
+            }
+            conn.upstream_credit_owed = 0;
+            if conn.close_after_flush && socket.is_open() {
+                socket.close();
+            }
+        }
+    }
+
+    fn reclaim_if_done(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let socket = self.stack.socket(conn.handle);
+        let state = socket.state();
+        let handshake_expired = !conn.opened
+            && now.duration_since(conn.created) > self.config.handshake_timeout;
+        let idle_expired = now.duration_since(conn.last_activity) > self.config.idle_timeout;
+        // A listener that did not take its SYN (a bad segment) would steal the next one.
+        let finished = matches!(state, State::Closed | State::TimeWait | State::Listen);
+        if !(finished || handshake_expired || idle_expired) {
+            return;
+        }
+        if !finished {
+            socket.abort();
+            self.stats.conns_timed_out += 1;
+        }
+        let handle = conn.handle;
+        if conn.opened && !conn.client_closed {
+            self.engine
+                .handle(id, Event::ClientClosed, now, &mut self.outputs);
+            self.outputs.clear();
+        }
+        if !finished {
+            // Let the RST go out before the socket disappears.
+            self.stack.egress(self.smol_now(now));
+        }
+        self.stack.remove(handle);
+        self.conns.remove(id);
+        self.engine.close(id, now);
+    }
+
+    fn timers(&mut self, now: Instant) {
+        if self.engine.next_timeout().is_some_and(|at| at <= now) {
+            self.engine.on_timeout(now, &mut self.outputs);
+            self.apply_outputs();
+        }
+        if now.duration_since(self.last_housekeeping) >= HOUSEKEEPING {
+            self.last_housekeeping = now;
+            // Client addresses without a connection need no reply header.
+            if self.replies.len() > 2 * self.config.max_conns {
+                self.replies.clear();
+            }
+        }
+    }
+
+    /// Sends what the stack produced, each packet wrapped in its client's mirrored
+    /// link-layer header, on the queue that client's frames arrive on.
+    fn transmit(&mut self, now: Instant) {
+        let smol_now = self.smol_now(now);
+        self.stack.egress(smol_now);
+        let Self {
+            stack,
+            queues,
+            replies,
+            ..
+        } = self;
+        stack.drain_tx(|packet| {
+            let Some(client) = stack::packet_client(packet) else {
+                return;
+            };
+            let Some((header, index)) = replies.get(&client.ip()) else {
+                return;
+            };
+            queues[*index].transmit(header.as_bytes(), packet);
+        });
+        for queue in &mut self.queues {
+            queue.flush();
+        }
+    }
+}
+
+/// Seed for smoltcp's initial sequence numbers: unpredictable to off-path attackers.
+fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        return nanos ^ u64::from(std::process::id()) << 32;
+    }
+    u64::from_ne_bytes(seed)
+}

@@ -1,0 +1,316 @@
+//! Loading the XDP program, configuring its maps, attaching it and pinning the maps.
+//!
+//! The XDP program is attached through a BPF link held by this process: when the daemon
+//! dies, however it dies, the kernel detaches the program and closes the AF_XDP sockets,
+//! and traffic flows to the mail server as if we were never there (fail-open).
+
+use std::{
+    fs,
+    os::fd::BorrowedFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, XskMap, lpm_trie::Key},
+    programs::{Xdp, XdpMode},
+};
+use common::{Config, Counter, map_names};
+use ipnet::IpNet;
+use thiserror::Error;
+
+/// The XDP object built by build.rs from `interceptor-ebpf`.
+static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pop3-interceptor"));
+
+/// bpffs magic number, from `statfs(2)`.
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// How to attach the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// Driver (native) mode if the driver supports it, else generic.
+    Auto,
+    /// Native XDP in the driver.
+    Native,
+    /// Generic XDP in the kernel's network stack (works everywhere, slower).
+    Skb,
+}
+
+impl AttachMode {
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            AttachMode::Auto => XdpMode::Default,
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        }
+    }
+}
+
+/// What is intercepted, and where the maps go.
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    pub ifname: String,
+    pub mode: AttachMode,
+    pub ports: Vec<u16>,
+    /// Mail-server prefixes; empty means any destination.
+    pub servers: Vec<IpNet>,
+    pub pin_dir: PathBuf,
+}
+
+/// Why the program could not be loaded, configured or attached.
+#[derive(Debug, Error)]
+pub enum EbpfError {
+    #[error("no interface named {0:?} in this network namespace")]
+    NoSuchInterface(String),
+    #[error(
+        "{0} is not on a bpffs: mount one with `mount -t bpf bpf {0}` (or its parent), or pass --pin-dir on a bpffs"
+    )]
+    NotBpffs(String),
+    #[error("creating the pin folder {0}: {1}")]
+    PinDir(String, std::io::Error),
+    #[error("loading the XDP object: {0} (run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW)")]
+    Load(#[source] aya::EbpfError),
+    #[error("the XDP object has no {0}")]
+    Missing(&'static str),
+    #[error("XDP map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("XDP attach to {ifname} in {mode:?} mode refused: {source}")]
+    Attach {
+        ifname: String,
+        mode: AttachMode,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("XDP program: {0}")]
+    Program(#[source] aya::programs::ProgramError),
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> EbpfError {
+    move |source| EbpfError::Map { map, source }
+}
+
+/// The loaded, attached program. Dropping it detaches the program and removes the pins.
+pub struct Attachment {
+    ebpf: Ebpf,
+    xsks: XskMap<aya::maps::MapData>,
+    counters: PerCpuArray<aya::maps::MapData, u64>,
+    pin_dir: PathBuf,
+    keep_pins: bool,
+}
+
+impl Attachment {
+    /// Loads the object, fills the config maps, pins the maps and attaches to the interface.
+    pub fn attach(options: &AttachOptions) -> Result<Self, EbpfError> {
+        if interface_index(&options.ifname).is_none() {
+            return Err(EbpfError::NoSuchInterface(options.ifname.clone()));
+        }
+        prepare_pin_dir(&options.pin_dir)?;
+        let mut ebpf = EbpfLoader::new().load(XDP_OBJECT).map_err(EbpfError::Load)?;
+        configure(&mut ebpf, options)?;
+        pin_maps(&ebpf, &options.pin_dir)?;
+
+        let program: &mut Xdp = ebpf
+            .program_mut(common::XDP_PROGRAM)
+            .ok_or(EbpfError::Missing("XDP program"))?
+            .try_into()
+            .map_err(EbpfError::Program)?;
+        program.load().map_err(EbpfError::Program)?;
+        program
+            .attach(&options.ifname, options.mode.xdp_mode())
+            .map_err(|source| EbpfError::Attach {
+                ifname: options.ifname.clone(),
+                mode: options.mode,
+                source,
+            })?;
+
+        let xsks = take_map(&mut ebpf, map_names::XSKS)?;
+        let counters = take_map(&mut ebpf, map_names::COUNTERS)?;
+        Ok(Self {
+            ebpf,
+            xsks,
+            counters,
+            pin_dir: options.pin_dir.clone(),
+            keep_pins: false,
+        })
+    }
+
+    /// Keep the pinned maps after exit (for inspecting what a stopped daemon left).
+    pub fn keep_pins(&mut self, keep: bool) {
+        self.keep_pins = keep;
+    }
+
+    /// Points the XSKMAP slot of `queue` at an AF_XDP socket.
+    pub fn register_socket(&mut self, queue: u32, socket: BorrowedFd<'_>) -> Result<(), EbpfError> {
+        self.xsks
+            .set(queue, socket, 0)
+            .map_err(map_err(map_names::XSKS))
+    }
+
+    /// The XDP program's counters summed over CPUs, in [`Counter::ALL`] order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, EbpfError> {
+        read_counters(&self.counters)
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        // Detach first so no frame is redirected to a socket that is going away.
+        if let Some(program) = self.ebpf.program_mut(common::XDP_PROGRAM)
+            && let Ok(program) = <&mut Xdp>::try_from(program)
+        {
+            let _ = program.unload();
+        }
+        if !self.keep_pins {
+            remove_pins(&self.pin_dir);
+        }
+    }
+}
+
+/// Sums a pinned or owned per-CPU counters map.
+pub fn read_counters(
+    map: &PerCpuArray<aya::maps::MapData, u64>,
+) -> Result<Vec<(Counter, u64)>, EbpfError> {
+    Counter::ALL
+        .iter()
+        .map(|&counter| {
+            let values = map
+                .get(&(counter as u32), 0)
+                .map_err(map_err(map_names::COUNTERS))?;
+            Ok((counter, values.iter().sum()))
+        })
+        .collect()
+}
+
+/// Removes the pinned maps (and the folder, if that leaves it empty).
+pub fn remove_pins(pin_dir: &Path) {
+    for name in map_names::ALL {
+        let _ = fs::remove_file(pin_dir.join(name));
+    }
+    let _ = fs::remove_dir(pin_dir);
+}
+
+fn configure(ebpf: &mut Ebpf, options: &AttachOptions) -> Result<(), EbpfError> {
+    let mut ports: HashMap<_, u16, u8> = map_mut(ebpf, map_names::PORTS)?;
+    for &port in &options.ports {
+        ports.insert(port, 1, 0).map_err(map_err(map_names::PORTS))?;
+    }
+    let mut v4: LpmTrie<_, [u8; 4], u8> = map_mut(ebpf, map_names::SERVERS_V4)?;
+    for net in &options.servers {
+        if let IpNet::V4(net) = net {
+            v4.insert(&Key::new(u32::from(net.prefix_len()), net.network().octets()), 1, 0)
+                .map_err(map_err(map_names::SERVERS_V4))?;
+        }
+    }
+    let mut v6: LpmTrie<_, [u8; 16], u8> = map_mut(ebpf, map_names::SERVERS_V6)?;
+    for net in &options.servers {
+        if let IpNet::V6(net) = net {
+            v6.insert(&Key::new(u32::from(net.prefix_len()), net.network().octets()), 1, 0)
+                .map_err(map_err(map_names::SERVERS_V6))?;
+        }
+    }
+    let mut config: Array<_, Config> = map_mut(ebpf, map_names::CONFIG)?;
+    let value = Config {
+        server_filter: u32::from(!options.servers.is_empty()),
+    };
+    config.set(0, value, 0).map_err(map_err(map_names::CONFIG))?;
+    Ok(())
+}
+
+fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(EbpfError::Missing(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(EbpfError::Missing(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+fn pin_maps(ebpf: &Ebpf, pin_dir: &Path) -> Result<(), EbpfError> {
+    for name in map_names::ALL {
+        let map = ebpf.map(name).ok_or(EbpfError::Missing(name))?;
+        let path = pin_dir.join(name);
+        // A pin left by a killed daemon belongs to maps nobody uses any more.
+        let _ = fs::remove_file(&path);
+        map.pin(&path).map_err(|source| EbpfError::Pin {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn prepare_pin_dir(pin_dir: &Path) -> Result<(), EbpfError> {
+    let display = || pin_dir.display().to_string();
+    fs::create_dir_all(pin_dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied || !is_bpffs(pin_dir.parent().unwrap_or(pin_dir)) {
+            EbpfError::NotBpffs(display())
+        } else {
+            EbpfError::PinDir(display(), e)
+        }
+    })?;
+    if !is_bpffs(pin_dir) {
+        let _ = fs::remove_dir(pin_dir);
+        return Err(EbpfError::NotBpffs(display()));
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs into a zeroed local with a valid NUL-terminated path.
+    unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// The interface's index in this network namespace.
+pub fn interface_index(ifname: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(ifname).ok()?;
+    // SAFETY: valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// Number of RX queues of an interface, from sysfs (which `ip netns exec` remounts for
+/// the namespace, so this sees the namespace's interfaces).
+pub fn rx_queue_count(ifname: &str) -> u32 {
+    let dir = format!("/sys/class/net/{ifname}/queues");
+    let count = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count()
+        })
+        .unwrap_or(1);
+    (count.max(1) as u32).min(common::MAX_QUEUES)
+}
+
+/// The interface's MTU, from sysfs.
+pub fn interface_mtu(ifname: &str) -> Option<usize> {
+    fs::read_to_string(format!("/sys/class/net/{ifname}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

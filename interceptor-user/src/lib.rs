@@ -1,0 +1,16 @@
+//! pop3-interceptor: the daemon that attaches to an edge router's subscriber-facing
+//! interface and terminates POP3 flows in userspace.
+//!
+//! - [`ebpf`]: loads and attaches the XDP program, pins its maps.
+//! - [`dataplane`]: AF_XDP sockets, the smoltcp stack, the connection table.
+//! - [`upstream`]: connections to the real mail servers (tokio).
+//! - [`run`]: puts them together for `pop3-interceptor run`.
+//!
+//! The POP3 decisions themselves live in the sans-IO `pop3-engine` crate.
+
+pub mod cli;
+pub mod dataplane;
+pub mod ebpf;
+pub mod run;
+pub mod signals;
+pub mod upstream;
