@@ -95,6 +95,8 @@ pub struct Dataplane<E> {
     upstream_events: mpsc::Receiver<UpstreamEvent>,
     waker: Arc<Waker>,
     outputs: Vec<Output>,
+    /// Connections touched since they were last serviced (packets, upstream events).
+    dirty: hashbrown::HashSet<ConnId>,
     scratch: Vec<u8>,
     stats: DataplaneStats,
     epoch: Instant,
@@ -123,6 +125,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             upstream_events,
             waker,
             outputs: Vec::new(),
+            dirty: hashbrown::HashSet::new(),
             scratch: vec![0; CLIENT_READ_CHUNK],
             stats: DataplaneStats::default(),
             epoch,
@@ -201,6 +204,9 @@ impl<E: Pop3Engine> Dataplane<E> {
     }
 
     fn next_wakeup(&mut self, now: Instant) -> Duration {
+        if !self.dirty.is_empty() {
+            return Duration::ZERO;
+        }
         let smol_now = self.smol_now(now);
         let mut wait = HOUSEKEEPING;
         if let Some(delay) = self.stack.poll_delay(smol_now) {
@@ -222,6 +228,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             replies,
             stats,
             config,
+            dirty,
             ..
         } = self;
         for (index, queue) in queues.iter_mut().enumerate() {
@@ -241,6 +248,7 @@ impl<E: Pop3Engine> Dataplane<E> {
                         if let Some(conn) = conns.get_mut(id) {
                             conn.last_activity = now;
                         }
+                        dirty.insert(id);
                     }
                     None if segment.opens_connection => {
                         if conns.len() >= config.max_conns {
@@ -248,7 +256,7 @@ impl<E: Pop3Engine> Dataplane<E> {
                             stats.conns_refused_full += 1;
                         } else {
                             let handle = stack.listen(segment.server);
-                            conns.insert(handle, segment.client, segment.server, now);
+                            dirty.insert(conns.insert(handle, segment.client, segment.server, now));
                             stats.conns_accepted += 1;
                         }
                     }
@@ -280,10 +288,17 @@ impl<E: Pop3Engine> Dataplane<E> {
         }
     }
 
-    /// Moves bytes between every connection's socket and the engine, and reclaims
-    /// connections that are finished.
+    /// Moves bytes between the touched connections' sockets and the engine, and reclaims
+    /// connections that are finished. Once a second every connection is looked at, for
+    /// timeouts and for state changes made by smoltcp's own timers.
     fn service_conns(&mut self, now: Instant) {
-        for id in self.conns.ids() {
+        let ids: Vec<ConnId> = if now.duration_since(self.last_housekeeping) >= HOUSEKEEPING {
+            self.dirty.clear();
+            self.conns.ids()
+        } else {
+            self.dirty.drain().collect()
+        };
+        for id in ids {
             self.service(id, now);
             self.apply_outputs();
             self.flush_to_client(id);
@@ -326,6 +341,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             let Some(conn) = self.conns.get_mut(id) else {
                 continue;
             };
+            self.dirty.insert(id);
             match action {
                 Action::ToClient(bytes) => conn.to_client.extend(bytes),
                 Action::ConnectUpstream => {

@@ -1,0 +1,755 @@
+//! One client connection through the patent's state machine.
+//!
+//! The client is greeted locally and the mail server is reached only when a decision
+//! needs it. Commands are processed one at a time, in order: while an exchange with
+//! the server is in flight, later client input waits in a bounded buffer.
+
+use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Instant};
+
+use super::{Shared, caps::ServerCaps, sasl::parse_plain, table::UserKey, verifier::Verifier};
+use crate::{
+    codec::{
+        Command, CommandDecoder, Expect, Response, ResponseDecoder, StatusKind, Verb, trim_eol,
+    },
+    relay::{LINE_TOO_LONG, MAX_EARLY, SERVER_UNAVAILABLE, TOO_MANY_PENDING},
+    session::{Action, ConnInfo},
+};
+
+/// The local greeting. It carries no APOP timestamp: APOP cannot be answered locally.
+pub const GREETING: &[u8] = b"+OK POP3 ready\r\n";
+/// Local answer to a PASS accepted inside the attenuation interval.
+pub const LOGGED_IN: &[u8] = b"+OK Logged in.\r\n";
+/// The patent's lock-flag answer, with the RFC 2449 response code.
+pub const IN_USE: &[u8] = b"-ERR [IN-USE] Your mail box is locked by another POP3 session.\r\n";
+/// Local answer to QUIT.
+pub const LOGGING_OUT: &[u8] = b"+OK Logging out.\r\n";
+/// Local answer about any message of an empty maildrop.
+pub const NO_SUCH_MESSAGE: &[u8] = b"-ERR no such message\r\n";
+/// Longest CAPA body kept while learning a server's capabilities.
+const MAX_CAPA_BODY: usize = 4096;
+
+/// The patent's session states, plus the two ends a proxy needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// AUTHORIZATION (the patent's None/Idle states are the table entry's absence or
+    /// presence when USER arrives).
+    Authorization,
+    /// AUTH PLAIN was sent without credentials; the next line carries them.
+    SaslPlain,
+    /// TRANSACTION.
+    Transaction {
+        /// The patent's terminate flag: the session is answered locally.
+        terminate: bool,
+    },
+    /// Not ours to understand (STLS, APOP, other SASL, opted-out user): bytes only.
+    Tunnel,
+    /// Finished; waiting for the dataplane to release it.
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    Down,
+    Connecting,
+    Up,
+}
+
+/// What to send the server to log the user in: kept only for the session's life.
+#[derive(Clone, Debug)]
+struct Credentials {
+    /// The USER line, for USER/PASS logins.
+    user_line: Option<Vec<u8>>,
+    /// The PASS or AUTH PLAIN line.
+    login_line: Vec<u8>,
+    verifier: Verifier,
+}
+
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        self.login_line.fill(0);
+    }
+}
+
+/// How a login exchange with the server answers the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LoginMode {
+    /// The client's PASS (or AUTH) waits for the server's answer, which is relayed.
+    Relayed,
+    /// An attenuated session outlived the interval: log in behind the client's back
+    /// before answering its command; a refusal ends the session.
+    Behind,
+}
+
+/// One exchange with the mail server, in order; the front one may be in flight.
+#[derive(Debug)]
+enum Step {
+    Greeting,
+    /// Learn the server's capabilities, unless already known.
+    Capa,
+    /// Tell the server who the subscriber is, if it offers XCLIENT.
+    Xclient,
+    /// A None-state USER: forwarded, its answer relayed.
+    ForwardUser(Vec<u8>),
+    /// The USER line of a replayed login, unless the server already has it.
+    ReplayUser(LoginMode),
+    /// The PASS or AUTH PLAIN line of a replayed login.
+    Login(LoginMode),
+    /// A client command relayed as is.
+    Relay {
+        line: Vec<u8>,
+        expect: Expect,
+    },
+    /// The held QUIT's STAT: is the maildrop empty now?
+    Stat,
+    /// QUIT upstream; its answer ends the session.
+    Quit,
+    /// Send this client line and become a tunnel.
+    Tunnel(Vec<u8>),
+    /// Answer the client's CAPA, now that the server's capabilities are known.
+    LocalCapa,
+}
+
+/// A piece of the server's answer, detached from the decoder's buffer.
+enum Piece {
+    Status(Vec<u8>, StatusKind, bool),
+    Body(Vec<u8>, bool),
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub struct Session {
+    info: ConnInfo,
+    pub state: State,
+    link: Link,
+    commands: CommandDecoder,
+    responses: ResponseDecoder,
+    steps: VecDeque<Step>,
+    in_flight: bool,
+    /// Client bytes not yet processed (bounded by [`MAX_EARLY`]).
+    held: Vec<u8>,
+    /// The USER given, with its table entry (if the table had room).
+    user: Option<(String, Option<Arc<UserKey>>)>,
+    /// The server has our USER for the current login attempt.
+    user_upstream: bool,
+    credentials: Option<Credentials>,
+    /// This session holds its entry's lock flag.
+    locked: bool,
+    capa_body: Vec<u8>,
+    /// The server's greeting said `[XCLIENT]`: Dovecot's way of telling a trusted
+    /// peer it may send XCLIENT (its CAPA does not list it).
+    greeting_xclient: bool,
+    /// When the session is closed for idleness (autologout).
+    pub deadline: Instant,
+}
+
+impl Session {
+    /// A new session, greeted locally.
+    pub fn open(info: ConnInfo, deadline: Instant, out: &mut Vec<Action>) -> Self {
+        out.push(Action::ToClient(GREETING.to_vec()));
+        Self {
+            info,
+            state: State::Authorization,
+            link: Link::Down,
+            commands: CommandDecoder::default(),
+            responses: ResponseDecoder::default(),
+            steps: VecDeque::new(),
+            in_flight: false,
+            held: Vec::new(),
+            user: None,
+            user_upstream: false,
+            credentials: None,
+            locked: false,
+            capa_body: Vec::new(),
+            greeting_xclient: false,
+            deadline,
+        }
+    }
+
+    fn server(&self) -> SocketAddr {
+        self.info.server
+    }
+
+    /// Bytes from the client.
+    pub fn client_data(
+        &mut self,
+        data: &[u8],
+        sh: &mut Shared,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        match self.state {
+            State::Closed => {}
+            State::Tunnel => out.push(Action::ToUpstream(data.to_vec())),
+            _ => {
+                self.held.extend_from_slice(data);
+                self.pump(sh, now, out);
+                // Whatever waits behind an exchange in flight is bounded.
+                if self.held.len() > MAX_EARLY {
+                    self.refuse(TOO_MANY_PENDING, sh, now, out);
+                }
+            }
+        }
+    }
+
+    /// The client went away: never a QUIT upstream (no UPDATE on an abnormal end).
+    pub fn client_closed(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
+        self.finish(sh, now, out, false);
+    }
+
+    /// The autologout timer fired: close both sides, again without QUIT.
+    pub fn autologout(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
+        self.finish(sh, now, out, true);
+    }
+
+    /// The upstream connection is up.
+    pub fn upstream_connected(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
+        if self.link == Link::Connecting {
+            self.link = Link::Up;
+            self.pump(sh, now, out);
+        }
+    }
+
+    /// The upstream connection failed or closed.
+    pub fn upstream_lost(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
+        if self.state == State::Closed || self.link == Link::Down {
+            return;
+        }
+        let needed =
+            !self.steps.is_empty() || self.state == (State::Transaction { terminate: false });
+        if self.state == State::Tunnel {
+            self.finish(sh, now, out, true);
+        } else if needed {
+            out.push(Action::ToClient(SERVER_UNAVAILABLE.to_vec()));
+            self.finish(sh, now, out, true);
+        } else {
+            // An idle upstream (opened for CAPA): the session goes on without it.
+            self.link = Link::Down;
+            self.responses = ResponseDecoder::default();
+            self.user_upstream = false;
+        }
+    }
+
+    /// Bytes from the server.
+    pub fn upstream_data(
+        &mut self,
+        data: &[u8],
+        sh: &mut Shared,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if self.state == State::Tunnel {
+            out.push(Action::ToClient(data.to_vec()));
+            return;
+        }
+        let mut input = data;
+        while self.in_flight && self.state != State::Closed {
+            let expect = match self.steps.front() {
+                Some(Step::Capa) => Expect::MultiOnOk,
+                Some(Step::Relay { expect, .. }) => *expect,
+                _ => Expect::Single,
+            };
+            let piece = match self.responses.decode(&mut input, expect) {
+                Ok(None) => return,
+                Ok(Some(Response::Status { line, kind, body })) => {
+                    Piece::Status(line.to_vec(), kind, body)
+                }
+                Ok(Some(Response::Body { data, end })) => Piece::Body(data.to_vec(), end),
+                Err(err) => {
+                    tracing::warn!(%err, "mail server broke POP3 framing");
+                    self.in_flight = false;
+                    return self.upstream_lost(sh, now, out);
+                }
+            };
+            if self.answer(piece, sh, now, out) {
+                self.steps.pop_front();
+                self.in_flight = false;
+                self.pump(sh, now, out);
+            }
+        }
+    }
+
+    /// Handles a piece of the answer to the step in flight; `true` once it is complete.
+    fn answer(
+        &mut self,
+        piece: Piece,
+        sh: &mut Shared,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let step = self.steps.front().expect("a step is in flight");
+        let (line, kind, body) = match piece {
+            Piece::Body(data, end) => {
+                if matches!(step, Step::Capa) {
+                    let room = MAX_CAPA_BODY.saturating_sub(self.capa_body.len());
+                    self.capa_body
+                        .extend_from_slice(&data[..room.min(data.len())]);
+                    if end {
+                        let caps = ServerCaps::parse(&std::mem::take(&mut self.capa_body));
+                        sh.learn_caps(self.server(), caps);
+                    }
+                } else {
+                    out.push(Action::ToClient(data));
+                }
+                return end;
+            }
+            Piece::Status(line, kind, body) => (line, kind, body),
+        };
+        let ok = kind == StatusKind::Ok;
+        match step {
+            Step::Greeting if !ok => {
+                self.in_flight = false;
+                self.upstream_lost(sh, now, out);
+                return false;
+            }
+            Step::Greeting => {
+                self.greeting_xclient = line
+                    .windows(9)
+                    .any(|w| w.eq_ignore_ascii_case(b"[XCLIENT]"))
+            }
+            Step::Xclient => {}
+            Step::Capa if !ok => sh.learn_caps(self.server(), ServerCaps::default()),
+            Step::Capa => {}
+            Step::ForwardUser(_) => {
+                self.user_upstream = ok;
+                out.push(Action::ToClient(line));
+            }
+            Step::ReplayUser(_) if ok => self.user_upstream = true,
+            Step::ReplayUser(mode) => {
+                // The server refused the user: its -ERR answers the login.
+                let mode = *mode;
+                self.steps.remove(1);
+                return self.login_answer(mode, line, false, sh, now, out);
+            }
+            Step::Login(mode) => return self.login_answer(*mode, line, ok, sh, now, out),
+            Step::Relay { .. } => out.push(Action::ToClient(line)),
+            Step::Stat => self.record_stat(&line, ok, sh, now),
+            Step::Quit => {
+                out.push(Action::ToClient(line));
+                self.finish(sh, now, out, true);
+                return false;
+            }
+            Step::Tunnel(_) | Step::LocalCapa => unreachable!("never in flight"),
+        }
+        !body
+    }
+
+    /// The server's answer to a login.
+    fn login_answer(
+        &mut self,
+        mode: LoginMode,
+        line: Vec<u8>,
+        ok: bool,
+        sh: &mut Shared,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        self.user_upstream = false;
+        match (ok, mode) {
+            (true, LoginMode::Relayed) => {
+                out.push(Action::ToClient(line));
+                let verifier = self.credentials.as_ref().map(|c| c.verifier);
+                // The password-change case: the server's word replaces the verifier.
+                self.locked = self
+                    .with_entry(sh, now, |e| {
+                        e.verifier = verifier;
+                        e.locked = true;
+                    })
+                    .is_some();
+                self.state = State::Transaction { terminate: false };
+                true
+            }
+            (true, LoginMode::Behind) => {
+                self.state = State::Transaction { terminate: false };
+                true
+            }
+            (false, LoginMode::Relayed) => {
+                // The wrong-password case: nothing changes but the answer.
+                out.push(Action::ToClient(line));
+                self.credentials = None;
+                true
+            }
+            (false, LoginMode::Behind) => {
+                out.push(Action::ToClient(SERVER_UNAVAILABLE.to_vec()));
+                self.finish(sh, now, out, true);
+                false
+            }
+        }
+    }
+
+    /// The held QUIT's STAT answer: only `+OK 0 ...` proves the maildrop empty.
+    fn record_stat(&mut self, line: &[u8], ok: bool, sh: &mut Shared, now: Instant) {
+        if !ok {
+            return;
+        }
+        let empty = trim_eol(line).split(|&b| b == b' ').nth(1) == Some(b"0");
+        self.with_entry(sh, now, |e| e.verified_empty = empty.then_some(now));
+    }
+
+    /// Runs steps and client commands until something must be waited for.
+    fn pump(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
+        loop {
+            if matches!(self.state, State::Closed | State::Tunnel) || self.in_flight {
+                return;
+            }
+            if !self.steps.is_empty() {
+                if !self.start_step(sh, out) {
+                    return;
+                }
+                continue;
+            }
+            let mut held = std::mem::take(&mut self.held);
+            let mut input = &held[..];
+            let line = match self.commands.decode(&mut input) {
+                Ok(Some(line)) => line.to_vec(),
+                Ok(None) => return,
+                Err(_) => return self.refuse(LINE_TOO_LONG, sh, now, out),
+            };
+            let used = held.len() - input.len();
+            held.drain(..used);
+            self.held = held;
+            self.command(&line, sh, now, out);
+        }
+    }
+
+    /// Starts the front step; `false` when it now waits for the server.
+    fn start_step(&mut self, sh: &mut Shared, out: &mut Vec<Action>) -> bool {
+        let caps = sh.caps(self.server());
+        let send = match self.steps.front().expect("a step") {
+            Step::LocalCapa => {
+                let mut capa = Vec::new();
+                caps.cloned().unwrap_or_default().local_capa(&mut capa);
+                out.push(Action::ToClient(capa));
+                self.steps.pop_front();
+                return true;
+            }
+            _ if self.link != Link::Up => return false,
+            Step::Greeting => None,
+            Step::Capa if caps.is_some() => {
+                self.steps.pop_front();
+                return true;
+            }
+            Step::Capa => Some(b"CAPA\r\n".to_vec()),
+            Step::Xclient if !(self.greeting_xclient || caps.is_some_and(|c| c.xclient)) => {
+                self.steps.pop_front();
+                return true;
+            }
+            Step::Xclient => Some(
+                format!(
+                    "XCLIENT ADDR={} PORT={}\r\n",
+                    self.info.client.ip(),
+                    self.info.client.port()
+                )
+                .into_bytes(),
+            ),
+            Step::ForwardUser(line) | Step::Relay { line, .. } => Some(line.clone()),
+            Step::ReplayUser(_) => {
+                match self.credentials.as_ref().and_then(|c| c.user_line.as_ref()) {
+                    Some(line) if !self.user_upstream => Some(line.clone()),
+                    _ => {
+                        self.steps.pop_front();
+                        return true;
+                    }
+                }
+            }
+            Step::Login(_) => self.credentials.as_ref().map(|c| c.login_line.clone()),
+            Step::Stat => Some(b"STAT\r\n".to_vec()),
+            Step::Quit => Some(b"QUIT\r\n".to_vec()),
+            Step::Tunnel(line) => {
+                let mut bytes = line.clone();
+                bytes.append(&mut self.held);
+                out.push(Action::ToUpstream(bytes));
+                self.steps.clear();
+                self.state = State::Tunnel;
+                return false;
+            }
+        };
+        if let Some(bytes) = send {
+            out.push(Action::ToUpstream(bytes));
+        }
+        self.in_flight = true;
+        false
+    }
+
+    /// Queues the connection set-up if the server is not connected yet.
+    fn need_upstream(&mut self, out: &mut Vec<Action>) {
+        if self.link == Link::Down {
+            self.link = Link::Connecting;
+            out.push(Action::ConnectUpstream);
+            self.steps
+                .extend([Step::Greeting, Step::Capa, Step::Xclient]);
+        }
+    }
+
+    /// Queues a step that needs the server.
+    fn upstream(&mut self, step: Step, out: &mut Vec<Action>) {
+        self.need_upstream(out);
+        self.steps.push_back(step);
+    }
+
+    /// One complete client line, with no exchange in flight.
+    fn command(&mut self, line: &[u8], sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
+        let reply =
+            |out: &mut Vec<Action>, bytes: &[u8]| out.push(Action::ToClient(bytes.to_vec()));
+        if self.state == State::SaslPlain {
+            self.state = State::Authorization;
+            self.commands.set_sasl(false);
+            let b64 = trim_eol(line);
+            if b64 == b"*" {
+                return reply(out, b"-ERR Authentication cancelled.\r\n");
+            }
+            return self.auth_plain(b64, sh, now, out);
+        }
+        let cmd = Command::parse(line);
+        match (self.state, cmd.verb) {
+            (_, Verb::Capa) if self.state != (State::Transaction { terminate: false }) => {
+                if sh.caps(self.server()).is_none() {
+                    self.need_upstream(out);
+                }
+                self.steps.push_back(Step::LocalCapa);
+            }
+            (State::Authorization, Verb::User) => self.user_command(line, &cmd, sh, now, out),
+            (State::Authorization, Verb::Pass) => {
+                let user_line = self
+                    .user
+                    .as_ref()
+                    .map(|(name, _)| format!("USER {name}\r\n"));
+                match user_line {
+                    None => reply(out, b"-ERR No username given.\r\n"),
+                    Some(user_line) => {
+                        let lines = (Some(user_line.into_bytes()), line.to_vec());
+                        self.login(cmd.rest, lines, sh, now, out);
+                    }
+                }
+            }
+            (State::Authorization, Verb::Auth) => {
+                let mut args = cmd.args();
+                match (args.next(), args.next()) {
+                    (Some(m), None) if m.eq_ignore_ascii_case(b"PLAIN") => {
+                        self.state = State::SaslPlain;
+                        self.commands.set_sasl(true);
+                        reply(out, b"+ \r\n");
+                    }
+                    (Some(m), Some(ir)) if m.eq_ignore_ascii_case(b"PLAIN") => {
+                        self.auth_plain(ir, sh, now, out)
+                    }
+                    (Some(_), _) => self.tunnel(line, sh, out),
+                    (None, _) => self.upstream(
+                        Step::Relay {
+                            line: line.to_vec(),
+                            expect: cmd.expect(),
+                        },
+                        out,
+                    ),
+                }
+            }
+            (State::Authorization, Verb::Stls | Verb::Apop) => self.tunnel(line, sh, out),
+            (State::Authorization, Verb::Quit) => {
+                reply(out, LOGGING_OUT);
+                self.finish(sh, now, out, true);
+            }
+            (State::Authorization, _) => reply(out, b"-ERR Unknown command or not logged in.\r\n"),
+            (State::Transaction { terminate: true }, _) => {
+                self.local_transaction(line, &cmd, sh, now, out)
+            }
+            (State::Transaction { terminate: false }, Verb::Quit) => {
+                // Hold the QUIT: first learn whether the maildrop is empty now.
+                self.steps.extend([Step::Stat, Step::Quit]);
+            }
+            (State::Transaction { terminate: false }, _) => {
+                self.steps.push_back(Step::Relay {
+                    line: line.to_vec(),
+                    expect: cmd.expect(),
+                });
+            }
+            (State::SaslPlain | State::Tunnel | State::Closed, _) => {}
+        }
+    }
+
+    /// USER: the patent's None state (no entry: ask the server) or Idle state (local +OK).
+    fn user_command(
+        &mut self,
+        line: &[u8],
+        cmd: &Command<'_>,
+        sh: &mut Shared,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let name = String::from_utf8_lossy(cmd.rest).into_owned();
+        if sh.config.opt_out.contains(&name) {
+            return self.tunnel(line, sh, out);
+        }
+        let key = UserKey {
+            server: self.server(),
+            user: name.as_str().into(),
+        };
+        let known = sh.table.get(&key).is_some();
+        self.user = Some((name, sh.table.entry(key, now)));
+        self.user_upstream = false;
+        if known {
+            out.push(Action::ToClient(b"+OK\r\n".to_vec()));
+        } else {
+            self.upstream(Step::ForwardUser(line.to_vec()), out);
+        }
+    }
+
+    /// AUTH PLAIN with its credentials: handled like USER and PASS.
+    fn auth_plain(&mut self, b64: &[u8], sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
+        let mut line = b"AUTH PLAIN ".to_vec();
+        line.extend_from_slice(b64);
+        line.extend_from_slice(b"\r\n");
+        match parse_plain(b64) {
+            Some(c) if !sh.config.opt_out.contains(&c.user) => {
+                let key = UserKey {
+                    server: self.server(),
+                    user: c.user.as_str().into(),
+                };
+                let entry = sh.table.entry(key, now);
+                self.user = Some((c.user.clone(), entry));
+                self.user_upstream = false;
+                self.login(&c.password, (None, line), sh, now, out);
+            }
+            _ => self.tunnel(&line, sh, out),
+        }
+    }
+
+    /// PASS (or AUTH PLAIN) for the session's user: the patent's four
+    /// Authorization-state cases. `lines` are the USER line (if any) and the login
+    /// line to replay to the server.
+    fn login(
+        &mut self,
+        password: &[u8],
+        (user_line, login_line): (Option<Vec<u8>>, Vec<u8>),
+        sh: &mut Shared,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        sh.counters.checks_seen += 1;
+        let name = self.user.as_ref().map_or("", |(name, _)| name.as_str());
+        let verifier = sh.salt.verifier(self.server(), name, password);
+        let interval = sh.config.interval;
+        let entry = self.with_entry(sh, now, |e| {
+            e.last_check = now;
+            e.checks += 1;
+            (
+                e.locked,
+                e.verifier.is_some_and(|v| v.matches(&verifier)) && e.fresh(now, interval),
+            )
+        });
+        self.credentials = Some(Credentials {
+            user_line,
+            login_line,
+            verifier,
+        });
+        match entry {
+            Some((true, _)) => {
+                sh.counters.answered_locally += 1;
+                self.credentials = None;
+                out.push(Action::ToClient(IN_USE.to_vec()));
+            }
+            Some((false, true)) => {
+                sh.counters.answered_locally += 1;
+                sh.counters.upstream_logins_avoided += 1;
+                self.locked = self.with_entry(sh, now, |e| e.locked = true).is_some();
+                self.state = State::Transaction { terminate: true };
+                out.push(Action::ToClient(LOGGED_IN.to_vec()));
+            }
+            _ => {
+                sh.counters.passed_through += 1;
+                self.login_upstream(LoginMode::Relayed, out);
+            }
+        }
+    }
+
+    /// A TRANSACTION command with the terminate flag set: the maildrop is empty.
+    fn local_transaction(
+        &mut self,
+        line: &[u8],
+        cmd: &Command<'_>,
+        sh: &mut Shared,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let claims_empty = matches!(
+            cmd.verb,
+            Verb::Stat | Verb::List | Verb::Uidl | Verb::Retr | Verb::Top | Verb::Dele
+        );
+        let interval = sh.config.interval;
+        let still_fresh = self
+            .user
+            .as_ref()
+            .and_then(|(_, k)| k.as_ref())
+            .and_then(|k| sh.table.get(k))
+            .is_some_and(|e| e.fresh(now, interval));
+        if claims_empty && !still_fresh {
+            // The session outlived the interval: only the server may answer now.
+            self.login_upstream(LoginMode::Behind, out);
+            self.steps.push_back(Step::Relay {
+                line: line.to_vec(),
+                expect: cmd.expect(),
+            });
+            return;
+        }
+        let answer: &[u8] = match cmd.verb {
+            Verb::Stat => b"+OK 0 0\r\n",
+            // RFC 1939 wants a (empty) listing where the patent says -ERR.
+            Verb::List | Verb::Uidl if !cmd.has_args() => b"+OK 0 messages\r\n.\r\n",
+            Verb::List | Verb::Uidl | Verb::Retr | Verb::Top | Verb::Dele => NO_SUCH_MESSAGE,
+            Verb::Noop | Verb::Rset => b"+OK\r\n",
+            Verb::Quit => LOGGING_OUT,
+            _ => b"-ERR Unknown command.\r\n",
+        };
+        out.push(Action::ToClient(answer.to_vec()));
+        if cmd.verb == Verb::Quit {
+            self.finish(sh, now, out, true);
+        }
+    }
+
+    /// Hands the rest of the session to the server untouched.
+    fn tunnel(&mut self, line: &[u8], sh: &mut Shared, out: &mut Vec<Action>) {
+        sh.counters.passed_through += 1;
+        self.upstream(Step::Tunnel(line.to_vec()), out);
+    }
+
+    /// Queues the patent's replay: USER (unless the server has it), wait, then PASS.
+    fn login_upstream(&mut self, mode: LoginMode, out: &mut Vec<Action>) {
+        self.upstream(Step::ReplayUser(mode), out);
+        self.steps.push_back(Step::Login(mode));
+    }
+
+    /// Changes this session's table entry, if it has one.
+    fn with_entry<R>(
+        &self,
+        sh: &mut Shared,
+        now: Instant,
+        f: impl FnOnce(&mut super::table::Entry) -> R,
+    ) -> Option<R> {
+        let key = self.user.as_ref()?.1.as_ref()?;
+        sh.table.update(key, now, f)
+    }
+
+    /// Ends the session with an error line, closing both sides.
+    fn refuse(&mut self, message: &[u8], sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
+        out.push(Action::ToClient(message.to_vec()));
+        self.finish(sh, now, out, true);
+    }
+
+    /// Releases the lock and closes what is open; never sends QUIT.
+    fn finish(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>, close_client: bool) {
+        if self.state == State::Closed {
+            return;
+        }
+        if std::mem::take(&mut self.locked) {
+            self.with_entry(sh, now, |e| e.locked = false);
+        }
+        self.state = State::Closed;
+        self.credentials = None;
+        self.steps.clear();
+        self.held = Vec::new();
+        if close_client {
+            out.push(Action::CloseClient);
+        }
+        if self.link != Link::Down {
+            out.push(Action::CloseUpstream);
+        }
+    }
+}

@@ -1,0 +1,605 @@
+//! One test per bullet of the patent's "States, Events, and Actions", with a fake clock
+//! and exact bytes in both directions; then property tests against a fake mail server.
+
+use std::time::Duration;
+
+use super::*;
+use crate::{
+    relay::{LINE_TOO_LONG, SERVER_UNAVAILABLE},
+    session::Action::{self, CloseClient, CloseUpstream, ConnectUpstream},
+    testing::{Harness, info, to_client, to_upstream},
+};
+use fsm::{GREETING, IN_USE, LOGGED_IN, LOGGING_OUT, NO_SUCH_MESSAGE};
+
+mod model;
+
+const INTERVAL: Duration = Duration::from_secs(60);
+const SERVER_CAPA: &[u8] = b"+OK\r\nUSER\r\nSASL PLAIN\r\nXCLIENT\r\nSTLS\r\n.\r\n";
+const XCLIENT: &[u8] = b"XCLIENT ADDR=198.51.100.7 PORT=40000\r\n";
+/// "\0alice\0pw"
+const PLAIN_ALICE_PW: &str = "AGFsaWNlAHB3";
+
+fn config() -> Config {
+    Config {
+        interval: INTERVAL,
+        opt_out: ["bob".to_owned()].into(),
+        table_size: 100,
+        autologout: Duration::from_secs(600),
+        gc_interval: Duration::from_secs(30),
+    }
+}
+
+fn engine() -> Harness<AttenuationEngine> {
+    Harness::new(AttenuationEngine::with_salt(
+        config(),
+        Salt::fixed([1, 2, 3, 4]),
+    ))
+}
+
+fn entry<'a>(h: &'a Harness<AttenuationEngine>, user: &str) -> Option<&'a Entry> {
+    h.engine.table().get(&UserKey {
+        server: info().server,
+        user: user.into(),
+    })
+}
+
+/// Connects the upstream asked for and answers its greeting, CAPA (if asked) and
+/// XCLIENT; returns what the engine sends next.
+fn connect_upstream(h: &mut Harness<AttenuationEngine>, conn: ConnId, capa: bool) -> Vec<Action> {
+    assert_eq!(h.event(conn, Event::UpstreamConnected), []);
+    let greeting = h.server(conn, b"+OK Dovecot ready.\r\n");
+    let after_capa = if capa {
+        assert_eq!(greeting, [to_upstream(b"CAPA\r\n")]);
+        h.server(conn, SERVER_CAPA)
+    } else {
+        greeting
+    };
+    assert_eq!(after_capa, [to_upstream(XCLIENT)]);
+    h.server(conn, b"+OK Updated\r\n")
+}
+
+/// The patent's None-state check: everything reaches the server, and the QUIT's STAT
+/// records the maildrop empty (`count` = 0) or not.
+fn passed_through_check(h: &mut Harness<AttenuationEngine>, conn: ConnId, pw: &str, count: u32) {
+    let first_contact = h.engine.server_caps(info().server).is_none();
+    assert_eq!(h.open(conn), [to_client(GREETING)]);
+    let known = entry(h, "alice").is_some();
+    if known {
+        assert_eq!(h.client(conn, b"USER alice\r\n"), [to_client(b"+OK\r\n")]);
+        assert_eq!(
+            h.client(conn, format!("PASS {pw}\r\n").as_bytes()),
+            [ConnectUpstream]
+        );
+        assert_eq!(
+            connect_upstream(h, conn, first_contact),
+            [to_upstream(b"USER alice\r\n")]
+        );
+        assert_eq!(
+            h.server(conn, b"+OK\r\n"),
+            [to_upstream(format!("PASS {pw}\r\n").as_bytes())]
+        );
+    } else {
+        assert_eq!(h.client(conn, b"USER alice\r\n"), [ConnectUpstream]);
+        assert_eq!(
+            connect_upstream(h, conn, first_contact),
+            [to_upstream(b"USER alice\r\n")]
+        );
+        assert_eq!(h.server(conn, b"+OK\r\n"), [to_client(b"+OK\r\n")]);
+        assert_eq!(
+            h.client(conn, format!("PASS {pw}\r\n").as_bytes()),
+            [to_upstream(format!("PASS {pw}\r\n").as_bytes())]
+        );
+    }
+    assert_eq!(
+        h.server(conn, b"+OK Logged in.\r\n"),
+        [to_client(b"+OK Logged in.\r\n")]
+    );
+    assert_eq!(
+        h.engine.state(conn),
+        Some(State::Transaction { terminate: false })
+    );
+    assert!(entry(h, "alice").unwrap().locked);
+    assert_eq!(h.client(conn, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
+    let stat = format!("+OK {count} {}\r\n", count * 100);
+    assert_eq!(h.server(conn, stat.as_bytes()), [to_upstream(b"QUIT\r\n")]);
+    assert_eq!(
+        h.server(conn, b"+OK Logging out.\r\n"),
+        [
+            to_client(b"+OK Logging out.\r\n"),
+            CloseClient,
+            CloseUpstream
+        ]
+    );
+    assert!(!entry(h, "alice").unwrap().locked);
+    h.engine.close(conn, h.now);
+}
+
+/// An attenuated login: USER and PASS answered locally.
+fn attenuated_login(h: &mut Harness<AttenuationEngine>, conn: ConnId, pw: &str) {
+    assert_eq!(h.open(conn), [to_client(GREETING)]);
+    assert_eq!(h.client(conn, b"USER alice\r\n"), [to_client(b"+OK\r\n")]);
+    assert_eq!(
+        h.client(conn, format!("PASS {pw}\r\n").as_bytes()),
+        [to_client(LOGGED_IN)]
+    );
+    assert_eq!(
+        h.engine.state(conn),
+        Some(State::Transaction { terminate: true })
+    );
+}
+
+/// A table that knows alice ("pw") and her maildrop verified empty at `h.now`.
+fn alice_verified_empty() -> Harness<AttenuationEngine> {
+    let mut h = engine();
+    passed_through_check(&mut h, 1, "pw", 0);
+    h
+}
+
+#[test]
+fn none_state_user_creates_the_entry_and_asks_the_server() {
+    let mut h = engine();
+    passed_through_check(&mut h, 1, "pw", 0);
+    let e = entry(&h, "alice").unwrap();
+    assert_eq!(e.verified_empty, Some(h.now));
+    assert_eq!(h.engine.counters().passed_through, 1);
+}
+
+#[test]
+fn idle_state_user_is_answered_locally() {
+    let mut h = alice_verified_empty();
+    h.open(2);
+    assert_eq!(h.client(2, b"USER alice\r\n"), [to_client(b"+OK\r\n")]);
+    assert_eq!(h.engine.state(2), Some(State::Authorization));
+}
+
+#[test]
+fn pass_with_the_lock_flag_set_gets_in_use() {
+    let mut h = alice_verified_empty();
+    attenuated_login(&mut h, 2, "pw");
+    h.open(3);
+    h.client(3, b"USER alice\r\n");
+    assert_eq!(h.client(3, b"PASS pw\r\n"), [to_client(IN_USE)]);
+    assert_eq!(h.engine.state(3), Some(State::Authorization));
+}
+
+#[test]
+fn matching_pass_inside_the_interval_is_answered_locally() {
+    let mut h = alice_verified_empty();
+    h.now += INTERVAL - Duration::from_secs(1);
+    attenuated_login(&mut h, 2, "pw");
+    assert!(entry(&h, "alice").unwrap().locked);
+    let c = *h.engine.counters();
+    assert_eq!(
+        (c.checks_seen, c.answered_locally, c.upstream_logins_avoided),
+        (2, 1, 1)
+    );
+}
+
+#[test]
+fn matching_pass_after_the_interval_is_replayed_user_then_pass() {
+    let mut h = alice_verified_empty();
+    h.now += INTERVAL;
+    passed_through_check(&mut h, 2, "pw", 0);
+}
+
+#[test]
+fn replayed_login_refused_by_the_server_changes_nothing() {
+    let mut h = alice_verified_empty();
+    h.now += INTERVAL;
+    h.open(2);
+    h.client(2, b"USER alice\r\n");
+    assert_eq!(h.client(2, b"PASS pw\r\n"), [ConnectUpstream]);
+    assert_eq!(
+        connect_upstream(&mut h, 2, false),
+        [to_upstream(b"USER alice\r\n")]
+    );
+    assert_eq!(h.server(2, b"+OK\r\n"), [to_upstream(b"PASS pw\r\n")]);
+    let refusal = b"-ERR [AUTH] Authentication failed.\r\n";
+    assert_eq!(h.server(2, refusal), [to_client(refusal)]);
+    assert_eq!(h.engine.state(2), Some(State::Authorization));
+    // A second try replays USER again: the server forgot it after the failure.
+    assert_eq!(
+        h.client(2, b"PASS pw\r\n"),
+        [to_upstream(b"USER alice\r\n")]
+    );
+}
+
+#[test]
+fn a_different_password_accepted_by_the_server_replaces_the_old_one() {
+    let mut h = alice_verified_empty();
+    passed_through_check(&mut h, 2, "new", 0);
+    attenuated_login(&mut h, 3, "new");
+    h.client(3, b"QUIT\r\n");
+    h.open(4);
+    h.client(4, b"USER alice\r\n");
+    assert_eq!(
+        h.client(4, b"PASS pw\r\n"),
+        [ConnectUpstream],
+        "the old password is replayed"
+    );
+}
+
+#[test]
+fn a_wrong_password_is_replayed_and_never_answered_locally() {
+    let mut h = alice_verified_empty();
+    h.open(2);
+    h.client(2, b"USER alice\r\n");
+    assert_eq!(h.client(2, b"PASS wrong\r\n"), [ConnectUpstream]);
+    assert_eq!(
+        connect_upstream(&mut h, 2, false),
+        [to_upstream(b"USER alice\r\n")]
+    );
+    assert_eq!(h.server(2, b"+OK\r\n"), [to_upstream(b"PASS wrong\r\n")]);
+    let refusal = b"-ERR [AUTH] Authentication failed.\r\n";
+    assert_eq!(h.server(2, refusal), [to_client(refusal)]);
+    // The stored verifier is untouched: the right password is still attenuated.
+    assert_eq!(
+        h.client(2, b"QUIT\r\n"),
+        [to_client(LOGGING_OUT), CloseClient, CloseUpstream]
+    );
+    attenuated_login(&mut h, 3, "pw");
+}
+
+#[test]
+fn quit_in_authorization_releases_nothing_and_sends_nothing_upstream() {
+    let mut h = alice_verified_empty();
+    h.open(2);
+    h.client(2, b"USER alice\r\n");
+    assert_eq!(
+        h.client(2, b"QUIT\r\n"),
+        [to_client(LOGGING_OUT), CloseClient]
+    );
+    assert!(!entry(&h, "alice").unwrap().locked);
+}
+
+#[test]
+fn transaction_with_terminate_true_answers_every_command_locally() {
+    let mut h = alice_verified_empty();
+    attenuated_login(&mut h, 2, "pw");
+    let exchanges: [(&[u8], &[u8]); 11] = [
+        (b"STAT\r\n", b"+OK 0 0\r\n"),
+        (b"LIST\r\n", b"+OK 0 messages\r\n.\r\n"),
+        (b"LIST 1\r\n", NO_SUCH_MESSAGE),
+        (b"RETR 1\r\n", NO_SUCH_MESSAGE),
+        (b"DELE 1\r\n", NO_SUCH_MESSAGE),
+        (b"TOP 1 0\r\n", NO_SUCH_MESSAGE),
+        (b"UIDL\r\n", b"+OK 0 messages\r\n.\r\n"),
+        (b"UIDL 1\r\n", NO_SUCH_MESSAGE),
+        (b"NOOP\r\n", b"+OK\r\n"),
+        (b"RSET\r\n", b"+OK\r\n"),
+        (b"XTND\r\n", b"-ERR Unknown command.\r\n"),
+    ];
+    for (command, answer) in exchanges {
+        assert_eq!(h.client(2, command), [to_client(answer)], "{command:?}");
+    }
+    assert_eq!(
+        h.client(2, b"QUIT\r\n"),
+        [to_client(LOGGING_OUT), CloseClient]
+    );
+    assert!(!entry(&h, "alice").unwrap().locked);
+}
+
+#[test]
+fn transaction_with_terminate_false_relays_every_command() {
+    let mut h = alice_verified_empty();
+    h.now += INTERVAL;
+    h.open(2);
+    h.client(2, b"USER alice\r\n");
+    h.client(2, b"PASS pw\r\n");
+    connect_upstream(&mut h, 2, false);
+    h.server(2, b"+OK\r\n");
+    h.server(2, b"+OK Logged in.\r\n");
+    let exchanges: [(&[u8], &[&[u8]]); 8] = [
+        (b"STAT\r\n", &[b"+OK 1 120\r\n"]),
+        (b"LIST\r\n", &[b"+OK 1 messages:\r\n1 1", b"20\r\n.\r\n"]),
+        (
+            b"RETR 1\r\n",
+            &[b"+OK 120 octets\r\n..dot\r\n", b"body\r\n.\r\n"],
+        ),
+        (b"TOP 1 0\r\n", &[b"+OK\r\nSubject: x\r\n.\r\n"]),
+        (b"UIDL\r\n", &[b"+OK\r\n1 abc\r\n.\r\n"]),
+        (b"DELE 1\r\n", &[b"+OK Marked to be deleted.\r\n"]),
+        (b"RSET\r\n", &[b"+OK\r\n"]),
+        (b"NOOP\r\n", &[b"+OK\r\n"]),
+    ];
+    for (command, pieces) in exchanges {
+        assert_eq!(h.client(2, command), [to_upstream(command)]);
+        for piece in pieces {
+            assert_eq!(h.server(2, piece), [to_client(piece)]);
+        }
+    }
+}
+
+#[test]
+fn quit_with_terminate_false_records_a_non_empty_maildrop_as_null() {
+    let mut h = alice_verified_empty();
+    h.now += INTERVAL;
+    passed_through_check(&mut h, 2, "pw", 3);
+    assert_eq!(entry(&h, "alice").unwrap().verified_empty, None);
+    h.open(3);
+    h.client(3, b"USER alice\r\n");
+    assert_eq!(h.client(3, b"PASS pw\r\n"), [ConnectUpstream]);
+}
+
+#[test]
+fn quit_whose_stat_fails_records_nothing() {
+    let mut h = alice_verified_empty();
+    let verified = entry(&h, "alice").unwrap().verified_empty;
+    h.now += INTERVAL;
+    h.open(2);
+    h.client(2, b"USER alice\r\nPASS pw\r\n");
+    connect_upstream(&mut h, 2, false);
+    h.server(2, b"+OK\r\n");
+    h.server(2, b"+OK Logged in.\r\n");
+    assert_eq!(h.client(2, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
+    assert_eq!(h.server(2, b"-ERR busy\r\n"), [to_upstream(b"QUIT\r\n")]);
+    assert_eq!(entry(&h, "alice").unwrap().verified_empty, verified);
+}
+
+#[test]
+fn client_disconnect_never_sends_quit_upstream() {
+    let mut h = alice_verified_empty();
+    h.now += INTERVAL;
+    h.open(2);
+    h.client(2, b"USER alice\r\nPASS pw\r\n");
+    connect_upstream(&mut h, 2, false);
+    h.server(2, b"+OK\r\n");
+    h.server(2, b"+OK Logged in.\r\n");
+    h.client(2, b"DELE 1\r\n");
+    assert_eq!(h.event(2, Event::ClientClosed), [CloseUpstream]);
+    assert!(!entry(&h, "alice").unwrap().locked);
+    assert_eq!(h.server(2, b"+OK\r\n"), []);
+}
+
+#[test]
+fn pipelined_commands_are_answered_in_order() {
+    let mut h = alice_verified_empty();
+    h.open(2);
+    assert_eq!(
+        h.client(2, b"USER alice\r\nPASS pw\r\nSTAT\r\nQUIT\r\n"),
+        [
+            to_client(&[&b"+OK\r\n"[..], LOGGED_IN, b"+OK 0 0\r\n", LOGGING_OUT].concat()),
+            CloseClient
+        ]
+    );
+    // Passed through: later commands wait for the server's answers.
+    h.now += INTERVAL;
+    h.open(3);
+    assert_eq!(
+        h.client(3, b"USER alice\r\nPASS pw\r\nSTAT\r\n"),
+        [to_client(b"+OK\r\n"), ConnectUpstream]
+    );
+    connect_upstream(&mut h, 3, false);
+    assert_eq!(h.server(3, b"+OK\r\n"), [to_upstream(b"PASS pw\r\n")]);
+    assert_eq!(
+        h.server(3, b"+OK Logged in.\r\n"),
+        [to_client(b"+OK Logged in.\r\n"), to_upstream(b"STAT\r\n")]
+    );
+}
+
+#[test]
+fn capa_is_answered_locally_and_truthfully() {
+    let mut h = engine();
+    h.open(1);
+    // Nothing known about the server yet: ask it once.
+    assert_eq!(h.client(1, b"CAPA\r\n"), [ConnectUpstream]);
+    h.event(1, Event::UpstreamConnected);
+    assert_eq!(h.server(1, b"+OK hi\r\n"), [to_upstream(b"CAPA\r\n")]);
+    let local = b"+OK Capability list follows\r\nUSER\r\nPIPELINING\r\nSTLS\r\nSASL PLAIN\r\n.\r\n";
+    assert_eq!(h.server(1, SERVER_CAPA), [to_upstream(XCLIENT)]);
+    assert_eq!(h.server(1, b"+OK\r\n"), [to_client(local)]);
+    // Known now: no upstream needed.
+    h.open(2);
+    assert_eq!(h.client(2, b"CAPA\r\n"), [to_client(local)]);
+}
+
+#[test]
+fn stls_is_never_offered_unless_the_server_offers_it() {
+    let mut h = engine();
+    h.open(1);
+    h.client(1, b"CAPA\r\n");
+    h.event(1, Event::UpstreamConnected);
+    h.server(1, b"+OK hi\r\n");
+    assert_eq!(
+        h.server(1, b"+OK\r\nUSER\r\n.\r\n"),
+        [to_client(
+            b"+OK Capability list follows\r\nUSER\r\nPIPELINING\r\n.\r\n"
+        )]
+    );
+}
+
+#[test]
+fn stls_becomes_a_tunnel_to_the_server() {
+    let mut h = alice_verified_empty();
+    h.open(2);
+    assert_eq!(h.client(2, b"STLS\r\n"), [ConnectUpstream]);
+    assert_eq!(
+        connect_upstream(&mut h, 2, false),
+        [to_upstream(b"STLS\r\n")]
+    );
+    assert_eq!(
+        h.server(2, b"+OK Begin TLS negotiation now.\r\n"),
+        [to_client(b"+OK Begin TLS negotiation now.\r\n")]
+    );
+    let hello = vec![0x16; 700];
+    assert_eq!(h.client(2, &hello), [to_upstream(&hello)]);
+    assert_eq!(h.engine.state(2), Some(State::Tunnel));
+    assert_eq!(
+        h.event(2, Event::UpstreamClosed),
+        [CloseClient, CloseUpstream]
+    );
+}
+
+#[test]
+fn apop_and_other_sasl_become_a_tunnel() {
+    for login in [
+        &b"APOP alice c4c9334bac560ecc979e58001b3e22fb\r\n"[..],
+        b"AUTH CRAM-MD5\r\n",
+    ] {
+        let mut h = alice_verified_empty();
+        h.open(2);
+        assert_eq!(h.client(2, login), [ConnectUpstream]);
+        assert_eq!(connect_upstream(&mut h, 2, false), [to_upstream(login)]);
+        assert_eq!(
+            h.server(2, b"+ PDE4OTYuNjk3\r\n"),
+            [to_client(b"+ PDE4OTYuNjk3\r\n")]
+        );
+    }
+}
+
+#[test]
+fn auth_plain_is_handled_like_user_and_pass() {
+    let mut h = alice_verified_empty();
+    h.open(2);
+    assert_eq!(
+        h.client(2, format!("AUTH PLAIN {PLAIN_ALICE_PW}\r\n").as_bytes()),
+        [to_client(LOGGED_IN)]
+    );
+    assert_eq!(
+        h.client(2, b"QUIT\r\n"),
+        [to_client(LOGGING_OUT), CloseClient]
+    );
+    // Without initial response, and after the interval: replayed as AUTH PLAIN.
+    h.now += INTERVAL;
+    h.open(3);
+    assert_eq!(h.client(3, b"AUTH PLAIN\r\n"), [to_client(b"+ \r\n")]);
+    assert_eq!(
+        h.client(3, format!("{PLAIN_ALICE_PW}\r\n").as_bytes()),
+        [ConnectUpstream]
+    );
+    let replay = format!("AUTH PLAIN {PLAIN_ALICE_PW}\r\n");
+    assert_eq!(
+        connect_upstream(&mut h, 3, false),
+        [to_upstream(replay.as_bytes())]
+    );
+    assert_eq!(
+        h.server(3, b"+OK Logged in.\r\n"),
+        [to_client(b"+OK Logged in.\r\n")]
+    );
+    assert_eq!(
+        h.engine.state(3),
+        Some(State::Transaction { terminate: false })
+    );
+}
+
+#[test]
+fn opted_out_users_always_reach_the_server() {
+    let mut h = alice_verified_empty();
+    h.open(2);
+    assert_eq!(h.client(2, b"USER bob\r\n"), [ConnectUpstream]);
+    assert_eq!(
+        connect_upstream(&mut h, 2, false),
+        [to_upstream(b"USER bob\r\n")]
+    );
+    assert_eq!(h.client(2, b"PASS x\r\n"), [to_upstream(b"PASS x\r\n")]);
+    assert_eq!(
+        h.server(2, b"+OK\r\n+OK\r\n"),
+        [to_client(b"+OK\r\n+OK\r\n")]
+    );
+    assert!(entry(&h, "bob").is_none());
+}
+
+#[test]
+fn xclient_is_sent_when_dovecots_greeting_offers_it() {
+    let mut h = engine();
+    h.open(1);
+    h.client(1, b"USER alice\r\n");
+    h.event(1, Event::UpstreamConnected);
+    assert_eq!(
+        h.server(1, b"+OK [XCLIENT] Dovecot ready.\r\n"),
+        [to_upstream(b"CAPA\r\n")]
+    );
+    assert_eq!(
+        h.server(1, b"+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n"),
+        [to_upstream(XCLIENT)]
+    );
+    assert_eq!(
+        h.server(1, b"+OK Updated\r\n"),
+        [to_upstream(b"USER alice\r\n")]
+    );
+}
+
+#[test]
+fn no_xclient_when_the_server_does_not_offer_it() {
+    let mut h = engine();
+    h.open(1);
+    h.client(1, b"USER alice\r\n");
+    h.event(1, Event::UpstreamConnected);
+    h.server(1, b"+OK hi\r\n");
+    assert_eq!(
+        h.server(1, b"+OK\r\nUSER\r\n.\r\n"),
+        [to_upstream(b"USER alice\r\n")]
+    );
+}
+
+#[test]
+fn a_dead_server_fails_passed_through_checks_but_not_attenuated_ones() {
+    let mut h = alice_verified_empty();
+    attenuated_login(&mut h, 2, "pw");
+    assert_eq!(h.client(2, b"STAT\r\n"), [to_client(b"+OK 0 0\r\n")]);
+    h.open(3);
+    h.client(3, b"USER carol\r\n");
+    assert_eq!(
+        h.event(3, Event::UpstreamFailed),
+        [to_client(SERVER_UNAVAILABLE), CloseClient, CloseUpstream]
+    );
+}
+
+#[test]
+fn an_attenuated_session_outliving_the_interval_asks_the_server() {
+    let mut h = alice_verified_empty();
+    attenuated_login(&mut h, 2, "pw");
+    h.now += INTERVAL;
+    assert_eq!(h.client(2, b"STAT\r\n"), [ConnectUpstream]);
+    assert_eq!(
+        connect_upstream(&mut h, 2, false),
+        [to_upstream(b"USER alice\r\n")]
+    );
+    assert_eq!(h.server(2, b"+OK\r\n"), [to_upstream(b"PASS pw\r\n")]);
+    assert_eq!(
+        h.server(2, b"+OK Logged in.\r\n"),
+        [to_upstream(b"STAT\r\n")]
+    );
+    assert_eq!(h.server(2, b"+OK 1 10\r\n"), [to_client(b"+OK 1 10\r\n")]);
+}
+
+#[test]
+fn autologout_closes_idle_sessions_without_quit() {
+    let mut h = alice_verified_empty();
+    attenuated_login(&mut h, 2, "pw");
+    h.advance(Duration::from_secs(599));
+    h.client(2, b"NOOP\r\n");
+    assert!(h.advance(Duration::from_secs(599)).is_empty());
+    let out = h.advance(Duration::from_secs(1));
+    assert_eq!(
+        out,
+        [Output {
+            conn: 2,
+            action: CloseClient
+        }]
+    );
+    assert!(!entry(&h, "alice").unwrap().locked);
+}
+
+#[test]
+fn expired_entries_are_collected_by_the_timer() {
+    let mut h = alice_verified_empty();
+    h.advance(INTERVAL - Duration::from_secs(1));
+    assert!(entry(&h, "alice").is_some());
+    h.advance(Duration::from_secs(31));
+    assert!(entry(&h, "alice").is_none());
+    assert_eq!(
+        h.engine.next_timeout(),
+        Some(h.now + Duration::from_secs(30))
+    );
+}
+
+#[test]
+fn an_overlong_line_is_refused() {
+    let mut h = engine();
+    h.open(1);
+    assert_eq!(
+        h.client(1, &vec![b'x'; 100_000]),
+        [to_client(LINE_TOO_LONG), CloseClient]
+    );
+}

@@ -1,0 +1,250 @@
+//! The transparent relay (issue 2): every byte passes unchanged in both directions.
+//!
+//! The relay still runs both streams through the decoders, to enforce the RFC 2449
+//! command limit, to match pipelined responses to their commands, and to see when the
+//! session stops being POP3: after `+OK` to STLS the stream is TLS, and after AUTH or
+//! APOP it may carry a SASL security layer, so from then on it is an opaque tunnel.
+//!
+//! # Memory per connection
+//!
+//! Bounded whatever the peers send: one partial command line ([`MAX_COMMAND_LINE`]
+//! octets), one partial status line (512 octets), at most [`MAX_PENDING`] unanswered
+//! commands (two bytes each), and, only until the upstream connection is up, at most
+//! [`MAX_EARLY`] octets of client input held for it. Body bytes are never held: each
+//! chunk from the server is handed on as it arrives. About 17 KB in the worst case.
+
+use std::{collections::VecDeque, time::Instant};
+
+use hashbrown::HashMap;
+
+use crate::{
+    codec::{
+        Command, CommandDecoder, Expect, MAX_COMMAND_LINE, Response, ResponseDecoder, StatusKind,
+        Verb,
+    },
+    session::{Action, ConnId, ConnInfo, Event, Output, Pop3Engine},
+};
+
+/// Most commands a client may have sent without their answer having come back.
+///
+/// RFC 2449 pipelining needs a window, not an unbounded queue; a client past it is
+/// not pipelining but flooding.
+pub const MAX_PENDING: usize = 64;
+/// Most client input held while the upstream connection is still being made.
+pub const MAX_EARLY: usize = MAX_PENDING * MAX_COMMAND_LINE;
+
+/// Sent to a client whose line is over the limit, before closing.
+pub const LINE_TOO_LONG: &[u8] = b"-ERR line too long\r\n";
+/// Sent to a client that sends too much without reading the answers, before closing.
+pub const TOO_MANY_PENDING: &[u8] = b"-ERR too many pipelined commands\r\n";
+/// Sent when the mail server cannot be reached or breaks, before closing (RFC 2449 code).
+pub const SERVER_UNAVAILABLE: &[u8] = b"-ERR [SYS/TEMP] mail server unavailable\r\n";
+
+/// How much of the session the relay still understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tracking {
+    /// Both directions are POP3.
+    Pop3,
+    /// STLS was sent: the client may start TLS once the answer is `+OK`, so its bytes
+    /// are passed on unparsed until the answer says which.
+    AwaitStls,
+    /// No longer POP3 (TLS, SASL layer, or a server that broke framing): bytes only.
+    Tunnel,
+}
+
+/// An unanswered command (or the greeting), oldest first.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    expect: Expect,
+    stls: bool,
+}
+
+/// One relayed connection.
+#[derive(Debug)]
+struct Relay {
+    upstream_up: bool,
+    closed: bool,
+    tracking: Tracking,
+    commands: CommandDecoder,
+    responses: ResponseDecoder,
+    pending: VecDeque<Pending>,
+    /// Client bytes waiting for the upstream connection.
+    early: Vec<u8>,
+}
+
+/// The transparent relay of issue 2 as a [`Pop3Engine`]: no attenuation, no local answers.
+#[derive(Debug, Default)]
+pub struct RelayEngine {
+    conns: HashMap<ConnId, Relay>,
+}
+
+impl RelayEngine {
+    /// An engine with no connections.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of connections not yet released with [`Pop3Engine::close`].
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+impl Pop3Engine for RelayEngine {
+    fn open(&mut self, conn: ConnId, _info: ConnInfo, _now: Instant, out: &mut Vec<Output>) {
+        let relay = Relay {
+            upstream_up: false,
+            closed: false,
+            tracking: Tracking::Pop3,
+            commands: CommandDecoder::default(),
+            responses: ResponseDecoder::default(),
+            // The greeting is the first answer the server owes.
+            pending: VecDeque::from([Pending {
+                expect: Expect::Single,
+                stls: false,
+            }]),
+            early: Vec::new(),
+        };
+        self.conns.insert(conn, relay);
+        out.push(Output {
+            conn,
+            action: Action::ConnectUpstream,
+        });
+    }
+
+    fn handle(&mut self, conn: ConnId, event: Event<'_>, _now: Instant, out: &mut Vec<Output>) {
+        let Some(relay) = self.conns.get_mut(&conn).filter(|r| !r.closed) else {
+            return;
+        };
+        let mut actions = Vec::new();
+        match event {
+            Event::ClientData(data) => relay.on_client_data(data, &mut actions),
+            Event::UpstreamConnected => {
+                relay.upstream_up = true;
+                if !relay.early.is_empty() {
+                    actions.push(Action::ToUpstream(std::mem::take(&mut relay.early)));
+                }
+            }
+            Event::UpstreamData(data) => relay.on_server_data(data, &mut actions),
+            Event::ClientClosed => {
+                // Never a QUIT: an abnormal disconnect must not enter UPDATE (RFC 1939).
+                relay.closed = true;
+                actions.push(Action::CloseUpstream);
+            }
+            Event::UpstreamClosed => {
+                relay.closed = true;
+                actions.push(Action::CloseClient);
+            }
+            Event::UpstreamFailed => {
+                relay.closed = true;
+                // Only where a status line may start: not inside a body, not inside TLS.
+                if relay.tracking != Tracking::Tunnel && relay.responses.at_boundary() {
+                    actions.push(Action::ToClient(SERVER_UNAVAILABLE.to_vec()));
+                }
+                actions.push(Action::CloseClient);
+            }
+        }
+        out.extend(actions.into_iter().map(|action| Output { conn, action }));
+    }
+
+    fn close(&mut self, conn: ConnId, _now: Instant) {
+        self.conns.remove(&conn);
+    }
+
+    fn next_timeout(&self) -> Option<Instant> {
+        // The mail server runs its own autologout timer; the relay has none.
+        None
+    }
+
+    fn on_timeout(&mut self, _now: Instant, _out: &mut Vec<Output>) {}
+}
+
+impl Relay {
+    /// Passes the client's complete lines on (raw), refusing what breaks the limits.
+    fn on_client_data(&mut self, data: &[u8], actions: &mut Vec<Action>) {
+        let mut input = data;
+        let mut forward = Vec::new();
+        let mut refusal = None;
+        while self.tracking == Tracking::Pop3 {
+            let line = match self.commands.decode(&mut input) {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(_) => {
+                    refusal = Some(LINE_TOO_LONG);
+                    break;
+                }
+            };
+            if self.pending.len() >= MAX_PENDING {
+                refusal = Some(TOO_MANY_PENDING);
+                break;
+            }
+            forward.extend_from_slice(line);
+            let cmd = Command::parse(line);
+            let stls = cmd.verb == Verb::Stls;
+            self.pending.push_back(Pending {
+                expect: cmd.expect(),
+                stls,
+            });
+            if stls {
+                self.tracking = Tracking::AwaitStls;
+            } else if cmd.verb == Verb::Apop || (cmd.verb == Verb::Auth && cmd.has_args()) {
+                self.tracking = Tracking::Tunnel;
+            }
+        }
+        if refusal.is_none() && self.tracking != Tracking::Pop3 {
+            forward.extend_from_slice(input);
+        }
+        if !forward.is_empty() {
+            if self.upstream_up {
+                actions.push(Action::ToUpstream(forward));
+            } else if self.early.len() + forward.len() <= MAX_EARLY {
+                self.early.extend_from_slice(&forward);
+            } else {
+                refusal = Some(TOO_MANY_PENDING);
+            }
+        }
+        if let Some(message) = refusal {
+            self.closed = true;
+            actions.extend([
+                Action::ToClient(message.to_vec()),
+                Action::CloseClient,
+                Action::CloseUpstream,
+            ]);
+        }
+    }
+
+    /// Passes the server's bytes on unchanged and follows its responses.
+    fn on_server_data(&mut self, data: &[u8], actions: &mut Vec<Action>) {
+        actions.push(Action::ToClient(data.to_vec()));
+        let mut input = data;
+        while self.tracking != Tracking::Tunnel {
+            let expect = self.pending.front().map_or(Expect::Single, |p| p.expect);
+            let (kind, done) = match self.responses.decode(&mut input, expect) {
+                Ok(None) => break,
+                Ok(Some(Response::Status { kind, body, .. })) => (Some(kind), !body),
+                Ok(Some(Response::Body { end, .. })) => (None, end),
+                Err(err) => {
+                    // The server is trusted; a framing break costs tracking, not service.
+                    tracing::warn!(%err, "mail server broke POP3 framing; tunnelling the rest");
+                    self.tracking = Tracking::Tunnel;
+                    break;
+                }
+            };
+            if !done {
+                continue;
+            }
+            let answered = self.pending.pop_front();
+            if answered.is_some_and(|p| p.stls) {
+                if kind == Some(StatusKind::Ok) {
+                    self.tracking = Tracking::Tunnel;
+                } else {
+                    self.tracking = Tracking::Pop3;
+                    self.commands.reset();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
