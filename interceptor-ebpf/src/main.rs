@@ -138,8 +138,7 @@ fn parse_flow(ctx: &XdpContext) -> Result<Option<Flow>, ()> {
         }
         ETH_P_IPV6 => {
             // Extension headers are rare on POP3 and not worth parsing here: pass them.
-            if read::<u8>(ctx, offset)? >> 4 != 6 || read::<u8>(ctx, offset + 6)? != IPPROTO_TCP
-            {
+            if read::<u8>(ctx, offset)? >> 4 != 6 || read::<u8>(ctx, offset + 6)? != IPPROTO_TCP {
                 return Ok(None);
             }
             key.client_addr = read(ctx, offset + 8)?;
@@ -172,7 +171,9 @@ fn is_intercepted(key: &FlowKey) -> bool {
     if unsafe { PORTS.get(key.server_port) }.is_none() {
         return false;
     }
-    let filter = CONFIG.get(0).is_some_and(|config| config.server_filter != 0);
+    let filter = CONFIG
+        .get(0)
+        .is_some_and(|config| config.server_filter != 0);
     if !filter {
         return true;
     }

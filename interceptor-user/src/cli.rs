@@ -4,8 +4,9 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
+use pop3_engine::attenuation::parse_duration;
 
-use crate::ebpf::AttachMode;
+use crate::{ebpf::AttachMode, settings::EngineMode};
 
 /// Cuts empty POP3 checks off at the edge router: XDP -> AF_XDP -> userspace TCP ->
 /// attenuation engine -> real mail server.
@@ -31,55 +32,59 @@ pub enum Command {
     Run(RunArgs),
 }
 
-#[derive(Debug, Args)]
+/// Flags of `run`. Each one overrides the same key of the `--config` file; the defaults
+/// are listed in README.md and in `packaging/pop3-interceptor.toml`.
+#[derive(Debug, Default, Args)]
 pub struct RunArgs {
+    /// TOML config file with any of the settings below (same names, kebab-case).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// The subscriber-facing interface to attach to.
     #[arg(long)]
-    pub iface: String,
-    /// XDP attach mode.
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-    pub xdp_mode: AttachMode,
-    /// Intercepted TCP ports.
-    #[arg(long, value_delimiter = ',', default_value = "110")]
-    pub ports: Vec<u16>,
+    pub iface: Option<String>,
+    /// XDP attach mode [default: auto].
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<AttachMode>,
+    /// Intercepted TCP ports [default: 110].
+    #[arg(long, value_delimiter = ',')]
+    pub ports: Option<Vec<u16>>,
     /// Mail-server prefixes to intercept (CIDR); none means any destination.
     #[arg(long, value_delimiter = ',', num_args = 1..)]
-    pub servers: Vec<IpNet>,
-    /// Folder on a bpffs for the pinned maps.
-    #[arg(long, default_value = common::DEFAULT_PIN_DIR)]
-    pub pin_dir: PathBuf,
+    pub servers: Option<Vec<IpNet>>,
+    /// Folder on a bpffs for the pinned maps [default: /sys/fs/bpf/pop3-interceptor].
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
     /// Keep the pinned maps after exit.
     #[arg(long)]
     pub keep_pins: bool,
-    /// Timeout for the TCP handshake with the mail server (e.g. 5s, 500ms).
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
-    pub connect_timeout: Duration,
-    /// Most concurrent intercepted connections.
-    #[arg(long, default_value_t = 4096)]
-    pub max_conns: usize,
-    /// Drop a connection with no traffic for this long.
-    #[arg(long, value_parser = parse_duration, default_value = "15m")]
-    pub idle_timeout: Duration,
+    /// `attenuate` answers empty checks locally; `relay` only relays [default: attenuate].
+    #[arg(long, value_enum)]
+    pub mode: Option<EngineMode>,
+    /// How long a mailbox the server said is empty is trusted, e.g. 5s, 90s, 15m [default: 15m].
+    #[arg(long, value_parser = duration)]
+    pub interval: Option<Duration>,
+    /// Usernames never attenuated (always passed through to the server).
+    #[arg(long, value_delimiter = ',')]
+    pub opt_out: Option<Vec<String>>,
+    /// Most users in the attenuation table [default: 1000000].
+    #[arg(long)]
+    pub table_size: Option<usize>,
+    /// Close a POP3 session idle for this long (RFC 1939: at least 10m) [default: 10m].
+    #[arg(long, value_parser = duration)]
+    pub autologout: Option<Duration>,
+    /// Timeout for the TCP handshake with the mail server [default: 5s].
+    #[arg(long, value_parser = duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Most concurrent intercepted connections [default: 4096].
+    #[arg(long)]
+    pub max_conns: Option<usize>,
+    /// Drop a connection with no packets for this long [default: 15m].
+    #[arg(long, value_parser = duration)]
+    pub idle_timeout: Option<Duration>,
 }
 
-/// Parses `500ms`, `5s`, `90s`, `15m`, `1h`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a number with a unit, like 5s or 15m"))?;
-    let seconds = match unit {
-        "ms" => return Ok(Duration::from_millis(value)),
-        "" | "s" => value,
-        "m" => value * 60,
-        "h" => value * 3600,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    Ok(Duration::from_secs(seconds))
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -87,19 +92,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_accept_the_documented_units() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("m").is_err());
-    }
-
-    #[test]
     fn the_cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse_into_settings_overrides() {
+        let cli = Cli::try_parse_from([
+            "pop3-interceptor",
+            "run",
+            "--iface",
+            "eth1",
+            "--interval",
+            "90s",
+            "--servers",
+            "203.0.113.0/24,2001:db8::/32",
+            "--opt-out",
+            "alice,bob",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command;
+        assert_eq!(args.iface.as_deref(), Some("eth1"));
+        assert_eq!(args.interval, Some(Duration::from_secs(90)));
+        assert_eq!(args.servers.unwrap().len(), 2);
+        assert_eq!(args.opt_out.unwrap(), ["alice", "bob"]);
+        assert!(Cli::try_parse_from(["pop3-interceptor", "run", "--interval", "soon"]).is_err());
     }
 }

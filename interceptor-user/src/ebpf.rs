@@ -20,13 +20,15 @@ use ipnet::IpNet;
 use thiserror::Error;
 
 /// The XDP object built by build.rs from `interceptor-ebpf`.
-static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pop3-interceptor"));
+static XDP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pop3-interceptor"));
 
 /// bpffs magic number, from `statfs(2)`.
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// How to attach the program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AttachMode {
     /// Driver (native) mode if the driver supports it, else generic.
     Auto,
@@ -68,7 +70,9 @@ pub enum EbpfError {
     NotBpffs(String),
     #[error("creating the pin folder {0}: {1}")]
     PinDir(String, std::io::Error),
-    #[error("loading the XDP object: {0} (run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW)")]
+    #[error(
+        "loading the XDP object: {0} (run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW)"
+    )]
     Load(#[source] aya::EbpfError),
     #[error("the XDP object has no {0}")]
     Missing(&'static str),
@@ -115,7 +119,9 @@ impl Attachment {
             return Err(EbpfError::NoSuchInterface(options.ifname.clone()));
         }
         prepare_pin_dir(&options.pin_dir)?;
-        let mut ebpf = EbpfLoader::new().load(XDP_OBJECT).map_err(EbpfError::Load)?;
+        let mut ebpf = EbpfLoader::new()
+            .load(XDP_OBJECT)
+            .map_err(EbpfError::Load)?;
         configure(&mut ebpf, options)?;
         pin_maps(&ebpf, &options.pin_dir)?;
 
@@ -202,27 +208,39 @@ pub fn remove_pins(pin_dir: &Path) {
 fn configure(ebpf: &mut Ebpf, options: &AttachOptions) -> Result<(), EbpfError> {
     let mut ports: HashMap<_, u16, u8> = map_mut(ebpf, map_names::PORTS)?;
     for &port in &options.ports {
-        ports.insert(port, 1, 0).map_err(map_err(map_names::PORTS))?;
+        ports
+            .insert(port, 1, 0)
+            .map_err(map_err(map_names::PORTS))?;
     }
     let mut v4: LpmTrie<_, [u8; 4], u8> = map_mut(ebpf, map_names::SERVERS_V4)?;
     for net in &options.servers {
         if let IpNet::V4(net) = net {
-            v4.insert(&Key::new(u32::from(net.prefix_len()), net.network().octets()), 1, 0)
-                .map_err(map_err(map_names::SERVERS_V4))?;
+            v4.insert(
+                &Key::new(u32::from(net.prefix_len()), net.network().octets()),
+                1,
+                0,
+            )
+            .map_err(map_err(map_names::SERVERS_V4))?;
         }
     }
     let mut v6: LpmTrie<_, [u8; 16], u8> = map_mut(ebpf, map_names::SERVERS_V6)?;
     for net in &options.servers {
         if let IpNet::V6(net) = net {
-            v6.insert(&Key::new(u32::from(net.prefix_len()), net.network().octets()), 1, 0)
-                .map_err(map_err(map_names::SERVERS_V6))?;
+            v6.insert(
+                &Key::new(u32::from(net.prefix_len()), net.network().octets()),
+                1,
+                0,
+            )
+            .map_err(map_err(map_names::SERVERS_V6))?;
         }
     }
     let mut config: Array<_, Config> = map_mut(ebpf, map_names::CONFIG)?;
     let value = Config {
         server_filter: u32::from(!options.servers.is_empty()),
     };
-    config.set(0, value, 0).map_err(map_err(map_names::CONFIG))?;
+    config
+        .set(0, value, 0)
+        .map_err(map_err(map_names::CONFIG))?;
     Ok(())
 }
 
@@ -259,7 +277,9 @@ fn pin_maps(ebpf: &Ebpf, pin_dir: &Path) -> Result<(), EbpfError> {
 fn prepare_pin_dir(pin_dir: &Path) -> Result<(), EbpfError> {
     let display = || pin_dir.display().to_string();
     fs::create_dir_all(pin_dir).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::PermissionDenied || !is_bpffs(pin_dir.parent().unwrap_or(pin_dir)) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied
+            || !is_bpffs(pin_dir.parent().unwrap_or(pin_dir))
+        {
             EbpfError::NotBpffs(display())
         } else {
             EbpfError::PinDir(display(), e)

@@ -4,6 +4,7 @@
 //! - [`ebpf`]: loads and attaches the XDP program, pins its maps.
 //! - [`dataplane`]: AF_XDP sockets, the smoltcp stack, the connection table.
 //! - [`upstream`]: connections to the real mail servers (tokio).
+//! - [`settings`]: the config file and flags; [`engine`]: the engine `--mode` picks.
 //! - [`run`]: puts them together for `pop3-interceptor run`.
 //!
 //! The POP3 decisions themselves live in the sans-IO `pop3-engine` crate.
@@ -11,6 +12,8 @@
 pub mod cli;
 pub mod dataplane;
 pub mod ebpf;
+pub mod engine;
 pub mod run;
+pub mod settings;
 pub mod signals;
 pub mod upstream;

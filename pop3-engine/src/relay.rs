@@ -39,6 +39,11 @@ pub const LINE_TOO_LONG: &[u8] = b"-ERR line too long\r\n";
 pub const TOO_MANY_PENDING: &[u8] = b"-ERR too many pipelined commands\r\n";
 /// Sent when the mail server cannot be reached or breaks, before closing (RFC 2449 code).
 pub const SERVER_UNAVAILABLE: &[u8] = b"-ERR [SYS/TEMP] mail server unavailable\r\n";
+/// Sent to a client that tries XCLIENT, before closing.
+pub const XCLIENT_REFUSED: &[u8] = b"-ERR XCLIENT is not allowed\r\n";
+
+/// Dovecot's greeting code telling a trusted peer (the router) it may send XCLIENT.
+const XCLIENT_CODE: &[u8] = b"[XCLIENT] ";
 
 /// How much of the session the relay still understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +67,8 @@ struct Pending {
 /// One relayed connection.
 #[derive(Debug)]
 struct Relay {
+    /// The server's greeting has been passed on.
+    greeted: bool,
     upstream_up: bool,
     closed: bool,
     tracking: Tracking,
@@ -93,6 +100,7 @@ impl RelayEngine {
 impl Pop3Engine for RelayEngine {
     fn open(&mut self, conn: ConnId, _info: ConnInfo, _now: Instant, out: &mut Vec<Output>) {
         let relay = Relay {
+            greeted: false,
             upstream_up: false,
             closed: false,
             tracking: Tracking::Pop3,
@@ -178,8 +186,14 @@ impl Relay {
                 refusal = Some(TOO_MANY_PENDING);
                 break;
             }
-            forward.extend_from_slice(line);
             let cmd = Command::parse(line);
+            // The server trusts the router's address: XCLIENT from a subscriber would let
+            // it claim any address there. No real client sends it.
+            if cmd.name.eq_ignore_ascii_case(b"XCLIENT") {
+                refusal = Some(XCLIENT_REFUSED);
+                break;
+            }
+            forward.extend_from_slice(line);
             let stls = cmd.verb == Verb::Stls;
             self.pending.push_back(Pending {
                 expect: cmd.expect(),
@@ -214,9 +228,32 @@ impl Relay {
     }
 
     /// Passes the server's bytes on unchanged and follows its responses.
+    ///
+    /// The one exception is the greeting: a server that trusts the router (Dovecot's
+    /// `login_trusted_networks`) greets it with `[XCLIENT]`, which it would not say to
+    /// the subscriber directly. That code is taken out, so the client sees the bytes it
+    /// would see without us.
     fn on_server_data(&mut self, data: &[u8], actions: &mut Vec<Action>) {
-        actions.push(Action::ToClient(data.to_vec()));
         let mut input = data;
+        if !self.greeted {
+            match self.responses.decode(&mut input, Expect::Single) {
+                Ok(None) => return,
+                Ok(Some(Response::Status { line, .. })) => {
+                    actions.push(Action::ToClient(without_xclient_code(line)));
+                }
+                Ok(Some(Response::Body { .. })) | Err(_) => {
+                    self.tracking = Tracking::Tunnel;
+                    actions.push(Action::ToClient(data.to_vec()));
+                    return;
+                }
+            }
+            self.greeted = true;
+            self.pending.pop_front();
+            if input.is_empty() {
+                return;
+            }
+        }
+        actions.push(Action::ToClient(input.to_vec()));
         while self.tracking != Tracking::Tunnel {
             let expect = self.pending.front().map_or(Expect::Single, |p| p.expect);
             let (kind, done) = match self.responses.decode(&mut input, expect) {
@@ -243,6 +280,17 @@ impl Relay {
                 }
             }
         }
+    }
+}
+
+/// The greeting line with Dovecot's `[XCLIENT] ` code removed, if it has one.
+fn without_xclient_code(line: &[u8]) -> Vec<u8> {
+    match line
+        .windows(XCLIENT_CODE.len())
+        .position(|w| w == XCLIENT_CODE)
+    {
+        Some(at) => [&line[..at], &line[at + XCLIENT_CODE.len()..]].concat(),
+        None => line.to_vec(),
     }
 }
 

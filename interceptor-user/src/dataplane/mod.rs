@@ -326,8 +326,12 @@ impl<E: Pop3Engine> Dataplane<E> {
             let Ok(n) = socket.recv_slice(&mut self.scratch) else {
                 break;
             };
-            self.engine
-                .handle(id, Event::ClientData(&self.scratch[..n]), now, &mut self.outputs);
+            self.engine.handle(
+                id,
+                Event::ClientData(&self.scratch[..n]),
+                now,
+                &mut self.outputs,
+            );
         }
         if !socket.may_recv() {
             conn.client_closed = true;
@@ -397,8 +401,8 @@ impl<E: Pop3Engine> Dataplane<E> {
         };
         let socket = self.stack.socket(conn.handle);
         let state = socket.state();
-        let handshake_expired = !conn.opened
-            && now.duration_since(conn.created) > self.config.handshake_timeout;
+        let handshake_expired =
+            !conn.opened && now.duration_since(conn.created) > self.config.handshake_timeout;
         let idle_expired = now.duration_since(conn.last_activity) > self.config.idle_timeout;
         // A listener that did not take its SYN (a bad segment) would steal the next one.
         let finished = matches!(state, State::Closed | State::TimeWait | State::Listen);

@@ -155,7 +155,8 @@ impl Stack {
 
     /// Lets smoltcp send what its sockets have queued (data, ACKs, retransmissions).
     pub fn egress(&mut self, now: Instant) {
-        self.iface.poll_egress(now, &mut self.device, &mut self.sockets);
+        self.iface
+            .poll_egress(now, &mut self.device, &mut self.sockets);
     }
 
     /// Hands every packet smoltcp produced to `send`, in order.

@@ -13,8 +13,7 @@ use std::{
 
 use thiserror::Error;
 use xdpilone::{
-    DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig,
-    xdp::XdpDesc,
+    DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, xdp::XdpDesc,
 };
 
 /// Frames per UMEM: half RX (fill ring), half TX.
@@ -29,7 +28,11 @@ pub enum XskError {
     #[error("interface {0:?}: {1}")]
     Interface(String, String),
     #[error("AF_XDP {step} on queue {queue}: {errno}")]
-    Setup { step: &'static str, queue: u32, errno: String },
+    Setup {
+        step: &'static str,
+        queue: u32,
+        errno: String,
+    },
     #[error("mmap of the UMEM area failed: {0}")]
     Mmap(std::io::Error),
 }
@@ -144,7 +147,9 @@ impl XskQueue {
         info.set_queue(queue_id);
 
         let socket = Socket::with_shared(&info, &umem).map_err(setup("socket"))?;
-        let mut device = umem.fq_cq(&socket).map_err(setup("fill/completion rings"))?;
+        let mut device = umem
+            .fq_cq(&socket)
+            .map_err(setup("fill/completion rings"))?;
         let rxtx = umem
             .rx_tx(
                 &socket,
@@ -201,7 +206,8 @@ impl XskQueue {
         let mut batch = self.rx.receive(budget);
         while let Some(desc) = batch.read() {
             on_frame(self.area.bytes(desc.addr, desc.len));
-            self.recycled.push(desc.addr - desc.addr % u64::from(FRAME_SIZE));
+            self.recycled
+                .push(desc.addr - desc.addr % u64::from(FRAME_SIZE));
         }
         batch.release();
         drop(batch);
@@ -275,4 +281,3 @@ impl AsRawFd for XskQueue {
         self.rx.as_raw_fd()
     }
 }
-

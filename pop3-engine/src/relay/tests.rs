@@ -214,3 +214,29 @@ fn close_forgets_the_connection() {
     assert_eq!(h.engine.connections(), 0);
     assert_eq!(h.client(1, b"STAT\r\n"), []);
 }
+
+#[test]
+fn the_xclient_code_of_a_trusting_server_is_not_shown_to_the_client() {
+    let mut h = Harness::new(RelayEngine::new());
+    h.open(1);
+    h.event(1, Event::UpstreamConnected);
+    assert_eq!(h.server(1, b"+OK [XCLIENT] Dove"), []);
+    assert_eq!(
+        h.server(1, b"cot ready.\r\n+OK\r\n"),
+        [to_client(b"+OK Dovecot ready.\r\n"), to_client(b"+OK\r\n")],
+        "greeting rewritten, what follows it relayed as it came"
+    );
+}
+
+#[test]
+fn a_client_sending_xclient_is_refused_and_nothing_reaches_the_server() {
+    let mut h = greeted();
+    assert_eq!(
+        h.client(1, b"XCLIENT ADDR=192.0.2.66 PORT=1\r\n"),
+        [
+            to_client(XCLIENT_REFUSED),
+            Action::CloseClient,
+            Action::CloseUpstream
+        ]
+    );
+}

@@ -1,0 +1,244 @@
+//! The daemon's settings: the `--config` TOML file overlaid with command-line flags.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use pop3_engine::attenuation::{self, parse_duration};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::{cli::RunArgs, ebpf::AttachMode};
+
+/// Which POP3 engine terminates the sessions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineMode {
+    /// The patent's attenuation engine: empty checks are answered at the edge.
+    #[default]
+    Attenuate,
+    /// A transparent relay: every session reaches the server unchanged.
+    Relay,
+}
+
+/// The config file. Every key is optional and named like the `run` flag.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileSettings {
+    pub iface: Option<String>,
+    pub xdp_mode: Option<AttachMode>,
+    pub ports: Option<Vec<u16>>,
+    pub servers: Option<Vec<IpNet>>,
+    pub pin_dir: Option<PathBuf>,
+    pub keep_pins: Option<bool>,
+    pub mode: Option<EngineMode>,
+    pub interval: Option<String>,
+    pub opt_out: Option<Vec<String>>,
+    pub table_size: Option<usize>,
+    pub autologout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub max_conns: Option<usize>,
+    pub idle_timeout: Option<String>,
+}
+
+/// Everything `run` needs, defaults applied.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub iface: String,
+    pub xdp_mode: AttachMode,
+    pub ports: Vec<u16>,
+    pub servers: Vec<IpNet>,
+    pub pin_dir: PathBuf,
+    pub keep_pins: bool,
+    pub mode: EngineMode,
+    pub engine: attenuation::Config,
+    pub connect_timeout: Duration,
+    pub max_conns: usize,
+    pub idle_timeout: Duration,
+    /// Where the settings came from, for reloading the opt-out list.
+    pub config_file: Option<PathBuf>,
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("no interface: pass --iface IF or set iface in the config file")]
+    NoInterface,
+}
+
+impl FileSettings {
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| SettingsError::Parse {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })
+    }
+}
+
+impl Settings {
+    /// The config file (if any) with the flags on top, then the defaults.
+    pub fn resolve(args: RunArgs) -> Result<Self, SettingsError> {
+        let file = match &args.config {
+            Some(path) => FileSettings::load(path)?,
+            None => FileSettings::default(),
+        };
+        let defaults = attenuation::Config::default();
+        let engine = attenuation::Config {
+            interval: args
+                .interval
+                .or(file_duration("interval", file.interval)?)
+                .unwrap_or(defaults.interval),
+            opt_out: args
+                .opt_out
+                .or(file.opt_out)
+                .map(|users| users.into_iter().collect::<HashSet<_>>())
+                .unwrap_or_default(),
+            table_size: args
+                .table_size
+                .or(file.table_size)
+                .unwrap_or(defaults.table_size),
+            autologout: args
+                .autologout
+                .or(file_duration("autologout", file.autologout)?)
+                .unwrap_or(defaults.autologout),
+            gc_interval: defaults.gc_interval,
+        };
+        if engine.table_size == 0 {
+            return Err(invalid("table-size", "must be at least 1"));
+        }
+        let ports = args
+            .ports
+            .or(file.ports)
+            .unwrap_or(vec![common::DEFAULT_POP3_PORT]);
+        if ports.is_empty() || ports.contains(&0) || ports.len() > common::MAX_PORTS as usize {
+            return Err(invalid("ports", "1 to 64 non-zero TCP ports"));
+        }
+        Ok(Self {
+            iface: args
+                .iface
+                .or(file.iface)
+                .ok_or(SettingsError::NoInterface)?,
+            xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or(AttachMode::Auto),
+            ports,
+            servers: args.servers.or(file.servers).unwrap_or_default(),
+            pin_dir: args
+                .pin_dir
+                .or(file.pin_dir)
+                .unwrap_or_else(|| common::DEFAULT_PIN_DIR.into()),
+            keep_pins: args.keep_pins || file.keep_pins.unwrap_or(false),
+            mode: args.mode.or(file.mode).unwrap_or_default(),
+            engine,
+            connect_timeout: args
+                .connect_timeout
+                .or(file_duration("connect-timeout", file.connect_timeout)?)
+                .unwrap_or(Duration::from_secs(5)),
+            max_conns: args.max_conns.or(file.max_conns).unwrap_or(4096),
+            idle_timeout: args
+                .idle_timeout
+                .or(file_duration("idle-timeout", file.idle_timeout)?)
+                .unwrap_or(Duration::from_secs(15 * 60)),
+            config_file: args.config,
+        })
+    }
+}
+
+fn file_duration(
+    key: &'static str,
+    text: Option<String>,
+) -> Result<Option<Duration>, SettingsError> {
+    text.map(|t| parse_duration(&t).map_err(|e| invalid(key, &e.to_string())))
+        .transpose()
+}
+
+fn invalid(key: &'static str, message: &str) -> SettingsError {
+    SettingsError::Invalid {
+        key,
+        message: message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(toml: &str, args: RunArgs) -> Result<Settings, SettingsError> {
+        let dir = std::env::temp_dir().join(format!("p3i-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.toml", toml.len()));
+        std::fs::write(&path, toml).unwrap();
+        Settings::resolve(RunArgs {
+            config: Some(path),
+            ..args
+        })
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let settings = Settings::resolve(RunArgs {
+            iface: Some("eth1".into()),
+            ..RunArgs::default()
+        })
+        .unwrap();
+        assert_eq!(settings.ports, [110]);
+        assert_eq!(settings.mode, EngineMode::Attenuate);
+        assert_eq!(settings.engine.interval, Duration::from_secs(900));
+        assert_eq!(settings.engine.autologout, Duration::from_secs(600));
+        assert_eq!(settings.connect_timeout, Duration::from_secs(5));
+        assert_eq!(settings.pin_dir, PathBuf::from(common::DEFAULT_PIN_DIR));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = r#"
+            iface = "eth0"
+            interval = "5m"
+            opt-out = ["carol"]
+            servers = ["203.0.113.0/24"]
+            mode = "relay"
+        "#;
+        let settings = with_file(
+            file,
+            RunArgs {
+                interval: Some(Duration::from_secs(5)),
+                ..RunArgs::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(settings.iface, "eth0");
+        assert_eq!(settings.engine.interval, Duration::from_secs(5));
+        assert!(settings.engine.opt_out.contains("carol"));
+        assert_eq!(settings.mode, EngineMode::Relay);
+        assert_eq!(settings.servers.len(), 1);
+    }
+
+    #[test]
+    fn bad_files_get_clear_errors() {
+        let err =
+            with_file("iface = \"eth0\"\nintervall = \"5m\"", RunArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("intervall"), "{err}");
+        let err =
+            with_file("iface = \"eth0\"\ninterval = \"soon\"", RunArgs::default()).unwrap_err();
+        assert!(err.to_string().starts_with("interval:"), "{err}");
+        let err = Settings::resolve(RunArgs::default()).unwrap_err();
+        assert!(matches!(err, SettingsError::NoInterface));
+    }
+}

@@ -1,0 +1,357 @@
+//! Issue 2: transparent interception on the router's client-facing interface, end to end:
+//! XDP -> AF_XDP -> smoltcp -> the real Dovecot, with real clients.
+//!
+//! The daemon runs with `--mode relay` here, so every byte a client sees must be what
+//! Dovecot sent. Run as root, one at a time (`cargo xtask test`).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use pop3_interceptor_e2e::clients::{self, FetchmailOptions, PoplibOptions, RawSession};
+use pop3_interceptor_e2e::dovecot::{make_large_message, make_message};
+use pop3_interceptor_e2e::topology::{
+    CLIENT_V4, CLIENT_V6, HOST_IFACE, ROUTER_SERVER_V4, ROUTER_SERVER_V6, SERVER_V4,
+    server_pop3_v4, server_pop3_v6,
+};
+use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology, TopologyOptions};
+
+/// Slots of the XDP program's COUNTERS map (see `common::Counter`).
+const MATCHED: u32 = 1;
+const REDIRECTED: u32 = 2;
+
+fn relay(topo: &Topology) -> Interceptor {
+    Interceptor::start(topo, &["--mode", "relay"]).expect("interceptor")
+}
+
+/// A per-CPU counter of the pinned COUNTERS map, summed, read with the real bpftool.
+fn counter(ic: &Interceptor, slot: u32) -> u64 {
+    let dump = ic.dump_map("COUNTERS").expect("bpftool dump");
+    let entries = dump.as_array().expect("array dump");
+    let entry = entries
+        .iter()
+        .map(|e| e.get("formatted").unwrap_or(e))
+        .find(|e| e["key"].as_u64() == Some(u64::from(slot)))
+        .unwrap_or_else(|| panic!("no slot {slot} in {dump}"));
+    entry["values"]
+        .as_array()
+        .expect("per-CPU values")
+        .iter()
+        .map(|v| v["value"].as_u64().expect("numeric value"))
+        .sum()
+}
+
+fn last_login_rip(dc: &Dovecot, user: &str) -> String {
+    dc.logins_for(user).last().expect("a login").rip.clone()
+}
+
+/// Runs the same client sessions against Dovecot with the interceptor detached and
+/// attached; returns both transcripts.
+fn both_ways<T>(topo: &Topology, session: impl Fn() -> T) -> (T, T, Interceptor) {
+    let direct = session();
+    let ic = relay(topo);
+    let through = session();
+    (direct, through, ic)
+}
+
+#[test]
+fn curl_poplib_and_fetchmail_see_the_same_bytes_through_the_relay() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let message = make_message(
+        "x@p3i.test.example",
+        "alice",
+        "relay",
+        "one\n.starts with a dot\n..two dots\nlast",
+    );
+    dc.deliver("alice", &message).unwrap();
+    dc.deliver("alice", &make_large_message("alice", 200_000))
+        .unwrap();
+    let addr = server_pop3_v4();
+
+    let (direct, through, ic) = both_ways(&topo, || {
+        let list = clients::curl_list(&topo, addr, "alice", "alice-pw").unwrap();
+        let first = clients::curl_retr(&topo, addr, "alice", "alice-pw", 1).unwrap();
+        let second = clients::curl_retr(&topo, addr, "alice", "alice-pw", 2).unwrap();
+        let opts = PoplibOptions {
+            capa: true,
+            ..Default::default()
+        };
+        let pop = clients::poplib(&topo, addr, "alice", "alice-pw", &opts).unwrap();
+        let fetch = clients::fetchmail(
+            &topo,
+            addr,
+            "alice",
+            "alice-pw",
+            &FetchmailOptions::default(),
+        )
+        .unwrap();
+        assert!(pop.ok(), "{}", pop.normalized());
+        assert!(fetch.ok(), "{}", fetch.output);
+        (list, first, second, pop.normalized(), fetch.delivered)
+    });
+    assert_eq!(direct.0, through.0, "curl LIST");
+    assert_eq!(direct.1, through.1, "curl RETR 1");
+    assert_eq!(direct.2, through.2, "curl RETR 2 (200 KB)");
+    assert_eq!(
+        direct.3, through.3,
+        "poplib transcript, greeting and CAPA included"
+    );
+    assert_eq!(direct.4, through.4, "fetchmail's delivered mail");
+
+    // Proof of interception: the XDP program redirected the flows, and Dovecot saw the
+    // sessions come from the router, not from the client.
+    assert!(counter(&ic, REDIRECTED) > 0);
+    assert_eq!(last_login_rip(&dc, "alice"), ROUTER_SERVER_V4.to_string());
+    let rips: Vec<String> = dc
+        .logins_for("alice")
+        .iter()
+        .map(|l| l.rip.clone())
+        .collect();
+    assert!(rips.contains(&CLIENT_V4.to_string()), "{rips:?}");
+}
+
+#[test]
+fn poplib_dele_through_the_relay_deletes_exactly_what_was_asked() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    for subject in ["one", "two", "three"] {
+        let m = make_message("x@p3i.test.example", "bob", subject, "body");
+        dc.deliver("bob", &m).unwrap();
+    }
+    let _ic = relay(&topo);
+    let opts = PoplibOptions {
+        dele: vec![2],
+        ..Default::default()
+    };
+    let t = clients::poplib(&topo, server_pop3_v4(), "bob", "bob-pw", &opts).unwrap();
+    assert!(t.ok(), "{}", t.normalized());
+    assert_eq!(t.stat().map(|s| s.0), Some(3));
+    assert_eq!(dc.message_count("bob"), 2);
+
+    // A session cut off after DELE must not delete: the relay never sends QUIT for it.
+    let opts = PoplibOptions {
+        dele: vec![1],
+        quit: false,
+        ..Default::default()
+    };
+    let t = clients::poplib(&topo, server_pop3_v4(), "bob", "bob-pw", &opts).unwrap();
+    assert!(t.get_str("dele 1").unwrap().starts_with("+OK"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(dc.message_count("bob"), 2);
+}
+
+#[test]
+fn ipv6_client_reaches_the_ipv6_server_through_the_interceptor() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    dc.deliver(
+        "alice",
+        &make_message("x@p3i.test.example", "alice", "v6", "over IPv6"),
+    )
+    .unwrap();
+    let addr = server_pop3_v6();
+    let (direct, through, ic) = both_ways(&topo, || {
+        clients::poplib(&topo, addr, "alice", "alice-pw", &PoplibOptions::default())
+            .unwrap()
+            .normalized()
+    });
+    assert_eq!(direct, through);
+    assert!(through.contains("over IPv6"), "{through}");
+    assert!(counter(&ic, REDIRECTED) > 0);
+    let rips: Vec<String> = dc
+        .logins_for("alice")
+        .iter()
+        .map(|l| l.rip.clone())
+        .collect();
+    assert_eq!(
+        rips,
+        [CLIENT_V6.to_string(), ROUTER_SERVER_V6.to_string()],
+        "first direct, then from the router"
+    );
+}
+
+#[test]
+fn after_kill_9_sessions_reach_dovecot_directly() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let mut ic = relay(&topo);
+    let t = clients::poplib(
+        &topo,
+        server_pop3_v4(),
+        "alice",
+        "alice-pw",
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(t.ok(), "{}", t.normalized());
+    assert_eq!(last_login_rip(&dc, "alice"), ROUTER_SERVER_V4.to_string());
+
+    ic.kill9();
+    let t = clients::poplib(
+        &topo,
+        server_pop3_v4(),
+        "alice",
+        "alice-pw",
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(t.ok(), "{}", t.normalized());
+    assert_eq!(
+        last_login_rip(&dc, "alice"),
+        CLIENT_V4.to_string(),
+        "fail-open: the session went straight to Dovecot"
+    );
+    let net = topo.exec(Node::Router, &["bpftool", "net"]).unwrap();
+    assert!(
+        !net.stdout_str().contains("pop3_intercept"),
+        "the XDP program died with the daemon: {}",
+        net.stdout_str()
+    );
+}
+
+#[test]
+fn other_tcp_ports_pass_untouched() {
+    let topo = Topology::new().unwrap();
+    let _dc = Dovecot::start(&topo).unwrap();
+    let ic = relay(&topo);
+    // An echo-like service on another port of the server.
+    let log = topo.dir().join("other-port.log");
+    let script = "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('203.0.113.2', 2525)); s.listen(1); s.settimeout(20)\nc,a=s.accept(); c.sendall(('peer %s' % a[0]).encode() + b'\\r\\n'); c.close()";
+    let _server = topo
+        .spawn(Node::Server, &["python3", "-c", script], &log)
+        .unwrap();
+    let other = SocketAddr::new(SERVER_V4.into(), 2525);
+    let matched_before = counter(&ic, MATCHED);
+    let mut session = None;
+    for _ in 0..50 {
+        if let Ok(s) = RawSession::connect(&topo, Node::Client, other) {
+            session = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut session = session.expect("port 2525 reachable while attached");
+    let line = session.read_line().unwrap();
+    assert_eq!(
+        line,
+        format!("peer {CLIENT_V4}\r\n"),
+        "the kernel forwarded it"
+    );
+    assert_eq!(counter(&ic, MATCHED), matched_before, "XDP left it alone");
+}
+
+#[test]
+fn every_session_is_intercepted_on_a_four_queue_interface() {
+    let topo = Topology::with_options(TopologyOptions { rc0_queues: 4 }).unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let ic = relay(&topo);
+    assert!(
+        ic.log_text().contains("queues=4"),
+        "one AF_XDP socket per RX queue: {}",
+        ic.log_tail(5)
+    );
+    for _ in 0..20 {
+        let t = clients::poplib(
+            &topo,
+            server_pop3_v4(),
+            "carol",
+            "carol-pw",
+            &PoplibOptions {
+                retr: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(t.ok(), "{}", t.normalized());
+    }
+    let rips: Vec<String> = dc
+        .logins_for("carol")
+        .iter()
+        .map(|l| l.rip.clone())
+        .collect();
+    assert_eq!(rips.len(), 20);
+    assert!(
+        rips.iter().all(|r| r == &ROUTER_SERVER_V4.to_string()),
+        "every session came through the interceptor: {rips:?}"
+    );
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_100_kb_line_gets_err_and_memory_stays_bounded() {
+    let topo = Topology::new().unwrap();
+    let _dc = Dovecot::start(&topo).unwrap();
+    let ic = relay(&topo);
+    // The fixture's pid is `ip netns exec`, which execs the daemon: same pid.
+    let before = rss_kib(ic.pid());
+    for _ in 0..5 {
+        let mut line = vec![b'A'; 100 * 1024];
+        line.extend_from_slice(b"\r\n");
+        let reply = clients::raw_exchange(
+            &topo,
+            server_pop3_v4(),
+            &line,
+            Duration::from_secs(10),
+            4096,
+        )
+        .unwrap();
+        let text = reply.reply_str();
+        assert!(text.starts_with("-ERR"), "{text:?}");
+        assert!(reply.closed, "the connection closes after the -ERR");
+    }
+    let after = rss_kib(ic.pid());
+    assert!(
+        after < before + 8 * 1024,
+        "RSS grew from {before} KiB to {after} KiB for 500 KB of bad input"
+    );
+    // Still serving.
+    let t = clients::poplib(
+        &topo,
+        server_pop3_v4(),
+        "alice",
+        "alice-pw",
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(t.ok(), "{}", t.normalized());
+}
+
+#[test]
+fn a_stopped_mail_server_gets_sys_temp_within_the_timeout() {
+    let topo = Topology::new().unwrap();
+    let mut dc = Dovecot::start(&topo).unwrap();
+    let _ic = Interceptor::start(&topo, &["--mode", "relay", "--connect-timeout", "2s"]).unwrap();
+    dc.stop().unwrap();
+
+    // Refused: the answer comes at once.
+    let started = Instant::now();
+    let mut session = RawSession::connect(&topo, Node::Client, server_pop3_v4()).unwrap();
+    let line = session.read_line().unwrap();
+    assert!(line.starts_with("-ERR [SYS/TEMP]"), "{line:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let (_, eof) = session.read_to_end_bounded(1024);
+    assert!(eof, "the connection closes");
+
+    // Unreachable (the server's link is down): the answer comes within the timeout.
+    topo.exec(Node::Server, &["ip", "link", "set", HOST_IFACE, "down"])
+        .unwrap();
+    let started = Instant::now();
+    let mut session = RawSession::connect(&topo, Node::Client, server_pop3_v4()).unwrap();
+    session.set_timeout(Duration::from_secs(10)).unwrap();
+    let line = session.read_line().unwrap();
+    assert!(line.starts_with("-ERR [SYS/TEMP]"), "{line:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(3500),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,53 @@
+//! `cargo xtask <command>`: the project's test, demo and benchmark entry points.
+//!
+//! - `test`:  set-up, release build of the daemon, unit tests, then the privileged e2e tests.
+//! - `demo`:  a topology + Dovecot + the interceptor, polling clients, and what each side saw.
+//! - `bench`: check sessions and RETR throughput, direct vs through the interceptor.
+//! - `loadgen` (internal): the bench's tokio load generator, run inside the client namespace.
+
+mod bench;
+mod demo;
+mod loadgen;
+mod run;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "pop3-interceptor developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Set up the machine, build, run unit tests and the privileged end-to-end tests.
+    Test(test::TestArgs),
+    /// Show POP3 sessions intercepted and relayed, with counts from both sides.
+    Demo(demo::DemoArgs),
+    /// Measure check sessions/s, latency and RETR throughput, direct vs through.
+    Bench(bench::BenchArgs),
+    /// (internal) POP3 load generator; prints JSON. Run by `bench` inside the client netns.
+    #[command(hide = true)]
+    Loadgen(loadgen::LoadgenArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Test(a) => test::run(a),
+        Cmd::Demo(a) => demo::run(a),
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::Loadgen(a) => loadgen::run(a),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
