@@ -29,9 +29,19 @@ pub mod map_names {
     pub const FLOWS: &str = "FLOWS";
     /// Per-CPU array of [`Counter`](super::Counter) values.
     pub const COUNTERS: &str = "COUNTERS";
+    /// Hash: the attenuation table mirrored for operators ([`UserKey`](super::UserKey)).
+    pub const USERS: &str = "USERS";
+    /// Hash: live POP3 sessions by flow ([`SessionKey`](super::SessionKey)).
+    pub const SESSIONS: &str = "SESSIONS";
+    /// Array of one [`AttachInfo`](super::AttachInfo): where and by whom the program runs.
+    pub const INFO: &str = "INFO";
+    /// Array of one [`DaemonStats`](super::DaemonStats), refreshed every second.
+    pub const STATS: &str = "STATS";
 
     /// Every map the daemon pins, for status and clean-up.
-    pub const ALL: [&str; 7] = [XSKS, PORTS, SERVERS_V4, SERVERS_V6, CONFIG, FLOWS, COUNTERS];
+    pub const ALL: [&str; 11] = [
+        XSKS, PORTS, SERVERS_V4, SERVERS_V6, CONFIG, FLOWS, COUNTERS, USERS, SESSIONS, INFO, STATS,
+    ];
 }
 
 /// Name of the XDP program in the object.
@@ -117,10 +127,107 @@ impl Counter {
     }
 }
 
+/// Room for an address and port as text, NUL included: `[ffff:...:ffff]:65535` is 47.
+pub const ADDR_TEXT: usize = 48;
+/// Room for a username as text, NUL included; longer names are not mirrored.
+pub const USER_TEXT: usize = 64;
+/// Room for a state or mode word as text, NUL included.
+pub const WORD_TEXT: usize = 16;
+
+/// Text fields are `c_char` arrays: the daemon marks the object's `i8` BTF type as a
+/// character type before loading, so `bpftool map dump` prints them as strings. Use
+/// `c_char` for text only.
+pub type Text<const N: usize> = [core::ffi::c_char; N];
+
+/// Most users mirrored in `USERS` unless `--mirror-size` says otherwise.
+pub const DEFAULT_MIRRORED_USERS: u32 = 65536;
+/// Most sessions mirrored in `SESSIONS`.
+pub const MAX_MIRRORED_SESSIONS: u32 = 65536;
+
+/// A user of a mail server, as text (e.g. `203.0.113.2:110`, `alice`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserKey {
+    pub server: Text<ADDR_TEXT>,
+    pub user: Text<USER_TEXT>,
+}
+
+/// What operators see of a user. Times are unix seconds, 0 for never. Never a
+/// password or a verifier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserValue {
+    /// `attenuated`, `pass-through` or `in-session`.
+    pub state: Text<WORD_TEXT>,
+    /// The subscriber address and port of the user's last session.
+    pub last_client: Text<ADDR_TEXT>,
+    /// Until when checks are answered locally (0: they are not).
+    pub attenuated_until: u64,
+    /// When the server last said the mailbox is empty.
+    pub last_verified_empty: u64,
+    /// The last login attempt.
+    pub last_check: u64,
+    pub checks_answered_locally: u64,
+    pub checks_passed_through: u64,
+}
+
+/// A client flow as tcpdump shows it: `198.51.100.2:40000` to `203.0.113.2:110`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionKey {
+    pub client: Text<ADDR_TEXT>,
+    pub server: Text<ADDR_TEXT>,
+}
+
+/// The user and POP3 state of a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionValue {
+    pub user: Text<USER_TEXT>,
+    /// `authorization`, `local`, `relayed`, `tunnel` or `closed`.
+    pub state: Text<WORD_TEXT>,
+}
+
+/// The attach point, for `status` and `detach`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttachInfo {
+    pub iface: Text<WORD_TEXT>,
+    /// `auto`, `native` or `skb`.
+    pub mode: Text<WORD_TEXT>,
+    pub ifindex: u32,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// When it attached, unix seconds.
+    pub attached_at: u64,
+}
+
+/// The engine's and dataplane's counters, published for `status` and bpftool.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DaemonStats {
+    pub checks_seen: u64,
+    pub checks_answered_locally: u64,
+    pub checks_passed_through: u64,
+    pub upstream_logins_avoided: u64,
+    pub sessions_active: u64,
+    pub table_entries: u64,
+    pub gc_runs: u64,
+    pub users_not_mirrored: u64,
+    /// When these were written, unix seconds.
+    pub updated_at: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] data with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::UserKey {}
+    unsafe impl aya::Pod for super::UserValue {}
+    unsafe impl aya::Pod for super::SessionKey {}
+    unsafe impl aya::Pod for super::SessionValue {}
+    unsafe impl aya::Pod for super::AttachInfo {}
+    unsafe impl aya::Pod for super::DaemonStats {}
 }

@@ -19,8 +19,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use common::{
-    Config, Counter, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, MAX_FLOWS, MAX_PORTS, MAX_QUEUES,
-    MAX_SERVER_PREFIXES,
+    AttachInfo, Config, Counter, DEFAULT_MIRRORED_USERS, DaemonStats, FAMILY_V4, FAMILY_V6,
+    FlowKey, FlowValue, MAX_FLOWS, MAX_MIRRORED_SESSIONS, MAX_PORTS, MAX_QUEUES,
+    MAX_SERVER_PREFIXES, SessionKey, SessionValue, UserKey, UserValue,
 };
 
 #[btf_map]
@@ -43,6 +44,22 @@ static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> = LruHashMa
 
 #[btf_map]
 static COUNTERS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
+
+// The operator's maps: written by the daemon, read with bpftool and `status`. They live
+// in this object so that their key and value types are in its BTF.
+
+#[btf_map]
+static USERS: HashMap<UserKey, UserValue, { DEFAULT_MIRRORED_USERS as usize }> = HashMap::new();
+
+#[btf_map]
+static SESSIONS: HashMap<SessionKey, SessionValue, { MAX_MIRRORED_SESSIONS as usize }> =
+    HashMap::new();
+
+#[btf_map]
+static INFO: Array<AttachInfo, 1> = Array::new();
+
+#[btf_map]
+static STATS: Array<DaemonStats, 1> = Array::new();
 
 const ETH_HDR_LEN: usize = 14;
 const VLAN_HDR_LEN: usize = 4;

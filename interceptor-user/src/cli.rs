@@ -1,12 +1,12 @@
 //! Command-line interface of the `pop3-interceptor` binary.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use pop3_engine::attenuation::parse_duration;
 
-use crate::{ebpf::AttachMode, settings::EngineMode};
+use crate::{ebpf::AttachMode, settings::EngineMode, status::SortBy};
 
 /// Cuts empty POP3 checks off at the edge router: XDP -> AF_XDP -> userspace TCP ->
 /// attenuation engine -> real mail server.
@@ -29,7 +29,34 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to an interface and intercept POP3 until SIGINT or SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Show the attach point, counters, attenuated users and sessions from the pinned maps.
+    Status(StatusArgs),
+    /// Remove a stale XDP attachment and pins left by a killed daemon.
+    Detach(DetachArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Folder on a bpffs where the daemon pinned its maps.
+    #[arg(long, default_value = common::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// How to order the users.
+    #[arg(long, value_enum, default_value_t = SortBy::LastCheck)]
+    pub sort: SortBy,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// The interface the daemon was attached to.
+    #[arg(long)]
+    pub iface: String,
+    /// Folder on a bpffs where the daemon pinned its maps.
+    #[arg(long, default_value = common::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
 /// Flags of `run`. Each one overrides the same key of the `--config` file; the defaults
@@ -81,6 +108,12 @@ pub struct RunArgs {
     /// Drop a connection with no packets for this long [default: 15m].
     #[arg(long, value_parser = duration)]
     pub idle_timeout: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9110 [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Users mirrored in the pinned USERS map for bpftool and `status` [default: 65536].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub mirror_size: Option<u32>,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -112,7 +145,9 @@ mod tests {
             "alice,bob",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as run");
+        };
         assert_eq!(args.iface.as_deref(), Some("eth1"));
         assert_eq!(args.interval, Some(Duration::from_secs(90)));
         assert_eq!(args.servers.unwrap().len(), 2);

@@ -15,12 +15,14 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, XskMap, lpm_trie::Key},
     programs::{Xdp, XdpMode},
 };
-use common::{Config, Counter, map_names};
+use common::{AttachInfo, Config, Counter, map_names};
 use ipnet::IpNet;
 use thiserror::Error;
 
+use crate::mirror::text;
+
 /// The XDP object built by build.rs from `interceptor-ebpf`.
-static XDP_OBJECT: &[u8] =
+pub(crate) static XDP_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pop3-interceptor"));
 
 /// bpffs magic number, from `statfs(2)`.
@@ -57,6 +59,8 @@ pub struct AttachOptions {
     /// Mail-server prefixes; empty means any destination.
     pub servers: Vec<IpNet>,
     pub pin_dir: PathBuf,
+    /// Capacity of the `USERS` mirror map.
+    pub mirror_size: u32,
 }
 
 /// Why the program could not be loaded, configured or attached.
@@ -119,8 +123,13 @@ impl Attachment {
             return Err(EbpfError::NoSuchInterface(options.ifname.clone()));
         }
         prepare_pin_dir(&options.pin_dir)?;
+        let mut object = XDP_OBJECT.to_vec();
+        if let Err(err) = crate::btf_text::mark_i8_as_char(&mut object) {
+            tracing::warn!(%err, "bpftool will print text fields as numbers");
+        }
         let mut ebpf = EbpfLoader::new()
-            .load(XDP_OBJECT)
+            .map_max_entries(map_names::USERS, options.mirror_size)
+            .load(&object)
             .map_err(EbpfError::Load)?;
         configure(&mut ebpf, options)?;
         pin_maps(&ebpf, &options.pin_dir)?;
@@ -139,6 +148,7 @@ impl Attachment {
                 source,
             })?;
 
+        write_info(&mut ebpf, options)?;
         let xsks = take_map(&mut ebpf, map_names::XSKS)?;
         let counters = take_map(&mut ebpf, map_names::COUNTERS)?;
         Ok(Self {
@@ -160,6 +170,15 @@ impl Attachment {
         self.xsks
             .set(queue, socket, 0)
             .map_err(map_err(map_names::XSKS))
+    }
+
+    /// The operator's `USERS` and `SESSIONS` maps, for the table mirror.
+    pub fn mirror(&mut self) -> Result<crate::mirror::Mirror, EbpfError> {
+        Ok(crate::mirror::Mirror::new(
+            take_map(&mut self.ebpf, map_names::USERS)?,
+            take_map(&mut self.ebpf, map_names::SESSIONS)?,
+            take_map(&mut self.ebpf, map_names::STATS)?,
+        ))
     }
 
     /// The XDP program's counters summed over CPUs, in [`Counter::ALL`] order.
@@ -242,6 +261,26 @@ fn configure(ebpf: &mut Ebpf, options: &AttachOptions) -> Result<(), EbpfError> 
         .set(0, value, 0)
         .map_err(map_err(map_names::CONFIG))?;
     Ok(())
+}
+
+/// Records the attach point in `INFO` for `status` and `detach`.
+fn write_info(ebpf: &mut Ebpf, options: &AttachOptions) -> Result<(), EbpfError> {
+    let mut info: Array<_, AttachInfo> = map_mut(ebpf, map_names::INFO)?;
+    let mode = match options.mode {
+        AttachMode::Auto => "auto",
+        AttachMode::Native => "native",
+        AttachMode::Skb => "skb",
+    };
+    let value = AttachInfo {
+        iface: text(&options.ifname),
+        mode: text(mode),
+        ifindex: interface_index(&options.ifname).unwrap_or(0),
+        pid: std::process::id(),
+        attached_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    info.set(0, value, 0).map_err(map_err(map_names::INFO))
 }
 
 fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, EbpfError>

@@ -34,6 +34,13 @@ impl Engine {
         }
     }
 
+    pub fn attenuation_mut(&mut self) -> Option<&mut AttenuationEngine> {
+        match self {
+            Engine::Attenuate(engine) => Some(engine),
+            Engine::Relay(_) => None,
+        }
+    }
+
     fn inner(&mut self) -> &mut dyn Pop3Engine {
         match self {
             Engine::Attenuate(engine) => engine.as_mut(),

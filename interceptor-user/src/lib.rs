@@ -5,15 +5,21 @@
 //! - [`dataplane`]: AF_XDP sockets, the smoltcp stack, the connection table.
 //! - [`upstream`]: connections to the real mail servers (tokio).
 //! - [`settings`]: the config file and flags; [`engine`]: the engine `--mode` picks.
+//! - [`metrics`]: the Prometheus endpoint of `run --metrics ADDR`.
 //! - [`run`]: puts them together for `pop3-interceptor run`.
 //!
 //! The POP3 decisions themselves live in the sans-IO `pop3-engine` crate.
 
+pub mod btf_text;
 pub mod cli;
 pub mod dataplane;
+pub mod detach;
 pub mod ebpf;
 pub mod engine;
+pub mod metrics;
+pub mod mirror;
 pub mod run;
 pub mod settings;
 pub mod signals;
+pub mod status;
 pub mod upstream;

@@ -1,8 +1,9 @@
 use clap::Parser as _;
 use pop3_interceptor::{
     cli::{Cli, Command, LogFormat},
-    run,
+    detach, run,
     signals::SignalFd,
+    status,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -20,6 +21,16 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Json => logs.json().init(),
     }
     match cli.command {
-        Command::Run(args) => run::run(args, signals),
+        Command::Run(args) => run::run(*args, signals),
+        Command::Status(args) => {
+            let status = status::read(&args.pin_dir, args.sort)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status::render(&status));
+            }
+            Ok(())
+        }
+        Command::Detach(args) => detach::detach(&args.iface, &args.pin_dir),
     }
 }

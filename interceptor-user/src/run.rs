@@ -7,9 +7,32 @@ use crate::{
     dataplane::{Dataplane, DataplaneConfig},
     ebpf::{self, AttachOptions, Attachment},
     engine::Engine,
-    settings::Settings,
+    metrics,
+    settings::{FileSettings, Settings},
     signals::SignalFd,
 };
+
+/// SIGHUP: re-reads the opt-out list from the config file. Open sessions are kept.
+fn reload_opt_out(settings: &Settings, engine: &mut Engine) {
+    let Some(path) = &settings.config_file else {
+        tracing::warn!("SIGHUP: no --config file to reload the opt-out list from");
+        return;
+    };
+    let Some(engine) = engine.attenuation_mut() else {
+        return;
+    };
+    match FileSettings::load(path) {
+        Ok(file) => {
+            let users: std::collections::HashSet<String> =
+                file.opt_out.unwrap_or_default().into_iter().collect();
+            tracing::info!(count = users.len(), file = %path.display(), "SIGHUP: opt-out list reloaded");
+            engine.set_opt_out(users);
+        }
+        Err(err) => {
+            tracing::error!(%err, "SIGHUP: config not reloaded, the old opt-out list stays")
+        }
+    }
+}
 
 /// Runs until SIGINT or SIGTERM, then detaches and leaves the interface as it was.
 pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
@@ -32,6 +55,7 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         ports: settings.ports.clone(),
         servers: settings.servers.clone(),
         pin_dir: settings.pin_dir.clone(),
+        mirror_size: settings.mirror_size,
     })?;
     attachment.keep_pins(settings.keep_pins);
 
@@ -51,6 +75,8 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
             .register_socket(queue, fd)
             .with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
     }
+    let mut metrics = metrics::Exporter::start(settings.metrics)
+        .context("serving Prometheus metrics (--metrics)")?;
     tracing::info!(
         %iface,
         queues,
@@ -62,7 +88,26 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         "interceptor ready"
     );
 
-    let signal = dataplane.run(&signals, |_| {})?;
+    let mut mirror = match dataplane.engine().attenuation() {
+        Some(_) => Some(attachment.mirror()?),
+        None => None,
+    };
+    let signal = loop {
+        let signal = dataplane.run(&signals, |dp| {
+            if let Some(mirror) = &mut mirror {
+                let closed = dp.closed_flows().to_vec();
+                let active = dp.active_conns() as u64;
+                if let Some(engine) = dp.engine_mut().attenuation_mut() {
+                    mirror.sync(engine, &closed, active, std::time::Instant::now());
+                }
+            }
+            metrics.tick(dp, &attachment);
+        })?;
+        if signal != libc::SIGHUP {
+            break signal;
+        }
+        reload_opt_out(&settings, dataplane.engine_mut());
+    };
     let stats = dataplane.stats();
     let counters = attachment.counters().unwrap_or_default();
     let engine = dataplane.engine().attenuation().map(|e| *e.counters());

@@ -2,6 +2,7 @@
 
 use std::{
     collections::HashSet,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -42,6 +43,8 @@ pub struct FileSettings {
     pub connect_timeout: Option<String>,
     pub max_conns: Option<usize>,
     pub idle_timeout: Option<String>,
+    pub metrics: Option<SocketAddr>,
+    pub mirror_size: Option<u32>,
 }
 
 /// Everything `run` needs, defaults applied.
@@ -58,6 +61,10 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub max_conns: usize,
     pub idle_timeout: Duration,
+    /// Where to serve Prometheus metrics (`None`: not served).
+    pub metrics: Option<SocketAddr>,
+    /// Capacity of the pinned `USERS` map (users beyond it are not mirrored).
+    pub mirror_size: u32,
     /// Where the settings came from, for reloading the opt-out list.
     pub config_file: Option<PathBuf>,
 }
@@ -156,6 +163,11 @@ impl Settings {
                 .idle_timeout
                 .or(file_duration("idle-timeout", file.idle_timeout)?)
                 .unwrap_or(Duration::from_secs(15 * 60)),
+            metrics: args.metrics.or(file.metrics),
+            mirror_size: args
+                .mirror_size
+                .or(file.mirror_size)
+                .unwrap_or(common::DEFAULT_MIRRORED_USERS),
             config_file: args.config,
         })
     }

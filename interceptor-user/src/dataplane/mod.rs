@@ -12,7 +12,7 @@ pub mod stack;
 pub mod xsk;
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     sync::{Arc, mpsc},
     time::{Duration, Instant},
@@ -73,6 +73,8 @@ pub struct DataplaneStats {
     pub conns_refused_full: u64,
     pub conns_timed_out: u64,
     pub conns_active: u64,
+    /// Frames the kernel dropped for want of a free frame in a fill ring.
+    pub fill_ring_empty: u64,
 }
 
 /// Frames read from one queue before moving on, so one busy queue cannot starve others.
@@ -97,6 +99,8 @@ pub struct Dataplane<E> {
     outputs: Vec<Output>,
     /// Connections touched since they were last serviced (packets, upstream events).
     dirty: hashbrown::HashSet<ConnId>,
+    /// `(client, server)` of the connections reclaimed during the last pass.
+    closed_flows: Vec<(SocketAddr, SocketAddr)>,
     scratch: Vec<u8>,
     stats: DataplaneStats,
     epoch: Instant,
@@ -126,6 +130,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             waker,
             outputs: Vec::new(),
             dirty: hashbrown::HashSet::new(),
+            closed_flows: Vec::new(),
             scratch: vec![0; CLIENT_READ_CHUNK],
             stats: DataplaneStats::default(),
             epoch,
@@ -142,6 +147,22 @@ impl<E: Pop3Engine> Dataplane<E> {
         &self.engine
     }
 
+    pub fn engine_mut(&mut self) -> &mut E {
+        &mut self.engine
+    }
+
+    /// Intercepted connections open now.
+    pub fn active_conns(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// `(client, server)` of the connections that ended during the last pass.
+    pub fn closed_flows(&self) -> &[(SocketAddr, SocketAddr)] {
+        &self.closed_flows
+    }
+
+    /// A snapshot of the counters; asks the kernel for each socket's statistics (one
+    /// syscall per queue), so take it at most about once a second.
     pub fn stats(&self) -> DataplaneStats {
         let mut stats = self.stats;
         for q in &self.queues {
@@ -149,6 +170,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             stats.frames_rx += s.rx_frames;
             stats.frames_tx += s.tx_frames;
             stats.tx_ring_full += s.tx_ring_full;
+            stats.fill_ring_empty += s.fill_ring_empty;
         }
         stats.conns_active = self.conns.len() as u64;
         stats
@@ -159,7 +181,7 @@ impl<E: Pop3Engine> Dataplane<E> {
     pub fn run(
         &mut self,
         signals: &SignalFd,
-        mut on_tick: impl FnMut(&Self),
+        mut on_tick: impl FnMut(&mut Self),
     ) -> Result<i32, DataplaneError> {
         loop {
             let timeout = self.next_wakeup(Instant::now());
@@ -189,6 +211,7 @@ impl<E: Pop3Engine> Dataplane<E> {
                 return Ok(signal);
             }
             self.waker.reset();
+            self.closed_flows.clear();
             let now = Instant::now();
             self.receive(now);
             self.upstream_events(now);
@@ -424,7 +447,9 @@ impl<E: Pop3Engine> Dataplane<E> {
             self.stack.egress(self.smol_now(now));
         }
         self.stack.remove(handle);
-        self.conns.remove(id);
+        if let Some(conn) = self.conns.remove(id) {
+            self.closed_flows.push((conn.client, conn.server));
+        }
         self.engine.close(id, now);
     }
 

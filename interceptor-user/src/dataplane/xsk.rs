@@ -100,6 +100,9 @@ pub struct XskStats {
     pub tx_frames: u64,
     /// TX attempts that found no free frame (the peer is not draining).
     pub tx_ring_full: u64,
+    /// Frames the kernel dropped because the fill ring was empty (`XDP_STATISTICS`
+    /// `rx_fill_ring_empty_descs`, Linux >= 5.9; 0 when the kernel cannot say).
+    pub fill_ring_empty: u64,
 }
 
 /// An AF_XDP socket on one RX queue.
@@ -196,8 +199,14 @@ impl XskQueue {
         unsafe { BorrowedFd::borrow_raw(self.rx.as_raw_fd()) }
     }
 
+    /// The socket's counters. Asks the kernel for its `XDP_STATISTICS` (one `getsockopt`),
+    /// so call it for a snapshot, not per packet.
     pub fn stats(&self) -> XskStats {
-        self.stats
+        let kernel = self.device.statistics_v2().unwrap_or_default();
+        XskStats {
+            fill_ring_empty: kernel.rx_fill_ring_empty_descs,
+            ..self.stats
+        }
     }
 
     /// Hands up to `budget` received frames to `on_frame` and returns them to the fill

@@ -165,6 +165,16 @@ impl Session {
         }
     }
 
+    /// The table entry this session uses, once USER named one.
+    pub fn user_key(&self) -> Option<&Arc<UserKey>> {
+        self.user.as_ref()?.1.as_ref()
+    }
+
+    /// The subscriber's address.
+    pub fn client(&self) -> SocketAddr {
+        self.info.client
+    }
+
     fn server(&self) -> SocketAddr {
         self.info.server
     }
@@ -629,11 +639,14 @@ impl Session {
         let interval = sh.config.interval;
         let entry = self.with_entry(sh, now, |e| {
             e.last_check = now;
-            e.checks += 1;
-            (
-                e.locked,
-                e.verifier.is_some_and(|v| v.matches(&verifier)) && e.fresh(now, interval),
-            )
+            let known_empty =
+                e.verifier.is_some_and(|v| v.matches(&verifier)) && e.fresh(now, interval);
+            if e.locked || known_empty {
+                e.answered_locally = e.answered_locally.saturating_add(1);
+            } else {
+                e.passed_through = e.passed_through.saturating_add(1);
+            }
+            (e.locked, known_empty)
         });
         self.credentials = Some(Credentials {
             user_line,

@@ -28,7 +28,7 @@ mod sasl;
 mod table;
 mod verifier;
 
-use std::{collections::BTreeSet, net::SocketAddr, time::Instant};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Instant};
 
 use hashbrown::HashMap;
 
@@ -55,6 +55,18 @@ pub struct Counters {
     pub passed_through: u64,
     /// Logins the server did not have to do.
     pub upstream_logins_avoided: u64,
+    /// Times the user table was collected (expired entries dropped).
+    pub gc_runs: u64,
+}
+
+/// A user whose table entry may have changed, for mirrors of the table (the pinned BPF
+/// map): look it up in [`AttenuationEngine::table`]; absent means removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserChange {
+    /// The user whose entry changed.
+    pub key: Arc<UserKey>,
+    /// The session that touched the entry and its subscriber; `None` for a removal.
+    pub session: Option<(ConnId, SocketAddr)>,
 }
 
 /// State shared by every connection.
@@ -88,6 +100,9 @@ pub struct AttenuationEngine {
     /// Autologout deadlines, earliest first.
     deadlines: BTreeSet<(Instant, ConnId)>,
     next_gc: Option<Instant>,
+    /// Entries touched since the last [`AttenuationEngine::take_changes`] (bounded by
+    /// the table size: a mirror that falls behind resynchronises).
+    changes: Vec<UserChange>,
 }
 
 impl AttenuationEngine {
@@ -109,6 +124,7 @@ impl AttenuationEngine {
             sessions: HashMap::new(),
             deadlines: BTreeSet::new(),
             next_gc: None,
+            changes: Vec::new(),
         }
     }
 
@@ -127,9 +143,43 @@ impl AttenuationEngine {
         &self.shared.config
     }
 
+    /// Replaces the opt-out list (SIGHUP). Sessions already open keep their course;
+    /// the next login of a listed user reaches the server.
+    pub fn set_opt_out(&mut self, users: std::collections::HashSet<String>) {
+        self.shared.config.opt_out = users;
+    }
+
     /// What a mail server offers, once learnt.
     pub fn server_caps(&self, server: SocketAddr) -> Option<&ServerCaps> {
         self.shared.caps(server)
+    }
+
+    /// The entries touched and removed since the last call, oldest first. A mirror
+    /// refreshes each from [`AttenuationEngine::table`].
+    pub fn take_changes(&mut self) -> Vec<UserChange> {
+        let mut changes = std::mem::take(&mut self.changes);
+        changes.extend(
+            self.shared
+                .table
+                .take_removed()
+                .into_iter()
+                .map(|key| UserChange { key, session: None }),
+        );
+        changes
+    }
+
+    fn note_change(&mut self, conn: ConnId) {
+        let Some(session) = self.sessions.get(&conn) else {
+            return;
+        };
+        if let Some(key) = session.user_key()
+            && self.changes.len() < self.shared.config.table_size
+        {
+            self.changes.push(UserChange {
+                key: key.clone(),
+                session: Some((conn, session.client())),
+            });
+        }
     }
 
     /// The state of a connection, if it is known.
@@ -179,10 +229,12 @@ impl Pop3Engine for AttenuationEngine {
         if client_spoke || session.state == State::Closed {
             self.rearm(conn, now);
         }
+        self.note_change(conn);
         emit(conn, actions, out);
     }
 
     fn close(&mut self, conn: ConnId, now: Instant) {
+        self.note_change(conn);
         if let Some(mut session) = self.sessions.remove(&conn) {
             self.deadlines.remove(&(session.deadline, conn));
             session.client_closed(&mut self.shared, now, &mut Vec::new());
@@ -208,6 +260,7 @@ impl Pop3Engine for AttenuationEngine {
         }
         if self.next_gc.is_some_and(|t| t <= now) {
             let collected = self.shared.table.collect(now);
+            self.shared.counters.gc_runs += 1;
             tracing::debug!(
                 collected,
                 users = self.shared.table.len(),

@@ -47,8 +47,10 @@ pub struct Entry {
     pub locked: bool,
     /// The last login attempt (the operator's "last check").
     pub last_check: Instant,
-    /// Login attempts seen for this user.
-    pub checks: u64,
+    /// Login attempts answered without the server.
+    pub answered_locally: u32,
+    /// Login attempts that reached the server.
+    pub passed_through: u32,
     /// When the entry stops being useful and may be collected.
     expires: Instant,
 }
@@ -74,6 +76,8 @@ pub struct UserTable {
     capacity: usize,
     /// How long an entry stays after its last use.
     lifetime: Duration,
+    /// Keys removed since the last [`UserTable::take_removed`], for mirrors.
+    removed: Vec<Arc<UserKey>>,
 }
 
 impl UserTable {
@@ -84,6 +88,20 @@ impl UserTable {
             timers: BTreeSet::new(),
             capacity,
             lifetime,
+            removed: Vec::new(),
+        }
+    }
+
+    /// The keys collected or evicted since the last call (at most `capacity` are kept:
+    /// a mirror that falls that far behind resynchronises from [`UserTable::iter`]).
+    pub fn take_removed(&mut self) -> Vec<Arc<UserKey>> {
+        std::mem::take(&mut self.removed)
+    }
+
+    fn forget(&mut self, key: Arc<UserKey>) {
+        self.entries.remove(&*key);
+        if self.removed.len() < self.capacity {
+            self.removed.push(key);
         }
     }
 
@@ -130,7 +148,8 @@ impl UserTable {
                 verified_empty: None,
                 locked: false,
                 last_check: now,
-                checks: 0,
+                answered_locally: 0,
+                passed_through: 0,
                 expires,
             },
         );
@@ -166,11 +185,12 @@ impl UserTable {
             .filter(|(_, k)| self.entries.get(&**k).is_some_and(|e| !e.locked))
             .cloned()
             .collect();
-        for (t, key) in &due {
-            self.timers.remove(&(*t, key.clone()));
-            self.entries.remove(&**key);
+        let count = due.len();
+        for (t, key) in due {
+            self.timers.remove(&(t, key.clone()));
+            self.forget(key);
         }
-        due.len()
+        count
     }
 
     /// Removes the unlocked entry nearest its expiry, to make room.
@@ -182,7 +202,7 @@ impl UserTable {
             .cloned();
         if let Some((t, key)) = victim {
             self.timers.remove(&(t, key.clone()));
-            self.entries.remove(&*key);
+            self.forget(key);
         }
     }
 }

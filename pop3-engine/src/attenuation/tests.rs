@@ -586,8 +586,14 @@ fn expired_entries_are_collected_by_the_timer() {
     let mut h = alice_verified_empty();
     h.advance(INTERVAL - Duration::from_secs(1));
     assert!(entry(&h, "alice").is_some());
+    let gc_runs = h.engine.counters().gc_runs;
     h.advance(Duration::from_secs(31));
     assert!(entry(&h, "alice").is_none());
+    assert_eq!(
+        h.engine.counters().gc_runs,
+        gc_runs + 1,
+        "one collection ran"
+    );
     assert_eq!(
         h.engine.next_timeout(),
         Some(h.now + Duration::from_secs(30))
@@ -601,5 +607,30 @@ fn an_overlong_line_is_refused() {
     assert_eq!(
         h.client(1, &vec![b'x'; 100_000]),
         [to_client(LINE_TOO_LONG), CloseClient]
+    );
+}
+
+#[test]
+fn mirrors_learn_of_every_touched_and_removed_entry() {
+    let mut h = alice_verified_empty();
+    let touched = h.engine.take_changes();
+    let key = touched.last().expect("the login touched alice").key.clone();
+    assert_eq!(&*key.user, "alice");
+    assert_eq!(touched.last().unwrap().session, Some((1, info().client)));
+    assert_eq!(h.engine.take_changes(), [], "drained");
+
+    attenuated_login(&mut h, 2, "pw");
+    let alice = entry(&h, "alice").unwrap();
+    assert_eq!((alice.answered_locally, alice.passed_through), (1, 1));
+    assert!(h.engine.take_changes().iter().all(|c| c.key == key));
+
+    h.client(2, b"QUIT\r\n");
+    h.engine.close(2, h.now);
+    h.engine.take_changes();
+    h.advance(INTERVAL + Duration::from_secs(31));
+    assert_eq!(
+        h.engine.take_changes(),
+        [UserChange { key, session: None }],
+        "the collection is reported as a removal"
     );
 }

@@ -1,0 +1,291 @@
+//! Mirrors the attenuation table into the pinned `USERS` map, and live sessions into
+//! `SESSIONS`, for operators using bpftool or `pop3-interceptor status`.
+//!
+//! The engine's table stays authoritative; the maps are a copy refreshed from the
+//! engine's change log once per dataplane pass. Losing them loses nothing, and a full
+//! map only means "not mirrored" (counted), never an error on the packet path.
+
+use std::{
+    collections::BTreeSet,
+    ffi::c_char,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use aya::maps::{Array, HashMap, MapData};
+use common::{DaemonStats, SessionKey, SessionValue, Text, UserKey, UserValue};
+use pop3_engine::attenuation::{self as engine, AttenuationEngine, State};
+
+/// What the mirror could not do, for the operator's counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MirrorStats {
+    pub users_mirrored: u64,
+    /// Users not written because the map was full or the name too long.
+    pub users_not_mirrored: u64,
+    pub sessions_not_mirrored: u64,
+}
+
+/// Converts the monotonic clock the engine uses into unix seconds.
+#[derive(Clone, Copy, Debug)]
+struct UnixClock {
+    base: Instant,
+    base_unix: Duration,
+}
+
+impl UnixClock {
+    fn now() -> Self {
+        Self {
+            base: Instant::now(),
+            base_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        }
+    }
+
+    fn unix(&self, at: Instant) -> u64 {
+        let unix = if at >= self.base {
+            self.base_unix + (at - self.base)
+        } else {
+            self.base_unix.saturating_sub(self.base - at)
+        };
+        unix.as_secs()
+    }
+}
+
+/// How often the engine's counters are published to `STATS`.
+const STATS_PERIOD: Duration = Duration::from_secs(1);
+
+/// The mirrored maps.
+pub struct Mirror {
+    users: HashMap<MapData, UserKey, UserValue>,
+    sessions: HashMap<MapData, SessionKey, SessionValue>,
+    stats_map: Array<MapData, DaemonStats>,
+    stats_published: Option<Instant>,
+    clock: UnixClock,
+    /// Mirrored users still shown as attenuated, by when that stops being true.
+    expiries: BTreeSet<(Instant, Arc<engine::UserKey>)>,
+    stats: MirrorStats,
+}
+
+impl Mirror {
+    pub fn new(
+        users: HashMap<MapData, UserKey, UserValue>,
+        sessions: HashMap<MapData, SessionKey, SessionValue>,
+        stats_map: Array<MapData, DaemonStats>,
+    ) -> Self {
+        Self {
+            users,
+            sessions,
+            stats_map,
+            stats_published: None,
+            clock: UnixClock::now(),
+            expiries: BTreeSet::new(),
+            stats: MirrorStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> MirrorStats {
+        self.stats
+    }
+
+    /// Brings the maps up to date with what the engine changed, the sessions that
+    /// ended (`closed`, as `(client, server)`), and the attenuations that ran out; once
+    /// a second also the counters (`sessions_active` comes from the dataplane).
+    pub fn sync(
+        &mut self,
+        engine: &mut AttenuationEngine,
+        closed: &[(SocketAddr, SocketAddr)],
+        sessions_active: u64,
+        now: Instant,
+    ) {
+        if self
+            .stats_published
+            .is_none_or(|at| now.duration_since(at) >= STATS_PERIOD)
+        {
+            self.stats_published = Some(now);
+            self.publish_stats(engine, sessions_active, now);
+        }
+        for change in engine.take_changes() {
+            self.refresh_user(engine, &change.key, now);
+            if let Some((conn, client)) = change.session {
+                let state = engine.state(conn).map_or("closed", state_word);
+                self.write_session(client, &change.key, state);
+            }
+        }
+        for &(client, server) in closed {
+            let _ = self.sessions.remove(&session_key(client, server));
+        }
+        while let Some((at, _)) = self.expiries.first()
+            && *at <= now
+        {
+            let (_, key) = self.expiries.pop_first().expect("just looked at it");
+            self.refresh_user(engine, &key, now);
+        }
+    }
+
+    fn publish_stats(&mut self, engine: &AttenuationEngine, sessions_active: u64, now: Instant) {
+        let counters = engine.counters();
+        let stats = DaemonStats {
+            checks_seen: counters.checks_seen,
+            checks_answered_locally: counters.answered_locally,
+            checks_passed_through: counters.passed_through,
+            upstream_logins_avoided: counters.upstream_logins_avoided,
+            sessions_active,
+            table_entries: engine.table().len() as u64,
+            gc_runs: counters.gc_runs,
+            users_not_mirrored: self.stats.users_not_mirrored,
+            updated_at: self.clock.unix(now),
+        };
+        let _ = self.stats_map.set(0, stats, 0);
+    }
+
+    fn refresh_user(
+        &mut self,
+        engine: &AttenuationEngine,
+        key: &Arc<engine::UserKey>,
+        now: Instant,
+    ) {
+        let Some(map_key) = user_key(key) else {
+            self.stats.users_not_mirrored += 1;
+            return;
+        };
+        let Some(entry) = engine.table().get(key) else {
+            let _ = self.users.remove(&map_key);
+            return;
+        };
+        let interval = engine.config().interval;
+        let attenuated = entry.verifier.is_some() && entry.fresh(now, interval);
+        let until = entry.verified_empty.map(|t| t + interval);
+        if attenuated && let Some(until) = until {
+            self.expiries.insert((until, key.clone()));
+        }
+        let previous = self.users.get(&map_key, 0).ok();
+        let state = if entry.locked {
+            "in-session"
+        } else if attenuated {
+            "attenuated"
+        } else {
+            "pass-through"
+        };
+        let value = UserValue {
+            state: text(state),
+            last_client: previous.map_or([0; common::ADDR_TEXT], |v| v.last_client),
+            attenuated_until: if attenuated {
+                until.map_or(0, |t| self.clock.unix(t))
+            } else {
+                0
+            },
+            last_verified_empty: entry.verified_empty.map_or(0, |t| self.clock.unix(t)),
+            last_check: self.clock.unix(entry.last_check),
+            checks_answered_locally: u64::from(entry.answered_locally),
+            checks_passed_through: u64::from(entry.passed_through),
+        };
+        // The only way a write fails here is a full map (E2BIG).
+        match self.users.insert(map_key, value, 0) {
+            Ok(()) => self.stats.users_mirrored += 1,
+            Err(_) => self.stats.users_not_mirrored += 1,
+        }
+    }
+
+    fn write_session(&mut self, client: SocketAddr, key: &engine::UserKey, state: &str) {
+        let Some(user) = bounded_text::<{ common::USER_TEXT }>(&key.user) else {
+            return;
+        };
+        let value = SessionValue {
+            user,
+            state: text(state),
+        };
+        if self
+            .sessions
+            .insert(session_key(client, key.server), value, 0)
+            .is_err()
+        {
+            self.stats.sessions_not_mirrored += 1;
+        }
+        // The user's last client is the session's: set it on the user's entry too.
+        if let Some(map_key) = user_key(key)
+            && let Ok(mut user) = self.users.get(&map_key, 0)
+        {
+            user.last_client = text(&client.to_string());
+            let _ = self.users.insert(map_key, user, 0);
+        }
+    }
+}
+
+fn state_word(state: State) -> &'static str {
+    match state {
+        State::Authorization | State::SaslPlain => "authorization",
+        State::Transaction { terminate: true } => "local",
+        State::Transaction { terminate: false } => "relayed",
+        State::Tunnel => "tunnel",
+        State::Closed => "closed",
+    }
+}
+
+fn user_key(key: &engine::UserKey) -> Option<UserKey> {
+    Some(UserKey {
+        server: text(&key.server.to_string()),
+        user: bounded_text(&key.user)?,
+    })
+}
+
+fn session_key(client: SocketAddr, server: SocketAddr) -> SessionKey {
+    SessionKey {
+        client: text(&client.to_string()),
+        server: text(&server.to_string()),
+    }
+}
+
+/// `s` as a NUL-terminated text field, `None` if it does not fit.
+fn bounded_text<const N: usize>(s: &str) -> Option<Text<N>> {
+    (s.len() < N).then(|| text(s))
+}
+
+/// `s` as a NUL-terminated text field, cut to fit (addresses and words always fit).
+pub fn text<const N: usize>(s: &str) -> Text<N> {
+    let mut out = [0 as c_char; N];
+    for (slot, byte) in out.iter_mut().zip(s.bytes().take(N - 1)) {
+        *slot = byte as c_char;
+    }
+    out
+}
+
+/// A text field back as a string, up to its NUL.
+pub fn text_str(field: &[c_char]) -> String {
+    let bytes: Vec<u8> = field
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_fields_round_trip_and_always_end_in_nul() {
+        let field: Text<8> = text("alice");
+        assert_eq!(text_str(&field), "alice");
+        let cut: Text<4> = text("abcdef");
+        assert_eq!(text_str(&cut), "abc");
+        assert_eq!(cut[3], 0);
+        assert!(bounded_text::<4>("abcd").is_none());
+        assert!(bounded_text::<5>("abcd").is_some());
+        let longest = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535";
+        assert_eq!(text_str(&text::<{ common::ADDR_TEXT }>(longest)), longest);
+    }
+
+    #[test]
+    fn unix_clock_converts_both_ways_around_its_base() {
+        let clock = UnixClock::now();
+        let base = clock.base_unix.as_secs();
+        assert_eq!(clock.unix(clock.base + Duration::from_secs(90)), base + 90);
+        if let Some(earlier) = clock.base.checked_sub(Duration::from_secs(30)) {
+            let unix = clock.unix(earlier);
+            assert!((base - 30..=base - 29).contains(&unix), "{unix} vs {base}");
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! `pop3-interceptor status`: what the daemon is doing, read from its pinned maps.
+//!
+//! It needs no connection to the daemon, works while it runs (from another shell or
+//! namespace that sees the bpffs), and shows what a killed daemon left behind.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use common::{AttachInfo, DaemonStats, SessionKey, SessionValue, UserKey, UserValue, map_names};
+use serde::Serialize;
+
+use crate::{ebpf, mirror::text_str};
+
+/// How `status` orders the users.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    /// Most recent check first.
+    #[default]
+    LastCheck,
+    /// By username.
+    User,
+    /// Most checks answered locally first.
+    Local,
+}
+
+/// Everything `status` prints.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub attach: Attach,
+    /// The daemon still runs (its pid is alive).
+    pub running: bool,
+    pub xdp: std::collections::BTreeMap<&'static str, u64>,
+    pub engine: Option<Engine>,
+    pub users: Vec<User>,
+    pub sessions: Vec<Session>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Attach {
+    pub iface: String,
+    pub ifindex: u32,
+    pub mode: String,
+    pub pid: u32,
+    pub attached_at: u64,
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Engine {
+    pub checks_seen: u64,
+    pub checks_answered_locally: u64,
+    pub checks_passed_through: u64,
+    pub upstream_logins_avoided: u64,
+    pub sessions_active: u64,
+    pub table_entries: u64,
+    pub gc_runs: u64,
+    pub users_not_mirrored: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct User {
+    pub server: String,
+    pub user: String,
+    pub state: String,
+    pub attenuated_until: u64,
+    pub last_verified_empty: u64,
+    pub last_check: u64,
+    pub checks_answered_locally: u64,
+    pub checks_passed_through: u64,
+    pub last_client: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Session {
+    pub client: String,
+    pub server: String,
+    pub user: String,
+    pub state: String,
+}
+
+fn open(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "reading {}: is the daemon running with --pin-dir {}? (or run as root)",
+            path.display(),
+            pin_dir.display()
+        )
+    })?;
+    Ok(Map::from_map_data(data)?)
+}
+
+/// Reads the pinned maps under `pin_dir`.
+pub fn read(pin_dir: &Path, sort: SortBy) -> anyhow::Result<Status> {
+    let info: Array<_, AttachInfo> = open(pin_dir, map_names::INFO)?.try_into()?;
+    let info = info.get(&0, 0)?;
+    let counters: PerCpuArray<_, u64> = open(pin_dir, map_names::COUNTERS)?.try_into()?;
+    let xdp = ebpf::read_counters(&counters)?
+        .into_iter()
+        .map(|(counter, value)| (counter.name(), value))
+        .collect();
+    let stats: Array<_, DaemonStats> = open(pin_dir, map_names::STATS)?.try_into()?;
+    let engine = stats
+        .get(&0, 0)
+        .ok()
+        .filter(|s| s.updated_at != 0)
+        .map(|s| Engine {
+            checks_seen: s.checks_seen,
+            checks_answered_locally: s.checks_answered_locally,
+            checks_passed_through: s.checks_passed_through,
+            upstream_logins_avoided: s.upstream_logins_avoided,
+            sessions_active: s.sessions_active,
+            table_entries: s.table_entries,
+            gc_runs: s.gc_runs,
+            users_not_mirrored: s.users_not_mirrored,
+            updated_at: s.updated_at,
+        });
+    let users_map: HashMap<_, UserKey, UserValue> = open(pin_dir, map_names::USERS)?.try_into()?;
+    let mut users: Vec<User> = users_map
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, v)| User {
+            server: text_str(&k.server),
+            user: text_str(&k.user),
+            state: text_str(&v.state),
+            attenuated_until: v.attenuated_until,
+            last_verified_empty: v.last_verified_empty,
+            last_check: v.last_check,
+            checks_answered_locally: v.checks_answered_locally,
+            checks_passed_through: v.checks_passed_through,
+            last_client: text_str(&v.last_client),
+        })
+        .collect();
+    match sort {
+        SortBy::LastCheck => users.sort_by_key(|u| std::cmp::Reverse(u.last_check)),
+        SortBy::User => users.sort_by(|a, b| (&a.user, &a.server).cmp(&(&b.user, &b.server))),
+        SortBy::Local => users.sort_by_key(|u| std::cmp::Reverse(u.checks_answered_locally)),
+    }
+    let sessions_map: HashMap<_, SessionKey, SessionValue> =
+        open(pin_dir, map_names::SESSIONS)?.try_into()?;
+    let mut sessions: Vec<Session> = sessions_map
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, v)| Session {
+            client: text_str(&k.client),
+            server: text_str(&k.server),
+            user: text_str(&v.user),
+            state: text_str(&v.state),
+        })
+        .collect();
+    sessions.sort_by(|a, b| a.client.cmp(&b.client));
+    Ok(Status {
+        running: pid_alive(info.pid),
+        attach: Attach {
+            iface: text_str(&info.iface),
+            ifindex: info.ifindex,
+            mode: text_str(&info.mode),
+            pid: info.pid,
+            attached_at: info.attached_at,
+            pin_dir: pin_dir.to_owned(),
+        },
+        xdp,
+        engine,
+        users,
+        sessions,
+    })
+}
+
+/// Whether a process with this pid exists.
+pub fn pid_alive(pid: u32) -> bool {
+    pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The table an operator reads.
+pub fn render(status: &Status) -> String {
+    let a = &status.attach;
+    let mut out = format!(
+        "attached to {} (ifindex {}, mode {}) by pid {} since {} ({})\npins: {}\n",
+        a.iface,
+        a.ifindex,
+        a.mode,
+        a.pid,
+        utc(a.attached_at),
+        if status.running {
+            "running"
+        } else {
+            "NOT running: run `detach`"
+        },
+        a.pin_dir.display(),
+    );
+    let xdp: Vec<String> = status.xdp.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    out += &format!("xdp: {}\n", xdp.join(", "));
+    if let Some(e) = &status.engine {
+        out += &format!(
+            "checks: {} seen, {} answered locally, {} passed through; {} upstream logins avoided\n\
+             sessions active {}, table entries {}, gc runs {}, users not mirrored {}\n",
+            e.checks_seen,
+            e.checks_answered_locally,
+            e.checks_passed_through,
+            e.upstream_logins_avoided,
+            e.sessions_active,
+            e.table_entries,
+            e.gc_runs,
+            e.users_not_mirrored,
+        );
+    }
+    out += &format!(
+        "\n{:<24} {:<24} {:<12} {:<20} {:<20} {:>6} {:>6}  {}\n",
+        "USER",
+        "SERVER",
+        "STATE",
+        "ATTENUATED UNTIL",
+        "LAST CHECK",
+        "LOCAL",
+        "PASSED",
+        "LAST CLIENT"
+    );
+    for u in &status.users {
+        out += &format!(
+            "{:<24} {:<24} {:<12} {:<20} {:<20} {:>6} {:>6}  {}\n",
+            u.user,
+            u.server,
+            u.state,
+            if u.attenuated_until == 0 {
+                "-".into()
+            } else {
+                utc(u.attenuated_until)
+            },
+            utc(u.last_check),
+            u.checks_answered_locally,
+            u.checks_passed_through,
+            u.last_client,
+        );
+    }
+    if !status.sessions.is_empty() {
+        out += &format!(
+            "\n{:<48} {:<48} {:<24} {}\n",
+            "CLIENT", "SERVER", "USER", "STATE"
+        );
+        for s in &status.sessions {
+            out += &format!(
+                "{:<48} {:<48} {:<24} {}\n",
+                s.client, s.server, s.user, s.state
+            );
+        }
+    }
+    out
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC (Howard Hinnant's civil-from-days).
+pub fn utc(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_796_212_800), "2026-12-02 12:00:00");
+    }
+}

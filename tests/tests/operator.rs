@@ -1,0 +1,220 @@
+//! Issue 4: what an operator sees. The pinned maps read with the real bpftool, the
+//! `status` and `detach` commands, and reloading the opt-out list on SIGHUP.
+//! Run as root, one at a time (`cargo xtask test`).
+
+use std::time::Duration;
+
+use pop3_interceptor_e2e::clients::{self, PoplibOptions};
+use pop3_interceptor_e2e::topology::{CLIENT_V4, server_pop3_v4};
+use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
+use serde_json::Value;
+
+const INTERVAL_SECS: u64 = 4;
+
+fn attenuating(topo: &Topology, extra: &[&str]) -> Interceptor {
+    let interval = format!("{INTERVAL_SECS}s");
+    let mut args = vec!["--interval", interval.as_str()];
+    args.extend_from_slice(extra);
+    Interceptor::start(topo, &args).expect("interceptor")
+}
+
+fn check(topo: &Topology, user: &str) -> String {
+    let t = clients::poplib(
+        topo,
+        server_pop3_v4(),
+        user,
+        &format!("{user}-pw"),
+        &PoplibOptions {
+            retr: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(t.ok(), "{}", t.normalized());
+    t.get_str("stat").unwrap_or_default().to_string()
+}
+
+/// The `formatted` entries of a `bpftool -j map dump` of a BTF map.
+fn formatted(dump: &Value) -> Vec<Value> {
+    dump.as_array()
+        .expect("array dump")
+        .iter()
+        .map(|e| e.get("formatted").cloned().unwrap_or_else(|| e.clone()))
+        .collect()
+}
+
+fn user_entry(ic: &Interceptor, user: &str) -> Option<Value> {
+    formatted(&ic.dump_map("USERS").unwrap())
+        .into_iter()
+        .find(|e| e["key"]["user"] == user)
+}
+
+#[test]
+fn bpftool_shows_attenuated_users_by_name_and_state() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let ic = attenuating(&topo, &[]);
+    check(&topo, "alice");
+    check(&topo, "alice");
+    check(&topo, "alice");
+    assert_eq!(
+        dc.login_count("alice"),
+        1,
+        "one login, two checks answered locally"
+    );
+
+    let alice = user_entry(&ic, "alice").expect("alice in USERS");
+    assert_eq!(alice["key"]["server"], "203.0.113.2:110", "{alice}");
+    assert_eq!(alice["value"]["state"], "attenuated", "{alice}");
+    assert_eq!(alice["value"]["checks_answered_locally"], 2, "{alice}");
+    assert_eq!(alice["value"]["checks_passed_through"], 1, "{alice}");
+    let last_client = alice["value"]["last_client"].as_str().unwrap();
+    assert!(last_client.starts_with(&format!("{CLIENT_V4}:")), "{alice}");
+    assert!(alice["value"]["attenuated_until"].as_u64().unwrap() > 0);
+
+    // Plain `bpftool map dump` (what an operator types) prints the name as text too.
+    let plain = topo
+        .exec(
+            Node::Router,
+            &[
+                "bpftool",
+                "map",
+                "dump",
+                "pinned",
+                ic.pin_dir().join("USERS").to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    let text = plain.stdout_str();
+    assert!(text.contains("\"user\": \"alice\""), "{text}");
+    assert!(
+        !text.to_lowercase().contains("alice-pw"),
+        "no password in the map"
+    );
+
+    // After the interval the mirror shows alice as no longer attenuated.
+    std::thread::sleep(Duration::from_secs(INTERVAL_SECS + 1));
+    // A packet-free second passes the dataplane's housekeeping tick.
+    let alice = user_entry(&ic, "alice").expect("alice still known");
+    assert_eq!(alice["value"]["state"], "pass-through", "{alice}");
+    assert_eq!(alice["value"]["attenuated_until"], 0, "{alice}");
+}
+
+fn status_json(ic: &Interceptor) -> Value {
+    let pin_dir = ic.pin_dir().to_str().unwrap().to_owned();
+    let out = ic
+        .cli(&["status", "--json", "--pin-dir", &pin_dir])
+        .unwrap()
+        .check("status --json")
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn status_agrees_with_the_engine_and_the_mail_server() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let ic = attenuating(&topo, &[]);
+    for _ in 0..3 {
+        assert_eq!(check(&topo, "alice"), "0 0");
+    }
+    check(&topo, "bob");
+    // STATS is published once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = status_json(&ic);
+    let engine = &status["engine"];
+    assert_eq!(engine["checks_seen"], 4, "{status}");
+    assert_eq!(engine["checks_answered_locally"], 2, "{status}");
+    assert_eq!(engine["checks_passed_through"], 2, "{status}");
+    assert_eq!(engine["upstream_logins_avoided"], 2, "{status}");
+    let logins = dc.login_count("alice") + dc.login_count("bob");
+    assert_eq!(logins, 2, "what passed through is what Dovecot saw");
+    assert_eq!(engine["table_entries"], 2, "{status}");
+    assert_eq!(status["attach"]["iface"], "rc0");
+    assert_eq!(status["running"], true);
+    assert!(
+        status["xdp"]["redirected"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    let users = status["users"].as_array().unwrap();
+    let alice = users.iter().find(|u| u["user"] == "alice").unwrap();
+    assert_eq!(alice["checks_answered_locally"], 2);
+    assert_eq!(alice["checks_passed_through"], 1);
+    assert_eq!(alice["state"], "attenuated");
+    assert_eq!(
+        users[0]["user"], "bob",
+        "sorted by last check, newest first"
+    );
+
+    let pin_dir = ic.pin_dir().to_str().unwrap().to_owned();
+    let table = ic.cli(&["status", "--pin-dir", &pin_dir]).unwrap();
+    let table = table.stdout_str();
+    assert!(
+        table.contains("alice") && table.contains("attenuated"),
+        "{table}"
+    );
+}
+
+#[test]
+fn detach_cleans_up_after_kill_9() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let mut ic = attenuating(&topo, &[]);
+    check(&topo, "alice");
+    let pin_dir = ic.pin_dir().to_str().unwrap().to_owned();
+
+    let refused = ic
+        .cli(&["detach", "--iface", "rc0", "--pin-dir", &pin_dir])
+        .unwrap();
+    assert!(!refused.success(), "detach refuses while the daemon runs");
+
+    ic.kill9();
+    let out = ic
+        .cli(&["detach", "--iface", "rc0", "--pin-dir", &pin_dir])
+        .unwrap();
+    assert!(out.success(), "{}{}", out.stdout_str(), out.stderr_str());
+    let net = topo
+        .exec(Node::Router, &["bpftool", "net"])
+        .unwrap()
+        .stdout_str();
+    assert!(!net.contains("pop3_intercept"), "{net}");
+    assert!(!std::path::Path::new(&pin_dir).exists(), "pins removed");
+
+    check(&topo, "alice");
+    let last = dc.logins_for("alice").last().unwrap().rip.clone();
+    assert_eq!(last, CLIENT_V4.to_string(), "POP3 reaches Dovecot directly");
+}
+
+#[test]
+fn sighup_reloads_the_opt_out_list_without_dropping_sessions() {
+    use pop3_interceptor_e2e::clients::RawSession;
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let config = topo.dir().join("pop3-interceptor.toml");
+    std::fs::write(&config, "opt-out = []\n").unwrap();
+    let ic = attenuating(&topo, &["--config", config.to_str().unwrap()]);
+    check(&topo, "alice");
+    check(&topo, "alice");
+    assert_eq!(dc.login_count("alice"), 1);
+
+    // A session in progress across the reload.
+    let mut carol = RawSession::connect(&topo, Node::Client, server_pop3_v4()).unwrap();
+    assert!(carol.read_line().unwrap().starts_with("+OK"));
+    assert!(carol.command("USER carol").unwrap().starts_with("+OK"));
+    assert!(carol.command("PASS carol-pw").unwrap().starts_with("+OK"));
+
+    std::fs::write(&config, "opt-out = [\"alice\"]\n").unwrap();
+    pop3_interceptor_e2e::util::signal_pid(ic.pid(), libc::SIGHUP);
+    ic.wait_log("opt-out list reloaded", Duration::from_secs(10))
+        .unwrap();
+
+    assert!(carol.command("STAT").unwrap().starts_with("+OK 0 0"));
+    assert!(carol.command("QUIT").unwrap().starts_with("+OK"));
+    check(&topo, "alice");
+    check(&topo, "alice");
+    assert_eq!(
+        dc.login_count("alice"),
+        3,
+        "an opted-out user reaches Dovecot at every check"
+    );
+}
