@@ -205,6 +205,7 @@ pub struct AttachInfo {
 /// The engine's and dataplane's counters, published for `status` and bpftool.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct DaemonStats {
     pub checks_seen: u64,
     pub checks_answered_locally: u64,

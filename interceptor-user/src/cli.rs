@@ -102,6 +102,9 @@ pub struct RunArgs {
     /// Timeout for the TCP handshake with the mail server [default: 5s].
     #[arg(long, value_parser = duration)]
     pub connect_timeout: Option<Duration>,
+    /// How long the mail server may stay silent when it owes an answer [default: 30s].
+    #[arg(long, value_parser = duration)]
+    pub response_timeout: Option<Duration>,
     /// Most concurrent intercepted connections [default: 4096].
     #[arg(long)]
     pub max_conns: Option<usize>,

@@ -75,7 +75,7 @@ pub enum EbpfError {
     #[error("creating the pin folder {0}: {1}")]
     PinDir(String, std::io::Error),
     #[error(
-        "loading the XDP object: {0} (run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW)"
+        "loading the XDP object: {0} (run as root, or with CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW and CAP_PERFMON)"
     )]
     Load(#[source] aya::EbpfError),
     #[error("the XDP object has no {0}")]
@@ -231,28 +231,16 @@ fn configure(ebpf: &mut Ebpf, options: &AttachOptions) -> Result<(), EbpfError> 
             .insert(port, 1, 0)
             .map_err(map_err(map_names::PORTS))?;
     }
-    let mut v4: LpmTrie<_, [u8; 4], u8> = map_mut(ebpf, map_names::SERVERS_V4)?;
-    for net in &options.servers {
-        if let IpNet::V4(net) = net {
-            v4.insert(
-                &Key::new(u32::from(net.prefix_len()), net.network().octets()),
-                1,
-                0,
-            )
-            .map_err(map_err(map_names::SERVERS_V4))?;
-        }
-    }
-    let mut v6: LpmTrie<_, [u8; 16], u8> = map_mut(ebpf, map_names::SERVERS_V6)?;
-    for net in &options.servers {
-        if let IpNet::V6(net) = net {
-            v6.insert(
-                &Key::new(u32::from(net.prefix_len()), net.network().octets()),
-                1,
-                0,
-            )
-            .map_err(map_err(map_names::SERVERS_V6))?;
-        }
-    }
+    let v4 = options.servers.iter().filter_map(|net| match net {
+        IpNet::V4(net) => Some((net.prefix_len(), net.network().octets())),
+        IpNet::V6(_) => None,
+    });
+    insert_prefixes(ebpf, map_names::SERVERS_V4, v4)?;
+    let v6 = options.servers.iter().filter_map(|net| match net {
+        IpNet::V6(net) => Some((net.prefix_len(), net.network().octets())),
+        IpNet::V4(_) => None,
+    });
+    insert_prefixes(ebpf, map_names::SERVERS_V6, v6)?;
     let mut config: Array<_, Config> = map_mut(ebpf, map_names::CONFIG)?;
     let value = Config {
         server_filter: u32::from(!options.servers.is_empty()),
@@ -260,6 +248,19 @@ fn configure(ebpf: &mut Ebpf, options: &AttachOptions) -> Result<(), EbpfError> 
     config
         .set(0, value, 0)
         .map_err(map_err(map_names::CONFIG))?;
+    Ok(())
+}
+
+fn insert_prefixes<const N: usize>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    prefixes: impl Iterator<Item = (u8, [u8; N])>,
+) -> Result<(), EbpfError> {
+    let mut trie: LpmTrie<_, [u8; N], u8> = map_mut(ebpf, name)?;
+    for (len, network) in prefixes {
+        trie.insert(&Key::new(u32::from(len), network), 1, 0)
+            .map_err(map_err(name))?;
+    }
     Ok(())
 }
 

@@ -40,7 +40,7 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         tracing::warn!(
-            "not running as root: loading XDP needs CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW"
+            "not running as root: needs CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW and CAP_PERFMON"
         );
     }
     let iface = &settings.iface;
@@ -67,6 +67,7 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         handshake_timeout: std::time::Duration::from_secs(10),
         idle_timeout: settings.idle_timeout,
         connect_timeout: settings.connect_timeout,
+        response_timeout: settings.response_timeout,
     };
     let mut dataplane = Dataplane::new(config, Engine::new(&settings))
         .with_context(|| format!("opening AF_XDP sockets on {iface}"))?;

@@ -41,6 +41,7 @@ pub struct FileSettings {
     pub table_size: Option<usize>,
     pub autologout: Option<String>,
     pub connect_timeout: Option<String>,
+    pub response_timeout: Option<String>,
     pub max_conns: Option<usize>,
     pub idle_timeout: Option<String>,
     pub metrics: Option<SocketAddr>,
@@ -59,6 +60,7 @@ pub struct Settings {
     pub mode: EngineMode,
     pub engine: attenuation::Config,
     pub connect_timeout: Duration,
+    pub response_timeout: Duration,
     pub max_conns: usize,
     pub idle_timeout: Duration,
     /// Where to serve Prometheus metrics (`None`: not served).
@@ -158,6 +160,10 @@ impl Settings {
                 .connect_timeout
                 .or(file_duration("connect-timeout", file.connect_timeout)?)
                 .unwrap_or(Duration::from_secs(5)),
+            response_timeout: args
+                .response_timeout
+                .or(file_duration("response-timeout", file.response_timeout)?)
+                .unwrap_or(Duration::from_secs(30)),
             max_conns: args.max_conns.or(file.max_conns).unwrap_or(4096),
             idle_timeout: args
                 .idle_timeout
@@ -252,5 +258,50 @@ mod tests {
         assert!(err.to_string().starts_with("interval:"), "{err}");
         let err = Settings::resolve(RunArgs::default()).unwrap_err();
         assert!(matches!(err, SettingsError::NoInterface));
+    }
+
+    /// `packaging/pop3-interceptor.toml` parses, names every `run` option, and the values
+    /// it shows are the real defaults.
+    #[test]
+    fn the_packaged_example_config_parses_and_shows_the_defaults() {
+        use clap::CommandFactory;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/pop3-interceptor.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let from_file = Settings::resolve(RunArgs {
+            config: Some(path.clone()),
+            ..RunArgs::default()
+        })
+        .unwrap();
+        let defaults = Settings::resolve(RunArgs {
+            iface: Some(from_file.iface.clone()),
+            ..RunArgs::default()
+        })
+        .unwrap();
+        let plain = |s: &Settings| {
+            format!(
+                "{:?}",
+                Settings {
+                    config_file: None,
+                    ..s.clone()
+                }
+            )
+        };
+        assert_eq!(plain(&from_file), plain(&defaults));
+        assert_eq!(from_file.metrics, None, "metrics are off by default");
+
+        let cli = crate::cli::Cli::command();
+        let run = cli.find_subcommand("run").unwrap();
+        for arg in run.get_arguments() {
+            let Some(key) = arg.get_long() else { continue };
+            if key == "config" || key == "log-format" {
+                continue;
+            }
+            let documented = text.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            });
+            assert!(documented, "{key} is not in {}", path.display());
+        }
     }
 }

@@ -31,7 +31,7 @@ pub struct Status {
     /// The daemon still runs (its pid is alive).
     pub running: bool,
     pub xdp: std::collections::BTreeMap<&'static str, u64>,
-    pub engine: Option<Engine>,
+    pub engine: Option<DaemonStats>,
     pub users: Vec<User>,
     pub sessions: Vec<Session>,
 }
@@ -44,19 +44,6 @@ pub struct Attach {
     pub pid: u32,
     pub attached_at: u64,
     pub pin_dir: PathBuf,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Engine {
-    pub checks_seen: u64,
-    pub checks_answered_locally: u64,
-    pub checks_passed_through: u64,
-    pub upstream_logins_avoided: u64,
-    pub sessions_active: u64,
-    pub table_entries: u64,
-    pub gc_runs: u64,
-    pub users_not_mirrored: u64,
-    pub updated_at: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -102,21 +89,7 @@ pub fn read(pin_dir: &Path, sort: SortBy) -> anyhow::Result<Status> {
         .map(|(counter, value)| (counter.name(), value))
         .collect();
     let stats: Array<_, DaemonStats> = open(pin_dir, map_names::STATS)?.try_into()?;
-    let engine = stats
-        .get(&0, 0)
-        .ok()
-        .filter(|s| s.updated_at != 0)
-        .map(|s| Engine {
-            checks_seen: s.checks_seen,
-            checks_answered_locally: s.checks_answered_locally,
-            checks_passed_through: s.checks_passed_through,
-            upstream_logins_avoided: s.upstream_logins_avoided,
-            sessions_active: s.sessions_active,
-            table_entries: s.table_entries,
-            gc_runs: s.gc_runs,
-            users_not_mirrored: s.users_not_mirrored,
-            updated_at: s.updated_at,
-        });
+    let engine = stats.get(&0, 0).ok().filter(|s| s.updated_at != 0);
     let users_map: HashMap<_, UserKey, UserValue> = open(pin_dir, map_names::USERS)?.try_into()?;
     let mut users: Vec<User> = users_map
         .iter()

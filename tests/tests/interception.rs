@@ -355,3 +355,31 @@ fn a_stopped_mail_server_gets_sys_temp_within_the_timeout() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_silent_mail_server_gets_sys_temp_within_the_response_timeout() {
+    let topo = Topology::new().unwrap();
+    let mut dc = Dovecot::start(&topo).unwrap();
+    dc.stop().unwrap();
+    // Accepts connections and never says a word.
+    let script = "import socket,time\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('203.0.113.2', 110)); s.listen(8)\nc,a=s.accept(); time.sleep(30)";
+    let _silent = topo
+        .spawn(
+            Node::Server,
+            &["python3", "-c", script],
+            &topo.dir().join("silent.log"),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ic = Interceptor::start(&topo, &["--mode", "relay", "--response-timeout", "2s"]).unwrap();
+    let started = Instant::now();
+    let mut session = RawSession::connect(&topo, Node::Client, server_pop3_v4()).unwrap();
+    session.set_timeout(Duration::from_secs(10)).unwrap();
+    let line = session.read_line().unwrap();
+    assert!(line.starts_with("-ERR [SYS/TEMP]"), "{line:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_millis(4500),
+        "{waited:?}"
+    );
+}

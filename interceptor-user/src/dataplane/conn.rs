@@ -24,6 +24,8 @@ pub struct Conn {
     pub upstream: Option<UpstreamLink>,
     /// Server bytes handed to the engine whose credit is not returned yet.
     pub upstream_credit_owed: usize,
+    /// Since when we wait for the server to say something (sent to it, no answer yet).
+    pub upstream_waiting_since: Option<Instant>,
     pub created: Instant,
     pub last_activity: Instant,
 }
@@ -66,6 +68,7 @@ impl ConnTable {
                 to_client: VecDeque::new(),
                 upstream: None,
                 upstream_credit_owed: 0,
+                upstream_waiting_since: None,
                 created: now,
                 last_activity: now,
             },

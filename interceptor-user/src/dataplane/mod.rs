@@ -49,6 +49,8 @@ pub struct DataplaneConfig {
     pub idle_timeout: Duration,
     /// How long to wait for the mail server's TCP handshake.
     pub connect_timeout: Duration,
+    /// How long the mail server may stay silent when it owes an answer.
+    pub response_timeout: Duration,
 }
 
 /// Why the dataplane could not start.
@@ -297,6 +299,7 @@ impl<E: Pop3Engine> Dataplane<E> {
                 UpstreamEvent::Data(id, data) => {
                     if let Some(conn) = self.conns.get_mut(*id) {
                         conn.upstream_credit_owed += data.len();
+                        conn.upstream_waiting_since = None;
                     }
                     (*id, Event::UpstreamData(data))
                 }
@@ -307,7 +310,7 @@ impl<E: Pop3Engine> Dataplane<E> {
                 continue;
             }
             self.engine.handle(id, event, now, &mut self.outputs);
-            self.apply_outputs();
+            self.apply_outputs(now);
         }
     }
 
@@ -323,7 +326,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         };
         for id in ids {
             self.service(id, now);
-            self.apply_outputs();
+            self.apply_outputs(now);
             self.flush_to_client(id);
             self.reclaim_if_done(id, now);
         }
@@ -363,7 +366,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         }
     }
 
-    fn apply_outputs(&mut self) {
+    fn apply_outputs(&mut self, now: Instant) {
         for Output { conn: id, action } in self.outputs.drain(..) {
             let Some(conn) = self.conns.get_mut(id) else {
                 continue;
@@ -373,16 +376,19 @@ impl<E: Pop3Engine> Dataplane<E> {
                 Action::ToClient(bytes) => conn.to_client.extend(bytes),
                 Action::ConnectUpstream => {
                     conn.upstream = Some(self.upstream.connect(id, conn.server));
+                    conn.upstream_waiting_since.get_or_insert(now);
                 }
                 Action::ToUpstream(bytes) => {
                     if let Some(link) = &conn.upstream {
                         link.send(bytes);
+                        conn.upstream_waiting_since.get_or_insert(now);
                     }
                 }
                 Action::CloseUpstream => {
                     if let Some(link) = conn.upstream.take() {
                         link.close();
                     }
+                    conn.upstream_waiting_since = None;
                 }
                 Action::CloseClient => conn.close_after_flush = true,
             }
@@ -456,14 +462,38 @@ impl<E: Pop3Engine> Dataplane<E> {
     fn timers(&mut self, now: Instant) {
         if self.engine.next_timeout().is_some_and(|at| at <= now) {
             self.engine.on_timeout(now, &mut self.outputs);
-            self.apply_outputs();
+            self.apply_outputs(now);
         }
         if now.duration_since(self.last_housekeeping) >= HOUSEKEEPING {
             self.last_housekeeping = now;
+            self.expire_silent_servers(now);
             // Client addresses without a connection need no reply header.
             if self.replies.len() > 2 * self.config.max_conns {
                 self.replies.clear();
             }
+        }
+    }
+
+    /// A server that was sent something and said nothing for `response_timeout` is
+    /// treated as failed: the engine answers the client `-ERR [SYS/TEMP]` instead of
+    /// leaving it hanging until the idle timeout.
+    fn expire_silent_servers(&mut self, now: Instant) {
+        for id in self.conns.ids() {
+            let Some(conn) = self.conns.get_mut(id) else {
+                continue;
+            };
+            let silent = conn
+                .upstream_waiting_since
+                .is_some_and(|since| now.duration_since(since) > self.config.response_timeout);
+            if !silent {
+                continue;
+            }
+            tracing::info!(conn = id, server = %conn.server, "mail server did not answer in time");
+            conn.upstream_waiting_since = None;
+            conn.upstream = None;
+            self.engine
+                .handle(id, Event::UpstreamFailed, now, &mut self.outputs);
+            self.apply_outputs(now);
         }
     }
 
