@@ -1,0 +1,251 @@
+//! Issue 4: the Prometheus endpoint of `run --metrics ADDR`, scraped over HTTP with curl from
+//! inside the router namespace and parsed, while real POP3 checks are attenuated.
+//!
+//! Run as root, one at a time:
+//! `cargo test -p pop3-interceptor-e2e --test metrics -- --test-threads=1`
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pop3_interceptor_e2e::clients::{self, PoplibOptions};
+use pop3_interceptor_e2e::topology::server_pop3_v4;
+use pop3_interceptor_e2e::util::wait_for;
+use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
+
+/// Where the daemon serves its metrics, inside the router namespace (its own loopback).
+const METRICS_ADDR: &str = "127.0.0.1:9110";
+/// The daemon refreshes the values once a second; allow for a few refreshes.
+const SETTLE: Duration = Duration::from_secs(6);
+/// Slot of `common::Counter::Redirected` in the pinned COUNTERS map.
+const REDIRECTED: u32 = 2;
+
+/// Every metric the endpoint must export.
+const NAMES: &[&str] = &[
+    "pop3_interceptor_checks_seen_total",
+    "pop3_interceptor_answered_locally_total",
+    "pop3_interceptor_passed_through_total",
+    "pop3_interceptor_upstream_logins_avoided_total",
+    "pop3_interceptor_gc_runs_total",
+    "pop3_interceptor_sessions_active",
+    "pop3_interceptor_table_entries",
+    "pop3_interceptor_xdp_frames_seen_total",
+    "pop3_interceptor_xdp_matched_total",
+    "pop3_interceptor_xdp_redirected_total",
+    "pop3_interceptor_xdp_fallback_passed_total",
+    "pop3_interceptor_afxdp_rx_frames_total",
+    "pop3_interceptor_afxdp_tx_frames_total",
+    "pop3_interceptor_afxdp_fill_ring_empty_total",
+    "pop3_interceptor_connections_accepted_total",
+    "pop3_interceptor_connections_refused_total",
+    "pop3_interceptor_connections_timed_out_total",
+];
+
+fn curl(topo: &Topology, args: &[&str]) -> pop3_interceptor_e2e::CmdOutput {
+    let mut all = vec!["curl", "-sS", "--noproxy", "*", "--max-time", "5"];
+    all.extend_from_slice(args);
+    topo.exec(Node::Router, &all).expect("curl runs")
+}
+
+/// `GET /metrics` over HTTP from the router namespace, parsed into name -> value.
+fn scrape(topo: &Topology) -> HashMap<String, f64> {
+    let out = curl(topo, &[&format!("http://{METRICS_ADDR}/metrics")])
+        .check("curl /metrics")
+        .unwrap();
+    parse(&out.stdout_str())
+}
+
+/// The Prometheus text format: `# HELP`/`# TYPE` comments, then `name value` lines.
+fn parse(text: &str) -> HashMap<String, f64> {
+    let mut values = HashMap::new();
+    let mut typed = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            typed.insert(name.to_owned(), kind.to_owned());
+            continue;
+        }
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, value) = line.rsplit_once(' ').expect("name value");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line:?}"));
+        assert!(
+            typed.contains_key(name),
+            "{name} has no # TYPE line:\n{text}"
+        );
+        values.insert(name.to_owned(), value);
+    }
+    for (name, kind) in &typed {
+        let want = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        assert_eq!(kind, want, "{name}");
+    }
+    values
+}
+
+fn get(m: &HashMap<String, f64>, name: &str) -> u64 {
+    *m.get(name)
+        .unwrap_or_else(|| panic!("{name} missing from {m:?}")) as u64
+}
+
+/// Scrapes until `cond` holds (the values are refreshed once a second).
+fn scrape_until(
+    topo: &Topology,
+    what: &str,
+    cond: impl Fn(&HashMap<String, f64>) -> bool,
+) -> HashMap<String, f64> {
+    let mut last = HashMap::new();
+    wait_for(what, SETTLE, Duration::from_millis(200), || {
+        last = scrape(topo);
+        cond(&last).then(|| last.clone())
+    })
+    .unwrap_or_else(|e| panic!("{e}; last scrape: {last:?}"))
+}
+
+/// The XDP program's redirected counter read with the real bpftool from the pinned map.
+fn bpftool_redirected(ic: &Interceptor) -> u64 {
+    let dump = ic.dump_map("COUNTERS").expect("bpftool dump");
+    let entries = dump.as_array().expect("array dump");
+    let entry = entries
+        .iter()
+        .map(|e| e.get("formatted").unwrap_or(e))
+        .find(|e| e["key"].as_u64() == Some(u64::from(REDIRECTED)))
+        .unwrap_or_else(|| panic!("no slot {REDIRECTED} in {dump}"));
+    entry["values"]
+        .as_array()
+        .expect("per-CPU values")
+        .iter()
+        .map(|v| v["value"].as_u64().expect("numeric value"))
+        .sum()
+}
+
+fn check(topo: &Topology) {
+    let opts = PoplibOptions {
+        retr: false,
+        ..Default::default()
+    };
+    let t = clients::poplib(topo, server_pop3_v4(), "alice", "alice-pw", &opts).unwrap();
+    assert!(t.ok(), "{}", t.normalized());
+    assert_eq!(t.stat().map(|s| s.0), Some(0), "{}", t.normalized());
+}
+
+#[test]
+fn metrics_count_attenuated_checks_over_http() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let ic = Interceptor::start(&topo, &["--metrics", METRICS_ADDR, "--interval", "10m"]).unwrap();
+    assert!(
+        ic.log_text()
+            .contains(&format!("http://{METRICS_ADDR}/metrics")),
+        "{}",
+        ic.log_tail(10)
+    );
+
+    // Before any check: every metric is there, the engine's at zero.
+    let before = scrape_until(&topo, "a first refresh", |m| {
+        NAMES.iter().all(|n| m.contains_key(*n))
+    });
+    for name in [
+        "pop3_interceptor_checks_seen_total",
+        "pop3_interceptor_answered_locally_total",
+        "pop3_interceptor_passed_through_total",
+        "pop3_interceptor_upstream_logins_avoided_total",
+        "pop3_interceptor_table_entries",
+        "pop3_interceptor_sessions_active",
+        "pop3_interceptor_connections_accepted_total",
+    ] {
+        assert_eq!(get(&before, name), 0, "{name}");
+    }
+
+    // The first check reaches Dovecot and finds the mailbox empty.
+    check(&topo);
+    let first = scrape_until(&topo, "the first check counted", |m| {
+        get(m, "pop3_interceptor_checks_seen_total") == 1
+            && get(m, "pop3_interceptor_sessions_active") == 0
+    });
+    assert_eq!(get(&first, "pop3_interceptor_passed_through_total"), 1);
+    assert_eq!(get(&first, "pop3_interceptor_answered_locally_total"), 0);
+    assert_eq!(
+        get(&first, "pop3_interceptor_upstream_logins_avoided_total"),
+        0
+    );
+    assert_eq!(get(&first, "pop3_interceptor_table_entries"), 1);
+    assert_eq!(
+        get(&first, "pop3_interceptor_connections_accepted_total"),
+        1
+    );
+    assert_eq!(dc.login_count("alice"), 1);
+
+    // The next two are answered at the edge: Dovecot sees no new login.
+    check(&topo);
+    check(&topo);
+    let after = scrape_until(&topo, "three checks counted", |m| {
+        get(m, "pop3_interceptor_checks_seen_total") == 3
+            && get(m, "pop3_interceptor_sessions_active") == 0
+    });
+    assert_eq!(dc.login_count("alice"), 1, "two logins avoided");
+    assert_eq!(get(&after, "pop3_interceptor_answered_locally_total"), 2);
+    assert_eq!(
+        get(&after, "pop3_interceptor_upstream_logins_avoided_total"),
+        2
+    );
+    assert_eq!(get(&after, "pop3_interceptor_passed_through_total"), 1);
+    assert_eq!(get(&after, "pop3_interceptor_table_entries"), 1);
+    assert_eq!(
+        get(&after, "pop3_interceptor_connections_accepted_total"),
+        3
+    );
+    assert_eq!(get(&after, "pop3_interceptor_connections_refused_total"), 0);
+    assert_eq!(get(&after, "pop3_interceptor_xdp_fallback_passed_total"), 0);
+    assert_eq!(
+        get(&after, "pop3_interceptor_afxdp_fill_ring_empty_total"),
+        0
+    );
+
+    // The packet counters moved with the sessions and agree with each other.
+    let redirected = get(&after, "pop3_interceptor_xdp_redirected_total");
+    let rx = get(&after, "pop3_interceptor_afxdp_rx_frames_total");
+    let tx = get(&after, "pop3_interceptor_afxdp_tx_frames_total");
+    assert!(
+        redirected > get(&first, "pop3_interceptor_xdp_redirected_total"),
+        "{after:?}"
+    );
+    assert!(
+        rx > 0 && rx <= redirected,
+        "rx {rx}, redirected {redirected}"
+    );
+    assert!(tx > 0, "{after:?}");
+    assert!(get(&after, "pop3_interceptor_xdp_matched_total") >= redirected);
+    assert!(get(&after, "pop3_interceptor_xdp_frames_seen_total") >= redirected);
+    // Once the flows are quiet, the exported XDP counter is the pinned map's (bpftool).
+    scrape_until(&topo, "metrics to match bpftool", |m| {
+        get(m, "pop3_interceptor_xdp_redirected_total") == bpftool_redirected(&ic)
+    });
+
+    // Only GET /metrics is served.
+    let code = |args: &[&str]| {
+        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        curl(&topo, &all).stdout_str()
+    };
+    assert_eq!(code(&[&format!("http://{METRICS_ADDR}/nope")]), "404");
+    assert_eq!(
+        code(&["-X", "POST", &format!("http://{METRICS_ADDR}/metrics")]),
+        "405"
+    );
+}
+
+#[test]
+fn metrics_are_off_by_default() {
+    let topo = Topology::new().unwrap();
+    let _dc = Dovecot::start(&topo).unwrap();
+    let ic = Interceptor::start(&topo, &[]).unwrap();
+    let out = curl(&topo, &[&format!("http://{METRICS_ADDR}/metrics")]);
+    assert!(!out.success(), "nothing listens: {}", out.stdout_str());
+    assert!(!ic.log_text().contains("/metrics"), "{}", ic.log_tail(10));
+    let ss = topo.exec(Node::Router, &["ss", "-Htln"]).unwrap();
+    assert!(ss.stdout_str().trim().is_empty(), "{}", ss.stdout_str());
+}
