@@ -266,6 +266,24 @@ impl Interceptor {
         run_cmd(&mut cmd, None, DEFAULT_TIMEOUT, self.dir.path())
     }
 
+    /// Slot `slot` of the XDP program's per-CPU COUNTERS map (see `common::Counter`),
+    /// summed over CPUs, read with the real bpftool.
+    pub fn xdp_counter(&self, slot: u32) -> Result<u64> {
+        let dump = self.dump_map("COUNTERS")?;
+        let entries = dump.as_array().context("COUNTERS dump is not an array")?;
+        let entry = entries
+            .iter()
+            .map(|e| e.get("formatted").unwrap_or(e))
+            .find(|e| e["key"].as_u64() == Some(u64::from(slot)))
+            .with_context(|| format!("no slot {slot} in {dump}"))?;
+        entry["values"]
+            .as_array()
+            .context("per-CPU values")?
+            .iter()
+            .map(|v| v["value"].as_u64().context("numeric value"))
+            .sum()
+    }
+
     /// `bpftool map dump pinned <pin_dir>/<map> -j` in the router namespace, parsed.
     pub fn dump_map(&self, map: &str) -> Result<serde_json::Value> {
         let p = self.pin_dir.join(map);

@@ -25,19 +25,7 @@ fn relay(topo: &Topology) -> Interceptor {
 
 /// A per-CPU counter of the pinned COUNTERS map, summed, read with the real bpftool.
 fn counter(ic: &Interceptor, slot: u32) -> u64 {
-    let dump = ic.dump_map("COUNTERS").expect("bpftool dump");
-    let entries = dump.as_array().expect("array dump");
-    let entry = entries
-        .iter()
-        .map(|e| e.get("formatted").unwrap_or(e))
-        .find(|e| e["key"].as_u64() == Some(u64::from(slot)))
-        .unwrap_or_else(|| panic!("no slot {slot} in {dump}"));
-    entry["values"]
-        .as_array()
-        .expect("per-CPU values")
-        .iter()
-        .map(|v| v["value"].as_u64().expect("numeric value"))
-        .sum()
+    ic.xdp_counter(slot).expect("bpftool COUNTERS")
 }
 
 fn last_login_rip(dc: &Dovecot, user: &str) -> String {

@@ -107,19 +107,7 @@ fn scrape_until(
 
 /// The XDP program's redirected counter read with the real bpftool from the pinned map.
 fn bpftool_redirected(ic: &Interceptor) -> u64 {
-    let dump = ic.dump_map("COUNTERS").expect("bpftool dump");
-    let entries = dump.as_array().expect("array dump");
-    let entry = entries
-        .iter()
-        .map(|e| e.get("formatted").unwrap_or(e))
-        .find(|e| e["key"].as_u64() == Some(u64::from(REDIRECTED)))
-        .unwrap_or_else(|| panic!("no slot {REDIRECTED} in {dump}"));
-    entry["values"]
-        .as_array()
-        .expect("per-CPU values")
-        .iter()
-        .map(|v| v["value"].as_u64().expect("numeric value"))
-        .sum()
+    ic.xdp_counter(REDIRECTED).expect("bpftool COUNTERS")
 }
 
 fn check(topo: &Topology) {
