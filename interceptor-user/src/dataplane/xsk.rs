@@ -213,25 +213,40 @@ impl XskQueue {
     /// ring. Returns how many were received.
     pub fn receive(&mut self, budget: u32, mut on_frame: impl FnMut(&[u8])) -> u32 {
         let mut batch = self.rx.receive(budget);
+        let mut count = 0;
         while let Some(desc) = batch.read() {
             on_frame(self.area.bytes(desc.addr, desc.len));
             self.recycled
                 .push(desc.addr - desc.addr % u64::from(FRAME_SIZE));
+            count += 1;
         }
         batch.release();
         drop(batch);
-        let count = self.recycled.len() as u32;
-        if count > 0 {
-            // The fill ring has room for every RX frame, so this never comes up short.
-            let mut fill = self.device.fill(count);
-            fill.insert(self.recycled.drain(..));
-            fill.commit();
-        }
+        self.refill();
         if self.device.needs_wakeup() {
             self.device.wake();
         }
         self.stats.rx_frames += u64::from(count);
         count
+    }
+
+    /// Gives the frames read from the RX ring back to the fill ring.
+    ///
+    /// The ring has room for every RX frame, but a reservation is sized from a cached
+    /// view of the kernel's consumer and may come up short: what does not fit now stays
+    /// in `recycled` for the next pass instead of being lost (a lost frame is a fill
+    /// ring that slowly runs dry).
+    fn refill(&mut self) {
+        while !self.recycled.is_empty() {
+            let mut fill = self.device.fill(self.recycled.len() as u32);
+            let inserted = fill.insert(self.recycled.iter().copied()) as usize;
+            fill.commit();
+            drop(fill);
+            self.recycled.drain(..inserted);
+            if inserted == 0 {
+                break;
+            }
+        }
     }
 
     /// Queues one frame made of `header` then `payload` for transmission. Returns false
