@@ -1,5 +1,7 @@
-//! `cargo xtask demo`: a client, a router running pop3-interceptor on its subscriber-facing
-//! veth, and a real Dovecot; a few mail clients poll; then what each side saw.
+//! `cargo xtask demo`: a client, a router running pop3-interceptor (attenuate mode) on its
+//! subscriber-facing veth, and a real Dovecot; a few mail clients poll; then, per user, how many
+//! checks were answered at the edge and how many reached Dovecot (Dovecot's own `Login:` lines),
+//! and the daemon's engine counters (logged when it stops on SIGTERM).
 //!
 //! Hooks for more steps: add to `Demo::scenario` (runs with everything up) and to
 //! `Demo::report` (after the clients are done).
@@ -33,7 +35,11 @@ pub struct DemoArgs {
     /// Pause between rounds of checks, in milliseconds.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pause_ms: u64,
-    /// Extra arguments for `pop3-interceptor run` (repeatable), e.g. --daemon-arg=--interval=5s
+    /// The attenuation interval given to the daemon (`--interval`), e.g. 5s, 90s, 15m.
+    #[arg(long, default_value = "5s")]
+    interval: String,
+    /// Extra arguments for `pop3-interceptor run` (repeatable), e.g. --daemon-arg=--opt-out=user01.
+    /// `--daemon-arg=--mode=relay` shows the transparent relay instead.
     #[arg(long = "daemon-arg", allow_hyphen_values = true)]
     daemon_args: Vec<String>,
     /// Run without the interceptor (clients reach Dovecot directly): for comparison.
@@ -50,6 +56,8 @@ pub struct Demo {
     pub checks_ok: u64,
     pub checks_failed: u64,
     pub checks_by_user: Vec<(String, u64)>,
+    /// Dovecot logins per user before the polling clients started.
+    pub logins_before: Vec<(String, usize)>,
 }
 
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
@@ -85,9 +93,19 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             bin.display(),
             topo.ns(e2e::Node::Router)
         );
+        let has = |flag: &str| args.daemon_args.iter().any(|a| a.starts_with(flag));
+        let mut extra_args = Vec::new();
+        if !has("--mode") {
+            extra_args.extend(["--mode".to_string(), "attenuate".to_string()]);
+        }
+        if !has("--interval") {
+            extra_args.extend(["--interval".to_string(), args.interval.clone()]);
+        }
+        extra_args.extend(args.daemon_args.iter().cloned());
+        println!("   pop3-interceptor run {}", extra_args.join(" "));
         let opts = InterceptorOptions {
             bin: Some(bin),
-            extra_args: args.daemon_args.clone(),
+            extra_args,
             ..Default::default()
         };
         Some(Interceptor::start_with(&topo, opts).context("starting the interceptor")?)
@@ -100,6 +118,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         checks_ok: 0,
         checks_failed: 0,
         checks_by_user: Vec::new(),
+        logins_before: Vec::new(),
     };
     demo.scenario()?;
     demo.report()?;
@@ -132,9 +151,13 @@ impl Demo {
                 "Hello from the demo.",
             ),
         )?;
-        println!("== one POP3 session by {user} (Python poplib) from the client namespace:");
+        println!(
+            "== one POP3 session by {user} (Python poplib) from the client namespace; it reads and \
+             deletes its mail:"
+        );
         let opts = PoplibOptions {
             capa: true,
+            dele: vec![1],
             ..Default::default()
         };
         let t = clients::poplib(&self.topo, server_pop3_v4(), &user, &pass, &opts)?;
@@ -160,6 +183,12 @@ impl Demo {
             self.args.pause_ms
         );
         self.checks_by_user = users.iter().map(|(u, _)| (u.clone(), 0)).collect();
+        // Dovecot's log process writes asynchronously.
+        std::thread::sleep(Duration::from_millis(300));
+        self.logins_before = users
+            .iter()
+            .map(|(u, _)| (u.clone(), self.dovecot.login_count(u)))
+            .collect();
         let start = Instant::now();
         for round in 0..self.args.checks {
             for (i, (u, p)) in users.iter().enumerate() {
@@ -190,39 +219,91 @@ impl Demo {
     /// What the clients, Dovecot and the interceptor each saw. Add lines here.
     pub fn report(&mut self) -> Result<()> {
         // Dovecot's log process writes asynchronously.
-        std::thread::sleep(Duration::from_millis(300));
-        println!("== results");
+        std::thread::sleep(Duration::from_millis(500));
+        println!("== results of the polling clients");
         println!(
-            "{:<10} {:>14} {:>16} {:>18}",
-            "user", "client checks", "Dovecot logins", "login addresses"
+            "{:<10} {:>14} {:>18} {:>18} {:>18}",
+            "user", "client checks", "reached Dovecot", "answered at edge", "login addresses"
         );
-        let mut total_logins = 0;
+        let (mut total_checks, mut total_logins) = (0u64, 0usize);
         for (u, n) in &self.checks_by_user {
+            let before = self
+                .logins_before
+                .iter()
+                .find(|(b, _)| b == u)
+                .map_or(0, |(_, c)| *c);
             let logins = self.dovecot.logins_for(u);
-            total_logins += logins.len();
-            let mut rips: Vec<String> = logins.iter().map(|l| l.rip.clone()).collect();
+            let polled = logins.len().saturating_sub(before);
+            total_checks += n;
+            total_logins += polled;
+            let mut rips: Vec<String> = logins[before.min(logins.len())..]
+                .iter()
+                .map(|l| l.rip.clone())
+                .collect();
             rips.sort();
             rips.dedup();
             println!(
-                "{u:<10} {n:>14} {:>16} {:>18}",
-                logins.len(),
+                "{u:<10} {n:>14} {polled:>18} {:>18} {:>18}",
+                n.saturating_sub(polled as u64),
                 rips.join(",")
             );
         }
         println!(
-            "checks by clients: {} ok, {} failed; logins Dovecot saw: {} (the first user's includes \
-             the single session shown above)",
-            self.checks_ok, self.checks_failed, total_logins
+            "{:<10} {total_checks:>14} {total_logins:>18} {:>18}",
+            "total",
+            total_checks.saturating_sub(total_logins as u64)
         );
-        if let Some(icpt) = &self.interceptor {
+        println!(
+            "checks by clients: {} ok, {} failed. \"reached Dovecot\" counts Dovecot's Login: \
+             lines during the polling; every other successful check was answered at the edge.",
+            self.checks_ok, self.checks_failed
+        );
+        if total_checks > 0 {
+            println!(
+                "{:.0}% of the checks never reached the mail server",
+                100.0 * total_checks.saturating_sub(total_logins as u64) as f64
+                    / total_checks as f64
+            );
+        }
+        if let Some(icpt) = self.interceptor.as_mut() {
             let pin = icpt.pin_dir().display().to_string();
-            match icpt.cli(&["status", "--pin-dir", &pin]) {
-                Ok(out) if out.success() => {
-                    println!("== pop3-interceptor status:");
-                    print!("{}", out.stdout_str());
+            // The daemon publishes its counters to the pinned maps once a second.
+            std::thread::sleep(Duration::from_millis(1200));
+            if let Ok(out) = icpt.cli(&["status", "--pin-dir", &pin])
+                && out.success()
+            {
+                println!("== pop3-interceptor status:");
+                print!("{}", out.stdout_str());
+            }
+            // The daemon logs its engine counters when it stops.
+            let (_, clean) = icpt.terminate(Duration::from_secs(10));
+            let log = icpt.log_text();
+            match log.lines().find_map(|l| {
+                let i = l.find("engine=Some(Counters {")?;
+                let rest = &l[i + "engine=Some(Counters {".len()..];
+                Some(
+                    rest[..rest.find('}').unwrap_or(rest.len())]
+                        .trim()
+                        .to_string(),
+                )
+            }) {
+                Some(c) => {
+                    println!("== pop3-interceptor engine counters (logged at SIGTERM):");
+                    for kv in c.split(',') {
+                        if let Some((k, v)) = kv.split_once(':') {
+                            println!("   {:<26} {}", k.trim(), v.trim());
+                        }
+                    }
                 }
-                _ => {
-                    println!("== pop3-interceptor log (last lines; `status` not available):");
+                None => {
+                    println!(
+                        "== pop3-interceptor log (last lines; no engine counters{}):",
+                        if clean {
+                            ""
+                        } else {
+                            ", it did not stop cleanly"
+                        }
+                    );
                     println!("{}", icpt.log_tail(15));
                 }
             }

@@ -85,11 +85,19 @@ pub struct LoadReport {
     pub mode: Option<Mode>,
     pub target: String,
     pub concurrency: usize,
-    /// Wall time of the run.
+    /// Wall time of the run (including the wait for sessions still running at the deadline,
+    /// up to --session-timeout).
     pub elapsed_s: f64,
+    /// The time `sessions_per_s` is computed over: the duration, or the elapsed time when the
+    /// run ended earlier (--max-sessions).
+    #[serde(default)]
+    pub window_s: f64,
     /// Sessions that completed with +OK at every step.
     pub sessions: u64,
     pub errors: u64,
+    /// Sessions that ran past --session-timeout (included in `errors`).
+    #[serde(default)]
+    pub timeouts: u64,
     pub sessions_per_s: f64,
     pub p50_us: u64,
     pub p90_us: u64,
@@ -110,8 +118,12 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr) -> Result<Self> {
+    /// Connects and reads the greeting; `step` names what is being waited for (so a session
+    /// that times out can say where it stalled).
+    async fn open(addr: SocketAddr, step: &mut &'static str) -> Result<Self> {
+        *step = "connect";
         let s = TcpStream::connect(addr).await.context("connect")?;
+        *step = "greeting";
         s.set_nodelay(true)?;
         let (r, w) = s.into_split();
         let mut c = Conn {
@@ -137,8 +149,10 @@ impl Conn {
         self.w.write_all(line.as_bytes()).await?;
         self.expect_ok(what).await
     }
-    async fn login(&mut self, user: &str, pass: &str) -> Result<()> {
+    async fn login(&mut self, user: &str, pass: &str, step: &mut &'static str) -> Result<()> {
+        *step = "USER";
         self.cmd("USER", &format!("USER {user}\r\n")).await?;
+        *step = "PASS";
         self.cmd("PASS", &format!("PASS {pass}\r\n")).await
     }
     /// Reads a multi-line body after its +OK line; returns its size in bytes
@@ -165,10 +179,17 @@ impl Conn {
     }
 }
 
-async fn check_session(addr: SocketAddr, user: &str, pass: &str) -> Result<u64> {
-    let mut c = Conn::open(addr).await?;
-    c.login(user, pass).await?;
+async fn check_session(
+    addr: SocketAddr,
+    user: &str,
+    pass: &str,
+    step: &mut &'static str,
+) -> Result<u64> {
+    let mut c = Conn::open(addr, step).await?;
+    c.login(user, pass, step).await?;
+    *step = "STAT";
     c.cmd("STAT", "STAT\r\n").await?;
+    *step = "QUIT";
     c.cmd("QUIT", "QUIT\r\n").await?;
     Ok(0)
 }
@@ -178,13 +199,16 @@ async fn retr_session(
     user: &str,
     pass: &str,
     msg: u32,
+    step: &mut &'static str,
 ) -> Result<(u64, Duration)> {
-    let mut c = Conn::open(addr).await?;
-    c.login(user, pass).await?;
+    let mut c = Conn::open(addr, step).await?;
+    c.login(user, pass, step).await?;
+    *step = "RETR";
     let t = Instant::now();
     c.cmd("RETR", &format!("RETR {msg}\r\n")).await?;
     let bytes = c.read_body().await?;
     let dt = t.elapsed();
+    *step = "QUIT";
     c.cmd("QUIT", "QUIT\r\n").await?;
     Ok((bytes, dt))
 }
@@ -192,7 +216,10 @@ async fn retr_session(
 #[derive(Default)]
 struct WorkerResult {
     lat_us: Vec<u64>,
+    /// Sessions that completed before the deadline.
+    in_window: u64,
     errors: u64,
+    timeouts: u64,
     bytes: u64,
     xfer: Duration,
     first_errors: Vec<String>,
@@ -255,17 +282,18 @@ pub fn measure(a: &LoadgenArgs) -> Result<LoadReport> {
                     }
                     let user = &users[(i as usize) % users.len()];
                     let t = Instant::now();
+                    let mut step = "connect";
                     let res = match a.mode {
                         Mode::Check => tokio::time::timeout(
                             a.session_timeout,
-                            check_session(a.target, user, &a.pass),
+                            check_session(a.target, user, &a.pass, &mut step),
                         )
                         .await
                         .map(|r| r.map(|_| (0, Duration::ZERO))),
                         Mode::Retr => {
                             tokio::time::timeout(
                                 a.session_timeout,
-                                retr_session(a.target, user, &a.pass, a.msg),
+                                retr_session(a.target, user, &a.pass, a.msg, &mut step),
                             )
                             .await
                         }
@@ -273,6 +301,9 @@ pub fn measure(a: &LoadgenArgs) -> Result<LoadReport> {
                     match res {
                         Ok(Ok((bytes, xfer))) => {
                             r.lat_us.push(t.elapsed().as_micros() as u64);
+                            if Instant::now() <= deadline {
+                                r.in_window += 1;
+                            }
                             r.bytes += bytes;
                             r.xfer += xfer;
                         }
@@ -284,7 +315,11 @@ pub fn measure(a: &LoadgenArgs) -> Result<LoadReport> {
                         }
                         Err(_) => {
                             r.errors += 1;
-                            note_error(&mut r.first_errors, "session timed out".to_string());
+                            r.timeouts += 1;
+                            note_error(
+                                &mut r.first_errors,
+                                format!("session timed out waiting for {step}"),
+                            );
                         }
                     }
                 }
@@ -325,7 +360,16 @@ pub fn measure(a: &LoadgenArgs) -> Result<LoadReport> {
         elapsed_s: elapsed.as_secs_f64(),
         sessions: lat.len() as u64,
         errors: results.iter().map(|r| r.errors).sum(),
-        sessions_per_s: lat.len() as f64 / elapsed.as_secs_f64(),
+        timeouts: results.iter().map(|r| r.timeouts).sum(),
+        sessions_per_s: if elapsed > a.duration {
+            // Stragglers that finish (or time out) after the deadline must not stretch the
+            // window: count what completed while the load ran; stragglers show in the
+            // latencies, errors and timeouts.
+            results.iter().map(|r| r.in_window).sum::<u64>() as f64 / a.duration.as_secs_f64()
+        } else {
+            lat.len() as f64 / elapsed.as_secs_f64()
+        },
+        window_s: elapsed.min(a.duration).as_secs_f64(),
         p50_us: pct(0.50),
         p90_us: pct(0.90),
         p99_us: pct(0.99),

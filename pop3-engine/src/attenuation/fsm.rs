@@ -138,6 +138,10 @@ pub struct Session {
     /// The server's greeting said `[XCLIENT]`: Dovecot's way of telling a trusted
     /// peer it may send XCLIENT (its CAPA does not list it).
     greeting_xclient: bool,
+    /// The held QUIT's STAT said 0 messages at this time. Recorded only when the QUIT is
+    /// answered `+OK`: after DELEs, STAT counts 0 before the UPDATE that makes it true, and
+    /// a failed UPDATE (or a lost connection) leaves the messages there.
+    stat_empty_at: Option<Instant>,
     /// When the session is closed for idleness (autologout).
     pub deadline: Instant,
 }
@@ -161,6 +165,7 @@ impl Session {
             locked: false,
             capa_body: Vec::new(),
             greeting_xclient: false,
+            stat_empty_at: None,
             deadline,
         }
     }
@@ -334,6 +339,9 @@ impl Session {
             Step::Relay { .. } => out.push(Action::ToClient(line)),
             Step::Stat => self.record_stat(&line, ok, sh, now),
             Step::Quit => {
+                if let Some(at) = self.stat_empty_at.take().filter(|_| ok) {
+                    self.with_entry(sh, now, |e| e.verified_empty = Some(at));
+                }
                 out.push(Action::ToClient(line));
                 self.finish(sh, now, out, true);
                 return false;
@@ -392,7 +400,12 @@ impl Session {
             return;
         }
         let empty = trim_eol(line).split(|&b| b == b' ').nth(1) == Some(b"0");
-        self.with_entry(sh, now, |e| e.verified_empty = empty.then_some(now));
+        if empty {
+            // Only once the QUIT succeeds (see `stat_empty_at`).
+            self.stat_empty_at = Some(now);
+        } else {
+            self.with_entry(sh, now, |e| e.verified_empty = None);
+        }
     }
 
     /// Runs steps and client commands until something must be waited for.

@@ -336,6 +336,46 @@ fn quit_whose_stat_fails_records_nothing() {
     assert_eq!(entry(&h, "alice").unwrap().verified_empty, verified);
 }
 
+/// After DELEs the held QUIT's STAT counts 0, which is true only once the server's UPDATE
+/// succeeds: a QUIT answered -ERR, or a server gone before answering it, records nothing.
+#[test]
+fn quit_whose_update_fails_records_nothing() {
+    let mut h = alice_verified_empty();
+    let verified = entry(&h, "alice").unwrap().verified_empty;
+    for (conn, quit_answer) in [
+        (2, Some(&b"-ERR [SYS/TEMP] update failed\r\n"[..])),
+        (3, None),
+    ] {
+        h.now += INTERVAL;
+        h.open(conn);
+        h.client(conn, b"USER alice\r\nPASS pw\r\n");
+        connect_upstream(&mut h, conn, false);
+        h.server(conn, b"+OK\r\n");
+        h.server(conn, b"+OK Logged in.\r\n");
+        assert_eq!(h.client(conn, b"DELE 1\r\n"), [to_upstream(b"DELE 1\r\n")]);
+        h.server(conn, b"+OK Marked to be deleted.\r\n");
+        assert_eq!(h.client(conn, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
+        assert_eq!(h.server(conn, b"+OK 0 0\r\n"), [to_upstream(b"QUIT\r\n")]);
+        match quit_answer {
+            Some(answer) => assert_eq!(
+                h.server(conn, answer),
+                [to_client(answer), CloseClient, CloseUpstream]
+            ),
+            None => {
+                h.event(conn, Event::UpstreamClosed);
+            }
+        }
+        assert_eq!(entry(&h, "alice").unwrap().verified_empty, verified);
+        h.engine.close(conn, h.now);
+        // The next check asks the server.
+        h.open(conn + 10);
+        h.client(conn + 10, b"USER alice\r\n");
+        assert_eq!(h.client(conn + 10, b"PASS pw\r\n"), [ConnectUpstream]);
+        h.event(conn + 10, Event::ClientClosed);
+        h.engine.close(conn + 10, h.now);
+    }
+}
+
 #[test]
 fn client_disconnect_never_sends_quit_upstream() {
     let mut h = alice_verified_empty();
