@@ -275,6 +275,14 @@ impl Demo {
                 println!("== pop3-interceptor status:");
                 print!("{}", out.stdout_str());
             }
+            // What an operator sees with the tools they already have.
+            let users = format!("{pin}/USERS");
+            let mut bpftool = std::process::Command::new("bpftool");
+            bpftool.args(["map", "dump", "pinned", &users]);
+            if let Ok(out) = bpftool.output() {
+                println!("== bpftool map dump pinned {users}:");
+                print!("{}", String::from_utf8_lossy(&out.stdout));
+            }
             // The daemon logs its engine counters when it stops.
             let (_, clean) = icpt.terminate(Duration::from_secs(10));
             let log = icpt.log_text();

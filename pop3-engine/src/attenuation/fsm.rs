@@ -340,7 +340,7 @@ impl Session {
             Step::Stat => self.record_stat(&line, ok, sh, now),
             Step::Quit => {
                 if let Some(at) = self.stat_empty_at.take().filter(|_| ok) {
-                    self.with_entry(sh, now, |e| e.verified_empty = Some(at));
+                    self.with_entry(sh, now, |e| e.set_verified_empty(Some(at)));
                 }
                 out.push(Action::ToClient(line));
                 self.finish(sh, now, out, true);
@@ -404,7 +404,7 @@ impl Session {
             // Only once the QUIT succeeds (see `stat_empty_at`).
             self.stat_empty_at = Some(now);
         } else {
-            self.with_entry(sh, now, |e| e.verified_empty = None);
+            self.with_entry(sh, now, |e| e.set_verified_empty(None));
         }
     }
 
@@ -651,7 +651,7 @@ impl Session {
         let verifier = sh.salt.verifier(self.server(), name, password);
         let interval = sh.config.interval;
         let entry = self.with_entry(sh, now, |e| {
-            e.last_check = now;
+            e.set_last_check(now);
             let known_empty =
                 e.verifier.is_some_and(|v| v.matches(&verifier)) && e.fresh(now, interval);
             if e.locked || known_empty {

@@ -35,7 +35,7 @@ use hashbrown::HashMap;
 pub use caps::ServerCaps;
 pub use config::{BadDuration, Config, parse_duration};
 pub use fsm::State;
-pub use table::{Entry, UserKey, UserTable};
+pub use table::{Entry, UserKey, UserName, UserTable};
 pub use verifier::{Salt, Verifier};
 
 use crate::session::{Action, ConnId, ConnInfo, Event, Output, Pop3Engine};

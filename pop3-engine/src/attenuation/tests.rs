@@ -140,7 +140,7 @@ fn none_state_user_creates_the_entry_and_asks_the_server() {
     let mut h = engine();
     passed_through_check(&mut h, 1, "pw", 0);
     let e = entry(&h, "alice").unwrap();
-    assert_eq!(e.verified_empty, Some(h.now));
+    assert_eq!(e.verified_empty(), Some(h.now));
     assert_eq!(h.engine.counters().passed_through, 1);
 }
 
@@ -315,7 +315,7 @@ fn quit_with_terminate_false_records_a_non_empty_maildrop_as_null() {
     let mut h = alice_verified_empty();
     h.now += INTERVAL;
     passed_through_check(&mut h, 2, "pw", 3);
-    assert_eq!(entry(&h, "alice").unwrap().verified_empty, None);
+    assert_eq!(entry(&h, "alice").unwrap().verified_empty(), None);
     h.open(3);
     h.client(3, b"USER alice\r\n");
     assert_eq!(h.client(3, b"PASS pw\r\n"), [ConnectUpstream]);
@@ -324,7 +324,7 @@ fn quit_with_terminate_false_records_a_non_empty_maildrop_as_null() {
 #[test]
 fn quit_whose_stat_fails_records_nothing() {
     let mut h = alice_verified_empty();
-    let verified = entry(&h, "alice").unwrap().verified_empty;
+    let verified = entry(&h, "alice").unwrap().verified_empty();
     h.now += INTERVAL;
     h.open(2);
     h.client(2, b"USER alice\r\nPASS pw\r\n");
@@ -333,7 +333,7 @@ fn quit_whose_stat_fails_records_nothing() {
     h.server(2, b"+OK Logged in.\r\n");
     assert_eq!(h.client(2, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
     assert_eq!(h.server(2, b"-ERR busy\r\n"), [to_upstream(b"QUIT\r\n")]);
-    assert_eq!(entry(&h, "alice").unwrap().verified_empty, verified);
+    assert_eq!(entry(&h, "alice").unwrap().verified_empty(), verified);
 }
 
 /// After DELEs the held QUIT's STAT counts 0, which is true only once the server's UPDATE
@@ -341,7 +341,7 @@ fn quit_whose_stat_fails_records_nothing() {
 #[test]
 fn quit_whose_update_fails_records_nothing() {
     let mut h = alice_verified_empty();
-    let verified = entry(&h, "alice").unwrap().verified_empty;
+    let verified = entry(&h, "alice").unwrap().verified_empty();
     for (conn, quit_answer) in [
         (2, Some(&b"-ERR [SYS/TEMP] update failed\r\n"[..])),
         (3, None),
@@ -365,7 +365,7 @@ fn quit_whose_update_fails_records_nothing() {
                 h.event(conn, Event::UpstreamClosed);
             }
         }
-        assert_eq!(entry(&h, "alice").unwrap().verified_empty, verified);
+        assert_eq!(entry(&h, "alice").unwrap().verified_empty(), verified);
         h.engine.close(conn, h.now);
         // The next check asks the server.
         h.open(conn + 10);
