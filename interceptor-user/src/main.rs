@@ -7,7 +7,19 @@ use pop3_interceptor::{
 };
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+/// Errors end as one line with their causes (`error: ...: ...`), for operators: never a
+/// backtrace, even with RUST_BACKTRACE set.
+fn main() -> std::process::ExitCode {
+    match run_command() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command() -> anyhow::Result<()> {
     // Before any thread exists, so every thread inherits the blocked signals.
     let signals = SignalFd::new()?;
     let cli = Cli::parse();
