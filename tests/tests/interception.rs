@@ -28,6 +28,14 @@ fn counter(ic: &Interceptor, slot: u32) -> u64 {
     ic.xdp_counter(slot).expect("bpftool COUNTERS")
 }
 
+/// A poplib session for `user` (password `<user>-pw`) that must succeed; its transcript.
+fn poplib_ok(topo: &Topology, user: &str, opts: &PoplibOptions) -> String {
+    let pass = format!("{user}-pw");
+    let t = clients::poplib(topo, server_pop3_v4(), user, &pass, opts).unwrap();
+    assert!(t.ok(), "{}", t.normalized());
+    t.normalized()
+}
+
 fn last_login_rip(dc: &Dovecot, user: &str) -> String {
     dc.logins_for(user).last().expect("a login").rip.clone()
 }
@@ -163,27 +171,11 @@ fn after_kill_9_sessions_reach_dovecot_directly() {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
     let mut ic = relay(&topo);
-    let t = clients::poplib(
-        &topo,
-        server_pop3_v4(),
-        "alice",
-        "alice-pw",
-        &Default::default(),
-    )
-    .unwrap();
-    assert!(t.ok(), "{}", t.normalized());
+    poplib_ok(&topo, "alice", &PoplibOptions::default());
     assert_eq!(last_login_rip(&dc, "alice"), ROUTER_SERVER_V4.to_string());
 
     ic.kill9();
-    let t = clients::poplib(
-        &topo,
-        server_pop3_v4(),
-        "alice",
-        "alice-pw",
-        &Default::default(),
-    )
-    .unwrap();
-    assert!(t.ok(), "{}", t.normalized());
+    poplib_ok(&topo, "alice", &PoplibOptions::default());
     assert_eq!(
         last_login_rip(&dc, "alice"),
         CLIENT_V4.to_string(),
@@ -238,19 +230,12 @@ fn every_session_is_intercepted_on_a_four_queue_interface() {
         "one AF_XDP socket per RX queue: {}",
         ic.log_tail(5)
     );
+    let no_retr = PoplibOptions {
+        retr: false,
+        ..Default::default()
+    };
     for _ in 0..20 {
-        let t = clients::poplib(
-            &topo,
-            server_pop3_v4(),
-            "carol",
-            "carol-pw",
-            &PoplibOptions {
-                retr: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert!(t.ok(), "{}", t.normalized());
+        poplib_ok(&topo, "carol", &no_retr);
     }
     let rips: Vec<String> = dc
         .logins_for("carol")
@@ -302,15 +287,7 @@ fn a_100_kb_line_gets_err_and_memory_stays_bounded() {
         "RSS grew from {before} KiB to {after} KiB for 500 KB of bad input"
     );
     // Still serving.
-    let t = clients::poplib(
-        &topo,
-        server_pop3_v4(),
-        "alice",
-        "alice-pw",
-        &Default::default(),
-    )
-    .unwrap();
-    assert!(t.ok(), "{}", t.normalized());
+    poplib_ok(&topo, "alice", &PoplibOptions::default());
 }
 
 #[test]
