@@ -106,12 +106,25 @@ impl Mirror {
             self.stats_published = Some(now);
             self.publish_stats(engine, sessions_active, now);
         }
+        // A session touches its entry at every command: write each user and each
+        // session once per pass, as they stand now.
+        let mut users: hashbrown::HashMap<Arc<engine::UserKey>, Option<SocketAddr>> =
+            hashbrown::HashMap::new();
+        let mut sessions = hashbrown::HashMap::new();
         for change in engine.take_changes() {
-            self.refresh_user(engine, &change.key, now);
+            let client = change.session.map(|(_, client)| client);
+            let last = users.entry(change.key.clone()).or_default();
+            *last = client.or(*last);
             if let Some((conn, client)) = change.session {
-                let state = engine.state(conn).map_or("closed", state_word);
-                self.write_session(client, &change.key, state);
+                sessions.insert(conn, (client, change.key));
             }
+        }
+        for (key, client) in users {
+            self.refresh_user(engine, &key, client, now);
+        }
+        for (conn, (client, key)) in sessions {
+            let state = engine.state(conn).map_or("closed", state_word);
+            self.write_session(client, &key, state);
         }
         for &(client, server) in closed {
             let _ = self.sessions.remove(&session_key(client, server));
@@ -120,7 +133,7 @@ impl Mirror {
             && *at <= now
         {
             let (_, key) = self.expiries.pop_first().expect("just looked at it");
-            self.refresh_user(engine, &key, now);
+            self.refresh_user(engine, &key, None, now);
         }
     }
 
@@ -140,10 +153,13 @@ impl Mirror {
         let _ = self.stats_map.set(0, stats, 0);
     }
 
+    /// Writes a user's entry as the engine has it (deletes it if gone); `client` is the
+    /// subscriber of the session that just touched it, if any.
     fn refresh_user(
         &mut self,
         engine: &AttenuationEngine,
         key: &Arc<engine::UserKey>,
+        client: Option<SocketAddr>,
         now: Instant,
     ) {
         let Some(map_key) = user_key(key) else {
@@ -160,7 +176,13 @@ impl Mirror {
         if attenuated && let Some(until) = until {
             self.expiries.insert((until, key.clone()));
         }
-        let previous = self.users.get(&map_key, 0).ok();
+        let last_client = match client {
+            Some(client) => text(&client.to_string()),
+            None => self
+                .users
+                .get(&map_key, 0)
+                .map_or([0; common::ADDR_TEXT], |v| v.last_client),
+        };
         let state = if entry.locked {
             "in-session"
         } else if attenuated {
@@ -170,7 +192,7 @@ impl Mirror {
         };
         let value = UserValue {
             state: text(state),
-            last_client: previous.map_or([0; common::ADDR_TEXT], |v| v.last_client),
+            last_client,
             attenuated_until: if attenuated {
                 until.map_or(0, |t| self.clock.unix(t))
             } else {
@@ -202,13 +224,6 @@ impl Mirror {
             .is_err()
         {
             self.stats.sessions_not_mirrored += 1;
-        }
-        // The user's last client is the session's: set it on the user's entry too.
-        if let Some(map_key) = user_key(key)
-            && let Ok(mut user) = self.users.get(&map_key, 0)
-        {
-            user.last_client = text(&client.to_string());
-            let _ = self.users.insert(map_key, user, 0);
         }
     }
 }

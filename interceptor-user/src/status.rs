@@ -107,7 +107,9 @@ pub fn read(pin_dir: &Path, sort: SortBy) -> anyhow::Result<Status> {
         })
         .collect();
     match sort {
-        SortBy::LastCheck => users.sort_by_key(|u| std::cmp::Reverse(u.last_check)),
+        SortBy::LastCheck => {
+            users.sort_by(|a, b| b.last_check.cmp(&a.last_check).then(a.user.cmp(&b.user)))
+        }
         SortBy::User => users.sort_by(|a, b| (&a.user, &a.server).cmp(&(&b.user, &b.server))),
         SortBy::Local => users.sort_by_key(|u| std::cmp::Reverse(u.checks_answered_locally)),
     }
