@@ -83,6 +83,33 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+impl FlowKey {
+    /// The key of a client flow, as the XDP program builds it; `None` when the two
+    /// addresses are of different families.
+    pub fn new(client: core::net::SocketAddr, server: core::net::SocketAddr) -> Option<Self> {
+        use core::net::IpAddr;
+        let mut key = FlowKey {
+            client_port: client.port(),
+            server_port: server.port(),
+            ..FlowKey::default()
+        };
+        match (client.ip(), server.ip()) {
+            (IpAddr::V4(c), IpAddr::V4(s)) => {
+                key.client_addr[..4].copy_from_slice(&c.octets());
+                key.server_addr[..4].copy_from_slice(&s.octets());
+                key.family = FAMILY_V4;
+            }
+            (IpAddr::V6(c), IpAddr::V6(s)) => {
+                key.client_addr = c.octets();
+                key.server_addr = s.octets();
+                key.family = FAMILY_V6;
+            }
+            _ => return None,
+        }
+        Some(key)
+    }
+}
+
 /// What the XDP program remembers of a redirected flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -231,4 +258,35 @@ mod pod {
     unsafe impl aya::Pod for super::SessionValue {}
     unsafe impl aya::Pod for super::AttachInfo {}
     unsafe impl aya::Pod for super::DaemonStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_keys_are_laid_out_as_the_xdp_program_builds_them() {
+        let key = FlowKey::new(
+            "198.51.100.2:40000".parse().unwrap(),
+            "203.0.113.2:110".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(key.family, FAMILY_V4);
+        assert_eq!(&key.client_addr[..4], &[198, 51, 100, 2]);
+        assert_eq!(&key.client_addr[4..], &[0; 12]);
+        assert_eq!((key.client_port, key.server_port), (40000, 110));
+        let v6 = FlowKey::new(
+            "[2001:db8:1::2]:40000".parse().unwrap(),
+            "[2001:db8:2::2]:110".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v6.family, FAMILY_V6);
+        assert!(
+            FlowKey::new(
+                "198.51.100.2:1".parse().unwrap(),
+                "[2001:db8:2::2]:110".parse().unwrap()
+            )
+            .is_none()
+        );
+    }
 }

@@ -72,6 +72,8 @@ const IPPROTO_TCP: u8 = 6;
 const TCP_MIN_HDR_LEN: usize = 20;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
+const TCP_FLAG_FIN: u8 = 0x01;
+const TCP_FLAG_RST: u8 = 0x04;
 
 #[xdp]
 pub fn pop3_intercept(ctx: XdpContext) -> u32 {
@@ -90,15 +92,7 @@ fn try_pop3_intercept(ctx: &XdpContext) -> Result<u32, ()> {
     if !is_intercepted(&flow.key) {
         return Ok(xdp_action::XDP_PASS);
     }
-    if flow.is_syn {
-        let value = FlowValue {
-            // SAFETY: helper without preconditions.
-            first_seen_ns: unsafe { bpf_ktime_get_ns() },
-        };
-        // A full LRU evicts the oldest flow; a failed insert only means this flow stays
-        // with the kernel, which is the safe direction.
-        let _ = FLOWS.insert(&flow.key, &value, 0);
-    } else if FLOWS.get_ptr(&flow.key).is_none() {
+    if !flow.is_syn && FLOWS.get_ptr(&flow.key).is_none() {
         // A connection that started before we attached: leave it with the kernel.
         return Ok(xdp_action::XDP_PASS);
     }
@@ -108,6 +102,17 @@ fn try_pop3_intercept(ctx: &XdpContext) -> Result<u32, ()> {
     match XSKS.redirect(queue, u64::from(xdp_action::XDP_PASS)) {
         Ok(action) => {
             count(Counter::Redirected);
+            if flow.is_syn {
+                // Remembered only once a socket took the SYN: a flow the kernel got
+                // (no socket yet on this queue) stays with the kernel to its end.
+                let value = FlowValue {
+                    // SAFETY: helper without preconditions.
+                    first_seen_ns: unsafe { bpf_ktime_get_ns() },
+                };
+                // A full LRU evicts the oldest flow; a failed insert leaves this one to
+                // the kernel after its SYN, and the client's retry will come back here.
+                let _ = FLOWS.insert(&flow.key, &value, 0);
+            }
             Ok(action)
         }
         Err(_) => {
@@ -176,7 +181,8 @@ fn parse_flow(ctx: &XdpContext) -> Result<Option<Flow>, ()> {
     key.server_port = u16::from_be_bytes([tcp[2], tcp[3]]);
     Ok(Some(Flow {
         key,
-        is_syn: flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
+        // A plain SYN: SYN|FIN, SYN|RST and friends open nothing.
+        is_syn: flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_FIN | TCP_FLAG_RST) == TCP_FLAG_SYN,
     }))
 }
 

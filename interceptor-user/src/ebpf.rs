@@ -15,7 +15,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, XskMap, lpm_trie::Key},
     programs::{Xdp, XdpMode},
 };
-use common::{AttachInfo, Config, Counter, map_names};
+use common::{AttachInfo, Config, Counter, FlowKey, FlowValue, map_names};
 use ipnet::IpNet;
 use thiserror::Error;
 
@@ -111,6 +111,7 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> EbpfError {
 pub struct Attachment {
     ebpf: Ebpf,
     xsks: XskMap<aya::maps::MapData>,
+    flows: HashMap<aya::maps::MapData, FlowKey, FlowValue>,
     counters: PerCpuArray<aya::maps::MapData, u64>,
     pin_dir: PathBuf,
     keep_pins: bool,
@@ -150,10 +151,12 @@ impl Attachment {
 
         write_info(&mut ebpf, options)?;
         let xsks = take_map(&mut ebpf, map_names::XSKS)?;
+        let flows = take_map(&mut ebpf, map_names::FLOWS)?;
         let counters = take_map(&mut ebpf, map_names::COUNTERS)?;
         Ok(Self {
             ebpf,
             xsks,
+            flows,
             counters,
             pin_dir: options.pin_dir.clone(),
             keep_pins: false,
@@ -170,6 +173,17 @@ impl Attachment {
         self.xsks
             .set(queue, socket, 0)
             .map_err(map_err(map_names::XSKS))
+    }
+
+    /// Forgets finished flows in `FLOWS`, so they do not crowd live ones out of the LRU
+    /// and a reused 4-tuple starts from its SYN again.
+    pub fn forget_flows(&mut self, closed: &[(std::net::SocketAddr, std::net::SocketAddr)]) {
+        for key in closed
+            .iter()
+            .filter_map(|&(client, server)| FlowKey::new(client, server))
+        {
+            let _ = self.flows.remove(&key);
+        }
     }
 
     /// The operator's `USERS` and `SESSIONS` maps, for the table mirror.

@@ -48,7 +48,10 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         bail!("no interface named {iface:?} in this network namespace (see `ip link`)");
     }
     let queues = ebpf::rx_queue_count(iface);
-    let mtu = ebpf::interface_mtu(iface).unwrap_or(1500);
+    // A frame must fit one UMEM chunk: larger segments would be dropped on TX.
+    let mtu = ebpf::interface_mtu(iface)
+        .unwrap_or(1500)
+        .min(crate::dataplane::xsk::MAX_FRAME - crate::dataplane::frame::MAX_L2_LEN);
     let mut attachment = Attachment::attach(&AttachOptions {
         ifname: iface.clone(),
         mode: settings.xdp_mode,
@@ -95,6 +98,7 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
     };
     let signal = loop {
         let signal = dataplane.run(&signals, |dp| {
+            attachment.forget_flows(dp.closed_flows());
             if let Some(mirror) = &mut mirror {
                 let closed = dp.closed_flows().to_vec();
                 let active = dp.active_conns() as u64;

@@ -10,7 +10,11 @@
 use std::{
     net::SocketAddr,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-    sync::{Arc, mpsc},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
     time::Duration,
 };
 
@@ -87,12 +91,21 @@ pub struct Upstream {
 pub struct UpstreamLink {
     commands: tokio_mpsc::UnboundedSender<Command>,
     credit: Arc<Semaphore>,
+    /// Bytes handed to `send` and not yet written to the server's socket.
+    queued: Arc<AtomicUsize>,
 }
 
 impl UpstreamLink {
     pub fn send(&self, bytes: Vec<u8>) {
+        self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
         // A closed receiver means the connection already ended; its event is on the way.
         let _ = self.commands.send(Command::Send(bytes));
+    }
+
+    /// Bytes sent and not yet written to the server: the dataplane stops reading the
+    /// client while this is large.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Flushes what was sent, then closes the connection.
@@ -135,6 +148,7 @@ impl Upstream {
     pub fn connect(&self, conn: ConnId, server: SocketAddr) -> UpstreamLink {
         let (commands, command_rx) = tokio_mpsc::unbounded_channel();
         let credit = Arc::new(Semaphore::new(CREDIT));
+        let queued = Arc::new(AtomicUsize::new(0));
         let notifier = Notifier {
             conn,
             events: self.events.clone(),
@@ -145,9 +159,14 @@ impl Upstream {
             self.connect_timeout,
             command_rx,
             credit.clone(),
+            queued.clone(),
             notifier,
         ));
-        UpstreamLink { commands, credit }
+        UpstreamLink {
+            commands,
+            credit,
+            queued,
+        }
     }
 }
 
@@ -172,6 +191,7 @@ async fn run_link(
     connect_timeout: Duration,
     mut commands: tokio_mpsc::UnboundedReceiver<Command>,
     credit: Arc<Semaphore>,
+    queued: Arc<AtomicUsize>,
     notifier: Notifier,
 ) {
     let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(server)).await {
@@ -197,6 +217,7 @@ async fn run_link(
                     notifier.send(UpstreamEvent::Failed);
                     break;
                 }
+                queued.fetch_sub(bytes.len(), Ordering::Relaxed);
             }
             Command::Close => break,
         }

@@ -87,6 +87,11 @@ impl ConnTable {
         Some(conn)
     }
 
+    /// The client addresses with a connection.
+    pub fn client_ips(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        self.conns.values().map(|c| c.client.ip())
+    }
+
     pub fn ids(&self) -> Vec<ConnId> {
         self.conns.keys().copied().collect()
     }

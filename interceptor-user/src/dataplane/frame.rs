@@ -66,7 +66,7 @@ pub struct ClientSegment<'a> {
     pub client: SocketAddr,
     /// The destination the client dialled (the mail server).
     pub server: SocketAddr,
-    /// A SYN without ACK: the client opens a connection.
+    /// A plain SYN (no ACK, FIN or RST, a real source port): the client opens a connection.
     pub opens_connection: bool,
     /// The header to mirror on packets sent back to this client.
     pub reply_header: ReplyHeader,
@@ -109,7 +109,11 @@ pub fn parse(frame: &[u8]) -> Result<ClientSegment<'_>, FrameError> {
         ip_packet: &frame[ip_start..ip_end],
         client: SocketAddr::new(src, tcp.source_port()),
         server: SocketAddr::new(dst, tcp.destination_port()),
-        opens_connection: tcp.syn() && !tcp.ack(),
+        opens_connection: tcp.syn()
+            && !tcp.ack()
+            && !tcp.fin()
+            && !tcp.rst()
+            && tcp.source_port() != 0,
         reply_header: ReplyHeader::mirror(&frame[..ip_start])?,
     })
 }

@@ -83,6 +83,10 @@ pub struct DataplaneStats {
 const RX_BUDGET: u32 = 256;
 /// Bytes read from a client socket per engine call.
 const CLIENT_READ_CHUNK: usize = 4096;
+/// Bytes for a client beyond which we stop reading from it.
+const MAX_PENDING_TO_CLIENT: usize = 64 * 1024;
+/// Bytes queued for a server beyond which we stop reading from its client.
+const MAX_PENDING_TO_UPSTREAM: usize = 256 * 1024;
 /// How often idle and handshake timeouts are checked at the latest.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -266,8 +270,8 @@ impl<E: Pop3Engine> Dataplane<E> {
                         return;
                     }
                 };
-                replies.insert(segment.client.ip(), (segment.reply_header, index));
                 let existing = conns.by_flow(segment.client, segment.server);
+                let mut opened = None;
                 match existing {
                     Some(id) => {
                         if let Some(conn) = conns.get_mut(id) {
@@ -281,13 +285,29 @@ impl<E: Pop3Engine> Dataplane<E> {
                             stats.conns_refused_full += 1;
                         } else {
                             let handle = stack.listen(segment.server);
-                            dirty.insert(conns.insert(handle, segment.client, segment.server, now));
-                            stats.conns_accepted += 1;
+                            opened = Some((
+                                handle,
+                                conns.insert(handle, segment.client, segment.server, now),
+                            ));
                         }
                     }
                     None => {}
                 }
+                // Only flows we serve get a reply header: spoofed frames add nothing.
+                if existing.is_some() || opened.is_some() {
+                    replies.insert(segment.client.ip(), (segment.reply_header, index));
+                }
                 stack.ingress(smol_now, segment.ip_packet);
+                if let Some((handle, id)) = opened {
+                    // A listener that did not take its SYN would steal the next one.
+                    if stack.socket(handle).state() == State::Listen {
+                        stack.remove(handle);
+                        conns.remove(id);
+                    } else {
+                        dirty.insert(id);
+                        stats.conns_accepted += 1;
+                    }
+                }
             });
         }
     }
@@ -348,7 +368,15 @@ impl<E: Pop3Engine> Dataplane<E> {
         if !conn.opened || conn.client_closed {
             return;
         }
-        while socket.can_recv() {
+        // Backpressure: while the client is not reading what we send, or the server is
+        // not taking what it sent, leave its bytes in smoltcp: the window closes.
+        while socket.can_recv()
+            && conn.to_client.len() < MAX_PENDING_TO_CLIENT
+            && conn
+                .upstream
+                .as_ref()
+                .is_none_or(|link| link.queued() < MAX_PENDING_TO_UPSTREAM)
+        {
             let Ok(n) = socket.recv_slice(&mut self.scratch) else {
                 break;
             };
@@ -469,7 +497,8 @@ impl<E: Pop3Engine> Dataplane<E> {
             self.expire_silent_servers(now);
             // Client addresses without a connection need no reply header.
             if self.replies.len() > 2 * self.config.max_conns {
-                self.replies.clear();
+                let live: hashbrown::HashSet<IpAddr> = self.conns.client_ips().collect();
+                self.replies.retain(|ip, _| live.contains(ip));
             }
         }
     }

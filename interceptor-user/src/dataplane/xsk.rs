@@ -20,6 +20,8 @@ use xdpilone::{
 const FRAME_COUNT: u32 = 4096;
 /// AF_XDP chunk size in aligned mode: a power of two, at least 2048.
 const FRAME_SIZE: u32 = 2048;
+/// Largest frame (link-layer header included) one chunk carries.
+pub const MAX_FRAME: usize = FRAME_SIZE as usize;
 const RING_SIZE: u32 = FRAME_COUNT / 2;
 
 /// Why an AF_XDP socket could not be set up.
