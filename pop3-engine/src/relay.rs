@@ -50,18 +50,31 @@ const XCLIENT_CODE: &[u8] = b"[XCLIENT] ";
 enum Tracking {
     /// Both directions are POP3.
     Pop3,
-    /// STLS was sent: the client may start TLS once the answer is `+OK`, so its bytes
-    /// are passed on unparsed until the answer says which.
+    /// An AUTH exchange is under way: the client's lines are SASL responses, passed on
+    /// but not read as commands, until the server's final answer.
+    Sasl,
+    /// STLS was sent: the client's bytes are held (not parsed, not passed on) until the
+    /// answer says whether they are TLS (`+OK`) or commands again (`-ERR`).
     AwaitStls,
     /// No longer POP3 (TLS, SASL layer, or a server that broke framing): bytes only.
     Tunnel,
+}
+
+/// What an unanswered command changes once it is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    None,
+    /// STLS: TLS on `+OK`.
+    Stls,
+    /// AUTH with a mechanism: a possible SASL security layer on `+OK`.
+    Sasl,
 }
 
 /// An unanswered command (or the greeting), oldest first.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     expect: Expect,
-    stls: bool,
+    turn: Turn,
 }
 
 /// One relayed connection.
@@ -77,6 +90,8 @@ struct Relay {
     pending: VecDeque<Pending>,
     /// Client bytes waiting for the upstream connection.
     early: Vec<u8>,
+    /// Client bytes sent after STLS, waiting for its answer (at most [`MAX_EARLY`]).
+    held: Vec<u8>,
 }
 
 /// The transparent relay of issue 2 as a [`Pop3Engine`]: no attenuation, no local answers.
@@ -109,9 +124,10 @@ impl Pop3Engine for RelayEngine {
             // The greeting is the first answer the server owes.
             pending: VecDeque::from([Pending {
                 expect: Expect::Single,
-                stls: false,
+                turn: Turn::None,
             }]),
             early: Vec::new(),
+            held: Vec::new(),
         };
         self.conns.insert(conn, relay);
         out.push(Output {
@@ -169,11 +185,15 @@ impl Pop3Engine for RelayEngine {
 
 impl Relay {
     /// Passes the client's complete lines on (raw), refusing what breaks the limits.
+    ///
+    /// Nothing the client sends before the server accepted STLS or AUTH goes on
+    /// unread: an XCLIENT hidden behind a refused STLS or a failed AUTH would
+    /// otherwise reach a server that trusts the router.
     fn on_client_data(&mut self, data: &[u8], actions: &mut Vec<Action>) {
         let mut input = data;
         let mut forward = Vec::new();
         let mut refusal = None;
-        while self.tracking == Tracking::Pop3 {
+        while matches!(self.tracking, Tracking::Pop3 | Tracking::Sasl) {
             let line = match self.commands.decode(&mut input) {
                 Ok(Some(line)) => line,
                 Ok(None) => break,
@@ -182,6 +202,10 @@ impl Relay {
                     break;
                 }
             };
+            if self.tracking == Tracking::Sasl {
+                forward.extend_from_slice(line);
+                continue;
+            }
             if self.pending.len() >= MAX_PENDING {
                 refusal = Some(TOO_MANY_PENDING);
                 break;
@@ -194,19 +218,32 @@ impl Relay {
                 break;
             }
             forward.extend_from_slice(line);
-            let stls = cmd.verb == Verb::Stls;
+            let turn = match cmd.verb {
+                Verb::Stls => Turn::Stls,
+                Verb::Auth if cmd.has_args() => Turn::Sasl,
+                _ => Turn::None,
+            };
             self.pending.push_back(Pending {
                 expect: cmd.expect(),
-                stls,
+                turn,
             });
-            if stls {
-                self.tracking = Tracking::AwaitStls;
-            } else if cmd.verb == Verb::Apop || (cmd.verb == Verb::Auth && cmd.has_args()) {
-                self.tracking = Tracking::Tunnel;
+            match turn {
+                Turn::Stls => self.tracking = Tracking::AwaitStls,
+                Turn::Sasl => {
+                    self.tracking = Tracking::Sasl;
+                    self.commands.set_sasl(true);
+                }
+                Turn::None => {}
             }
         }
-        if refusal.is_none() && self.tracking != Tracking::Pop3 {
-            forward.extend_from_slice(input);
+        match self.tracking {
+            _ if refusal.is_some() => {}
+            Tracking::AwaitStls if self.held.len() + input.len() > MAX_EARLY => {
+                refusal = Some(TOO_MANY_PENDING);
+            }
+            Tracking::AwaitStls => self.held.extend_from_slice(input),
+            Tracking::Tunnel => forward.extend_from_slice(input),
+            Tracking::Pop3 | Tracking::Sasl => {}
         }
         if !forward.is_empty() {
             if self.upstream_up {
@@ -267,17 +304,34 @@ impl Relay {
                     break;
                 }
             };
-            if !done {
+            // A SASL challenge (`+ `) leaves the AUTH unanswered.
+            if !done || kind == Some(StatusKind::Continue) {
                 continue;
             }
-            let answered = self.pending.pop_front();
-            if answered.is_some_and(|p| p.stls) {
-                if kind == Some(StatusKind::Ok) {
+            let accepted = kind == Some(StatusKind::Ok);
+            match self.pending.pop_front().map(|p| p.turn) {
+                Some(Turn::Stls) if accepted => {
                     self.tracking = Tracking::Tunnel;
-                } else {
+                    let tls = std::mem::take(&mut self.held);
+                    if !tls.is_empty() {
+                        actions.push(Action::ToUpstream(tls));
+                    }
+                }
+                Some(Turn::Stls) => {
                     self.tracking = Tracking::Pop3;
                     self.commands.reset();
+                    let held = std::mem::take(&mut self.held);
+                    self.on_client_data(&held, actions);
                 }
+                Some(Turn::Sasl) => {
+                    self.commands.set_sasl(false);
+                    self.tracking = if accepted {
+                        Tracking::Tunnel
+                    } else {
+                        Tracking::Pop3
+                    };
+                }
+                Some(Turn::None) | None => {}
             }
         }
     }

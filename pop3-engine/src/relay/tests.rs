@@ -167,21 +167,75 @@ fn stls_accepted_turns_the_session_into_a_tunnel() {
 }
 
 #[test]
-fn client_bytes_right_after_stls_are_not_parsed() {
+fn client_bytes_right_after_stls_wait_for_its_answer() {
     let mut h = greeted();
     let early_tls = [b"STLS\r\n".as_slice(), &[0x16; 600]].concat();
-    assert_eq!(h.client(1, &early_tls), [to_upstream(&early_tls)]);
+    assert_eq!(h.client(1, &early_tls), [to_upstream(b"STLS\r\n")]);
+    assert_eq!(
+        h.server(1, b"+OK Begin TLS\r\n"),
+        [to_client(b"+OK Begin TLS\r\n"), to_upstream(&[0x16; 600])]
+    );
 }
 
 #[test]
-fn auth_and_apop_turn_the_session_into_a_tunnel() {
-    for login in [&b"AUTH PLAIN\r\n"[..], b"APOP a 0123456789abcdef\r\n"] {
-        let mut h = greeted();
-        assert_eq!(h.client(1, login), [to_upstream(login)]);
-        let blob = vec![b'A'; 5000];
-        assert_eq!(h.client(1, &blob), [to_upstream(&blob)]);
-        assert_eq!(h.server(1, b"garbage"), [to_client(b"garbage")]);
-    }
+fn xclient_behind_a_refused_stls_is_still_refused() {
+    let mut h = greeted();
+    assert_eq!(
+        h.client(1, b"STLS\r\nXCLIENT ADDR=192.0.2.66\r\n"),
+        [to_upstream(b"STLS\r\n")]
+    );
+    assert_eq!(
+        h.server(1, b"-ERR TLS not available\r\n"),
+        [
+            to_client(b"-ERR TLS not available\r\n"),
+            to_client(XCLIENT_REFUSED),
+            Action::CloseClient,
+            Action::CloseUpstream
+        ]
+    );
+}
+
+#[test]
+fn a_sasl_exchange_is_relayed_and_a_failed_one_goes_back_to_pop3() {
+    let mut h = greeted();
+    assert_eq!(
+        h.client(1, b"AUTH LOGIN\r\n"),
+        [to_upstream(b"AUTH LOGIN\r\n")]
+    );
+    assert_eq!(
+        h.server(1, b"+ VXNlcm5hbWU6\r\n"),
+        [to_client(b"+ VXNlcm5hbWU6\r\n")]
+    );
+    // SASL responses are not commands, even when they look like one.
+    assert_eq!(h.client(1, b"XCLIENT\r\n"), [to_upstream(b"XCLIENT\r\n")]);
+    assert_eq!(
+        h.server(1, b"-ERR [AUTH] Authentication failed.\r\n"),
+        [to_client(b"-ERR [AUTH] Authentication failed.\r\n")]
+    );
+    assert_eq!(
+        h.client(1, b"XCLIENT ADDR=192.0.2.66\r\n")[0],
+        to_client(XCLIENT_REFUSED),
+        "back in POP3 after the failed AUTH"
+    );
+}
+
+#[test]
+fn an_accepted_auth_turns_the_session_into_a_tunnel_and_apop_stays_pop3() {
+    let mut h = greeted();
+    let login = b"AUTH PLAIN AGFsaWNlAHB3\r\n";
+    assert_eq!(h.client(1, login), [to_upstream(login)]);
+    assert_eq!(
+        h.server(1, b"+OK Logged in.\r\n"),
+        [to_client(b"+OK Logged in.\r\n")]
+    );
+    let blob = vec![b'A'; 5000];
+    assert_eq!(h.client(1, &blob), [to_upstream(&blob)]);
+
+    let mut h = greeted();
+    let apop = b"APOP a 0123456789abcdef0123456789abcdef\r\n";
+    assert_eq!(h.client(1, apop), [to_upstream(apop)]);
+    assert_eq!(h.server(1, b"+OK\r\n"), [to_client(b"+OK\r\n")]);
+    assert_eq!(h.client(1, &[b'x'; 300])[0], to_client(LINE_TOO_LONG));
 }
 
 #[test]
