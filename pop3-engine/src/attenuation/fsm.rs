@@ -207,8 +207,22 @@ impl Session {
     }
 
     /// The client went away: never a QUIT upstream (no UPDATE on an abnormal end).
+    ///
+    /// A client that sent QUIT and closed at once still meant its QUIT: the held STAT and
+    /// QUIT go on to the server (committing its DELEs), then the session ends. Any other
+    /// disconnect ends it at once, without QUIT.
     pub fn client_closed(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
+        let quit_queued = self.steps.iter().any(|s| matches!(s, Step::Quit));
+        if quit_queued && self.link != Link::Down {
+            return;
+        }
         self.finish(sh, now, out, false);
+    }
+
+    /// The dataplane released the connection: whatever was pending, the session ends
+    /// here (and its lock with it), without QUIT.
+    pub fn release(&mut self, sh: &mut Shared, now: Instant) {
+        self.finish(sh, now, &mut Vec::new(), false);
     }
 
     /// The autologout timer fired: close both sides, again without QUIT.

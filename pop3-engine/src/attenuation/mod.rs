@@ -237,7 +237,7 @@ impl Pop3Engine for AttenuationEngine {
         self.note_change(conn);
         if let Some(mut session) = self.sessions.remove(&conn) {
             self.deadlines.remove(&(session.deadline, conn));
-            session.client_closed(&mut self.shared, now, &mut Vec::new());
+            session.release(&mut self.shared, now);
         }
     }
 

@@ -674,3 +674,41 @@ fn mirrors_learn_of_every_touched_and_removed_entry() {
         "the collection is reported as a removal"
     );
 }
+
+#[test]
+fn a_quit_followed_at_once_by_a_close_still_commits_the_deletions() {
+    let mut h = alice_verified_empty();
+    h.now += INTERVAL;
+    h.open(2);
+    h.client(2, b"USER alice\r\nPASS pw\r\n");
+    connect_upstream(&mut h, 2, false);
+    h.server(2, b"+OK\r\n");
+    h.server(2, b"+OK Logged in.\r\n");
+    assert_eq!(h.client(2, b"DELE 1\r\n"), [to_upstream(b"DELE 1\r\n")]);
+    h.server(2, b"+OK Marked to be deleted.\r\n");
+    assert_eq!(h.client(2, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
+    assert_eq!(
+        h.event(2, Event::ClientClosed),
+        [],
+        "the QUIT is still on its way"
+    );
+    assert_eq!(h.server(2, b"+OK 0 0\r\n"), [to_upstream(b"QUIT\r\n")]);
+    let done = h.server(2, b"+OK Logging out.\r\n");
+    assert!(done.contains(&CloseUpstream), "{done:?}");
+    assert!(!entry(&h, "alice").unwrap().locked);
+
+    // Released by the dataplane before the server answered: no QUIT, lock released.
+    h.now += INTERVAL;
+    h.open(3);
+    h.client(3, b"USER alice\r\nPASS pw\r\n");
+    connect_upstream(&mut h, 3, false);
+    h.server(3, b"+OK\r\n");
+    h.server(3, b"+OK Logged in.\r\n");
+    h.client(3, b"QUIT\r\n");
+    h.event(3, Event::ClientClosed);
+    h.engine.close(3, h.now);
+    assert!(
+        !entry(&h, "alice").unwrap().locked,
+        "close releases the lock"
+    );
+}
