@@ -189,19 +189,20 @@ impl<E: Pop3Engine> Dataplane<E> {
         signals: &SignalFd,
         mut on_tick: impl FnMut(&mut Self),
     ) -> Result<i32, DataplaneError> {
+        // The descriptors never change: build the poll set once, not per pass.
+        let mut fds: Vec<libc::pollfd> = self
+            .queues
+            .iter()
+            .map(|q| q.as_raw_fd())
+            .chain([self.waker.as_fd().as_raw_fd(), signals.as_raw_fd()])
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
         loop {
             let timeout = self.next_wakeup(Instant::now());
-            let mut fds: Vec<libc::pollfd> = self
-                .queues
-                .iter()
-                .map(|q| q.as_raw_fd())
-                .chain([self.waker.as_fd().as_raw_fd(), signals.as_raw_fd()])
-                .map(|fd| libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
             let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
             // SAFETY: `fds` is a live, correctly sized array of pollfd.
             let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
