@@ -99,6 +99,9 @@ pub struct RunArgs {
     /// Close a POP3 session idle for this long (RFC 1939: at least 10m) [default: 10m].
     #[arg(long, value_parser = duration)]
     pub autologout: Option<Duration>,
+    /// Re-learn a mail server's capabilities (STLS, SASL, XCLIENT) once they are this old [default: 10m].
+    #[arg(long, value_parser = duration)]
+    pub caps_ttl: Option<Duration>,
     /// Timeout for the TCP handshake with the mail server [default: 5s].
     #[arg(long, value_parser = duration)]
     pub connect_timeout: Option<Duration>,

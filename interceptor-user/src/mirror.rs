@@ -183,7 +183,7 @@ impl Mirror {
                 .get(&map_key, 0)
                 .map_or([0; common::ADDR_TEXT], |v| v.last_client),
         };
-        let state = if entry.locked {
+        let state = if entry.sessions > 0 {
             "in-session"
         } else if attenuated {
             "attenuated"
@@ -211,7 +211,7 @@ impl Mirror {
     }
 
     fn write_session(&mut self, client: SocketAddr, key: &engine::UserKey, state: &str) {
-        let Some(user) = bounded_text::<{ common::USER_TEXT }>(&key.user) else {
+        let Some(user) = bounded_text::<{ common::USER_TEXT }>(&key.user.to_string()) else {
             return;
         };
         let value = SessionValue {
@@ -241,7 +241,7 @@ fn state_word(state: State) -> &'static str {
 fn user_key(key: &engine::UserKey) -> Option<UserKey> {
     Some(UserKey {
         server: text(&key.server.to_string()),
-        user: bounded_text(&key.user)?,
+        user: bounded_text(&key.user.to_string())?,
     })
 }
 
@@ -267,13 +267,20 @@ pub fn text<const N: usize>(s: &str) -> Text<N> {
 }
 
 /// A text field back as a string, up to its NUL.
+///
+/// Bytes that could drive a terminal (control characters, anything not ASCII) are
+/// shown as `\xNN`: the mirror already writes usernames escaped, and a map written by
+/// anything else must not reach an operator's screen raw either.
 pub fn text_str(field: &[c_char]) -> String {
-    let bytes: Vec<u8> = field
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+    let mut text = String::new();
+    for byte in field.iter().take_while(|&&c| c != 0).map(|&c| c as u8) {
+        if byte.is_ascii_graphic() || byte == b' ' {
+            text.push(char::from(byte));
+        } else {
+            text.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    text
 }
 
 #[cfg(test)]
@@ -291,6 +298,16 @@ mod tests {
         assert!(bounded_text::<5>("abcd").is_some());
         let longest = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535";
         assert_eq!(text_str(&text::<{ common::ADDR_TEXT }>(longest)), longest);
+    }
+
+    #[test]
+    fn usernames_reach_the_operator_escaped() {
+        let name = pop3_engine::attenuation::UserName::from(&b"ev\x1b[2Jil\\"[..]);
+        let field: Text<32> = text(&name.to_string());
+        assert_eq!(text_str(&field), "ev\\x1b[2Jil\\\\");
+        // A raw field written by anything else is escaped on the way out too.
+        let raw: Text<8> = text("a\u{7}b");
+        assert_eq!(text_str(&raw), "a\\x07b");
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub struct FileSettings {
     pub opt_out: Option<Vec<String>>,
     pub table_size: Option<usize>,
     pub autologout: Option<String>,
+    pub caps_ttl: Option<String>,
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
     pub max_conns: Option<usize>,
@@ -130,6 +131,10 @@ impl Settings {
                 .or(file_duration("autologout", file.autologout)?)
                 .unwrap_or(defaults.autologout),
             gc_interval: defaults.gc_interval,
+            caps_ttl: args
+                .caps_ttl
+                .or(file_duration("caps-ttl", file.caps_ttl)?)
+                .unwrap_or(defaults.caps_ttl),
         };
         if engine.table_size == 0 {
             return Err(invalid("table-size", "must be at least 1"));

@@ -2,6 +2,17 @@
 
 use crate::codec::{trim_eol, write_multiline};
 
+/// Whether a greeting carries an APOP timestamp (RFC 1939: a msg-id `<...@...>`).
+pub fn has_apop_timestamp(greeting: &[u8]) -> bool {
+    let Some(open) = greeting.iter().position(|&b| b == b'<') else {
+        return false;
+    };
+    greeting[open..]
+        .iter()
+        .position(|&b| b == b'>')
+        .is_some_and(|close| greeting[open..open + close].contains(&b'@'))
+}
+
 /// The capabilities of one mail server that matter to the proxy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServerCaps {
@@ -72,6 +83,15 @@ impl ServerCaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tells_apop_greetings() {
+        assert!(has_apop_timestamp(
+            b"+OK Dovecot ready. <1896.697170952@dbc.mtview.ca.us>\r\n"
+        ));
+        assert!(!has_apop_timestamp(b"+OK Dovecot ready.\r\n"));
+        assert!(!has_apop_timestamp(b"+OK <no at sign> x@y\r\n"));
+    }
 
     #[test]
     fn learns_and_tells_capabilities() {

@@ -18,6 +18,9 @@ pub struct Config {
     pub autologout: Duration,
     /// How often expired table entries are collected.
     pub gc_interval: Duration,
+    /// How long a mail server's learnt capabilities are trusted before the next
+    /// session that reaches it asks again (so a new STLS is offered within this).
+    pub caps_ttl: Duration,
 }
 
 impl Default for Config {
@@ -28,6 +31,7 @@ impl Default for Config {
             table_size: 1_000_000,
             autologout: Duration::from_secs(10 * 60),
             gc_interval: Duration::from_secs(60),
+            caps_ttl: Duration::from_secs(10 * 60),
         }
     }
 }

@@ -1,17 +1,31 @@
 //! One client connection through the patent's state machine.
 //!
-//! The client is greeted locally and the mail server is reached only when a decision
-//! needs it. Commands are processed one at a time, in order: while an exchange with
-//! the server is in flight, later client input waits in a bounded buffer.
+//! The client is greeted locally (or, for a mail server whose greeting carries an APOP
+//! timestamp, with that server's own greeting) and the mail server is reached only when
+//! a decision needs it. Commands are processed one at a time, in order: while an
+//! exchange with the server is in flight, later client input waits in a bounded buffer.
+//! The engine knows which answer it is owed at every moment; a server that answers
+//! what was not asked ends the session with `[SYS/TEMP]` instead of shifting every
+//! later answer onto the wrong command.
 
 use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Instant};
 
-use super::{Shared, caps::ServerCaps, sasl::parse_plain, table::UserKey, verifier::Verifier};
+use super::{
+    Shared,
+    caps::{ServerCaps, has_apop_timestamp},
+    table::{UserKey, UserName},
+    verifier::Verifier,
+};
 use crate::{
     codec::{
         Command, CommandDecoder, Expect, Response, ResponseDecoder, StatusKind, Verb, trim_eol,
     },
-    relay::{LINE_TOO_LONG, MAX_EARLY, SERVER_UNAVAILABLE, TOO_MANY_PENDING},
+    gate::{
+        self, Gate, LINE_TOO_LONG, MAX_EARLY, SERVER_UNAVAILABLE, TOO_MANY_PENDING,
+        without_xclient_code,
+    },
+    sasl::{PlainError, parse_plain},
+    secret::Secret,
     session::{Action, ConnInfo},
 };
 
@@ -19,8 +33,6 @@ use crate::{
 pub const GREETING: &[u8] = b"+OK POP3 ready\r\n";
 /// Local answer to a PASS accepted inside the attenuation interval.
 pub const LOGGED_IN: &[u8] = b"+OK Logged in.\r\n";
-/// The patent's lock-flag answer, with the RFC 2449 response code.
-pub const IN_USE: &[u8] = b"-ERR [IN-USE] Your mail box is locked by another POP3 session.\r\n";
 /// Local answer to QUIT.
 pub const LOGGING_OUT: &[u8] = b"+OK Logging out.\r\n";
 /// Local answer about any message of an empty maildrop.
@@ -41,7 +53,8 @@ pub enum State {
         /// The patent's terminate flag: the session is answered locally.
         terminate: bool,
     },
-    /// Not ours to understand (STLS, APOP, other SASL, opted-out user): bytes only.
+    /// Not ours to answer (STLS, APOP, other SASL, opted-out user): relayed through
+    /// the command gate.
     Tunnel,
     /// Finished; waiting for the dataplane to release it.
     Closed,
@@ -60,14 +73,8 @@ struct Credentials {
     /// The USER line, for USER/PASS logins.
     user_line: Option<Vec<u8>>,
     /// The PASS or AUTH PLAIN line.
-    login_line: Vec<u8>,
+    login_line: Secret,
     verifier: Verifier,
-}
-
-impl Drop for Credentials {
-    fn drop(&mut self) {
-        self.login_line.fill(0);
-    }
 }
 
 /// How a login exchange with the server answers the client.
@@ -83,8 +90,9 @@ enum LoginMode {
 /// One exchange with the mail server, in order; the front one may be in flight.
 #[derive(Debug)]
 enum Step {
-    Greeting,
-    /// Learn the server's capabilities, unless already known.
+    /// The server's greeting; `relay`: it is also the client's greeting.
+    Greeting { relay: bool },
+    /// Learn the server's capabilities, unless known and fresh.
     Capa,
     /// Tell the server who the subscriber is, if it offers XCLIENT.
     Xclient,
@@ -95,16 +103,13 @@ enum Step {
     /// The PASS or AUTH PLAIN line of a replayed login.
     Login(LoginMode),
     /// A client command relayed as is.
-    Relay {
-        line: Vec<u8>,
-        expect: Expect,
-    },
+    Relay { line: Vec<u8>, expect: Expect },
     /// The held QUIT's STAT: is the maildrop empty now?
     Stat,
     /// QUIT upstream; its answer ends the session.
     Quit,
-    /// Send this client line and become a tunnel.
-    Tunnel(Vec<u8>),
+    /// Hand this client line and the rest of the session to the command gate.
+    Tunnel(Secret),
     /// Answer the client's CAPA, now that the server's capabilities are known.
     LocalCapa,
 }
@@ -126,31 +131,40 @@ pub struct Session {
     steps: VecDeque<Step>,
     in_flight: bool,
     /// Client bytes not yet processed (bounded by [`MAX_EARLY`]).
-    held: Vec<u8>,
-    /// The USER given, with its table entry (if the table had room).
-    user: Option<(String, Option<Arc<UserKey>>)>,
+    held: Secret,
+    /// The username of the login under way or done, exactly as the client sent it.
+    user: Option<UserName>,
+    /// The table entry this session counts in (see [`super::Entry::sessions`]): set
+    /// once a login is accepted, by the server or locally.
+    entry: Option<Arc<UserKey>>,
     /// The server has our USER for the current login attempt.
     user_upstream: bool,
     credentials: Option<Credentials>,
-    /// This session holds its entry's lock flag.
-    locked: bool,
     capa_body: Vec<u8>,
     /// The server's greeting said `[XCLIENT]`: Dovecot's way of telling a trusted
     /// peer it may send XCLIENT (its CAPA does not list it).
     greeting_xclient: bool,
-    /// The held QUIT's STAT said 0 messages at this time. Recorded only when the QUIT is
-    /// answered `+OK`: after DELEs, STAT counts 0 before the UPDATE that makes it true, and
-    /// a failed UPDATE (or a lost connection) leaves the messages there.
+    /// When the server accepted this session's login: its maildrop snapshot is from
+    /// then (RFC 1939 locks the maildrop at login), so a STAT that says 0 vouches for
+    /// that moment, not for the moment of the STAT.
+    login_at: Option<Instant>,
+    /// The held QUIT's STAT said 0 messages as of this time. Recorded only when the QUIT
+    /// is answered `+OK`: after DELEs, STAT counts 0 before the UPDATE that makes it
+    /// true, and a failed UPDATE (or a lost connection) leaves the messages there.
     stat_empty_at: Option<Instant>,
+    /// The pass-through of [`State::Tunnel`].
+    gate: Option<Box<Gate>>,
+    /// The client closed its side: what it sent is still answered, then the session ends.
+    client_eof: bool,
     /// When the session is closed for idleness (autologout).
     pub deadline: Instant,
 }
 
 impl Session {
-    /// A new session, greeted locally.
-    pub fn open(info: ConnInfo, deadline: Instant, out: &mut Vec<Action>) -> Self {
-        out.push(Action::ToClient(GREETING.to_vec()));
-        Self {
+    /// A new session: greeted locally when the server's greeting is known to carry no
+    /// APOP timestamp, otherwise with the server's own greeting (so APOP works).
+    pub fn open(info: ConnInfo, sh: &Shared, deadline: Instant, out: &mut Vec<Action>) -> Self {
+        let mut session = Self {
             info,
             state: State::Authorization,
             link: Link::Down,
@@ -158,21 +172,30 @@ impl Session {
             responses: ResponseDecoder::default(),
             steps: VecDeque::new(),
             in_flight: false,
-            held: Vec::new(),
+            held: Secret::default(),
             user: None,
+            entry: None,
             user_upstream: false,
             credentials: None,
-            locked: false,
             capa_body: Vec::new(),
             greeting_xclient: false,
+            login_at: None,
             stat_empty_at: None,
+            gate: None,
+            client_eof: false,
             deadline,
+        };
+        if sh.greets_locally(info.server) {
+            out.push(Action::ToClient(GREETING.to_vec()));
+        } else {
+            session.connect(true, out);
         }
+        session
     }
 
-    /// The table entry this session uses, once USER named one.
+    /// The table entry this session counts in.
     pub fn user_key(&self) -> Option<&Arc<UserKey>> {
-        self.user.as_ref()?.1.as_ref()
+        self.entry.as_ref()
     }
 
     /// The subscriber's address.
@@ -194,9 +217,9 @@ impl Session {
     ) {
         match self.state {
             State::Closed => {}
-            State::Tunnel => out.push(Action::ToUpstream(data.to_vec())),
+            State::Tunnel => self.through_gate(sh, now, out, |g, o| g.client_data(data, o)),
             _ => {
-                self.held.extend_from_slice(data);
+                self.held.extend(data);
                 self.pump(sh, now, out);
                 // Whatever waits behind an exchange in flight is bounded.
                 if self.held.len() > MAX_EARLY {
@@ -206,21 +229,20 @@ impl Session {
         }
     }
 
-    /// The client went away: never a QUIT upstream (no UPDATE on an abnormal end).
-    ///
-    /// A client that sent QUIT and closed at once still meant its QUIT: the held STAT and
-    /// QUIT go on to the server (committing its DELEs), then the session ends. Any other
-    /// disconnect ends it at once, without QUIT.
+    /// The client closed its side (or reset it). What it sent before is still carried
+    /// out in order and answered, a `QUIT` among it included (committing its DELEs);
+    /// then the session ends, never with a QUIT of our own (RFC 1939: no UPDATE on an
+    /// abnormal end).
     pub fn client_closed(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
-        let quit_queued = self.steps.iter().any(|s| matches!(s, Step::Quit));
-        if quit_queued && self.link != Link::Down {
-            return;
+        self.client_eof = true;
+        match self.state {
+            State::Tunnel => self.through_gate(sh, now, out, |g, o| g.client_closed(o)),
+            _ => self.pump(sh, now, out),
         }
-        self.finish(sh, now, out, false);
     }
 
     /// The dataplane released the connection: whatever was pending, the session ends
-    /// here (and its lock with it), without QUIT.
+    /// here (and its count in the user's entry with it), without QUIT.
     pub fn release(&mut self, sh: &mut Shared, now: Instant) {
         self.finish(sh, now, &mut Vec::new(), false);
     }
@@ -243,19 +265,28 @@ impl Session {
         if self.state == State::Closed || self.link == Link::Down {
             return;
         }
-        let needed =
-            !self.steps.is_empty() || self.state == (State::Transaction { terminate: false });
         if self.state == State::Tunnel {
-            self.finish(sh, now, out, true);
-        } else if needed {
+            return self.through_gate(sh, now, out, |g, o| g.upstream_failed(o));
+        }
+        if self.upstream_needed() {
             out.push(Action::ToClient(SERVER_UNAVAILABLE.to_vec()));
             self.finish(sh, now, out, true);
         } else {
             // An idle upstream (opened for CAPA): the session goes on without it.
-            self.link = Link::Down;
-            self.responses = ResponseDecoder::default();
-            self.user_upstream = false;
+            self.drop_link();
         }
+    }
+
+    /// Whether the session waits on, or relays for, the server.
+    fn upstream_needed(&self) -> bool {
+        !self.steps.is_empty() || self.state == (State::Transaction { terminate: false })
+    }
+
+    fn drop_link(&mut self) {
+        self.link = Link::Down;
+        self.in_flight = false;
+        self.responses = ResponseDecoder::default();
+        self.user_upstream = false;
     }
 
     /// Bytes from the server.
@@ -267,11 +298,13 @@ impl Session {
         out: &mut Vec<Action>,
     ) {
         if self.state == State::Tunnel {
-            out.push(Action::ToClient(data.to_vec()));
-            return;
+            return self.through_gate(sh, now, out, |g, o| g.server_data(data, o));
         }
         let mut input = data;
-        while self.in_flight && self.state != State::Closed {
+        while !input.is_empty() && self.state != State::Closed {
+            if !self.in_flight {
+                return self.unexpected_answer(sh, now, out);
+            }
             let expect = match self.steps.front() {
                 Some(Step::Capa) => Expect::MultiOnOk,
                 Some(Step::Relay { expect, .. }) => *expect,
@@ -285,15 +318,31 @@ impl Session {
                 Ok(Some(Response::Body { data, end })) => Piece::Body(data.to_vec(), end),
                 Err(err) => {
                     tracing::warn!(%err, "mail server broke POP3 framing");
-                    self.in_flight = false;
-                    return self.upstream_lost(sh, now, out);
+                    return self.unexpected_answer(sh, now, out);
                 }
             };
             if self.answer(piece, sh, now, out) {
                 self.steps.pop_front();
                 self.in_flight = false;
+                // The engine asks one thing at a time: more bytes now answer nothing.
+                if !input.is_empty() {
+                    return self.unexpected_answer(sh, now, out);
+                }
                 self.pump(sh, now, out);
             }
+        }
+    }
+
+    /// The server said something that answers no question of ours.
+    fn unexpected_answer(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
+        if self.upstream_needed() {
+            tracing::warn!(server = %self.server(), "mail server answered out of turn");
+            out.push(Action::ToClient(SERVER_UNAVAILABLE.to_vec()));
+            self.finish(sh, now, out, true);
+        } else {
+            // An idle connection's parting words (Dovecot's inactivity notice): let it go.
+            out.push(Action::CloseUpstream);
+            self.drop_link();
         }
     }
 
@@ -314,7 +363,7 @@ impl Session {
                         .extend_from_slice(&data[..room.min(data.len())]);
                     if end {
                         let caps = ServerCaps::parse(&std::mem::take(&mut self.capa_body));
-                        sh.learn_caps(self.server(), caps);
+                        sh.learn_caps(self.server(), caps, now);
                     }
                 } else {
                     out.push(Action::ToClient(data));
@@ -324,22 +373,37 @@ impl Session {
             Piece::Status(line, kind, body) => (line, kind, body),
         };
         let ok = kind == StatusKind::Ok;
+        if kind == StatusKind::Continue {
+            // The engine sends AUTH PLAIN with its initial response: no challenge is owed.
+            self.unexpected_answer(sh, now, out);
+            return false;
+        }
         match step {
-            Step::Greeting if !ok => {
-                self.in_flight = false;
-                self.upstream_lost(sh, now, out);
-                return false;
-            }
-            Step::Greeting => {
+            Step::Greeting { relay } => {
+                let relay = *relay;
+                sh.learn_greeting(self.server(), has_apop_timestamp(&line));
+                if relay {
+                    out.push(Action::ToClient(without_xclient_code(&line)));
+                }
+                if !ok {
+                    if relay {
+                        self.finish(sh, now, out, true);
+                    } else {
+                        self.in_flight = false;
+                        self.upstream_lost(sh, now, out);
+                    }
+                    return false;
+                }
                 self.greeting_xclient = line
                     .windows(9)
-                    .any(|w| w.eq_ignore_ascii_case(b"[XCLIENT]"))
+                    .any(|w| w.eq_ignore_ascii_case(b"[XCLIENT]"));
             }
-            Step::Xclient => {}
-            Step::Capa if !ok => sh.learn_caps(self.server(), ServerCaps::default()),
-            Step::Capa => {}
+            Step::Xclient | Step::Capa => {}
             Step::ForwardUser(_) => {
                 self.user_upstream = ok;
+                if !ok {
+                    self.user = None;
+                }
                 out.push(Action::ToClient(line));
             }
             Step::ReplayUser(_) if ok => self.user_upstream = true,
@@ -379,25 +443,40 @@ impl Session {
         match (ok, mode) {
             (true, LoginMode::Relayed) => {
                 out.push(Action::ToClient(line));
-                let verifier = self.credentials.as_ref().map(|c| c.verifier);
-                // The password-change case: the server's word replaces the verifier.
-                self.locked = self
-                    .with_entry(sh, now, |e| {
-                        e.verifier = verifier;
-                        e.locked = true;
-                    })
-                    .is_some();
+                self.login_at = Some(now);
                 self.state = State::Transaction { terminate: false };
+                let (Some(user), Some(credentials)) = (&self.user, self.credentials.take()) else {
+                    return true;
+                };
+                // Only now, with the server's word, does the user get an entry.
+                let key = UserKey {
+                    server: self.server(),
+                    user: user.clone(),
+                };
+                let new = sh.table.get(&key).is_none();
+                self.entry = sh.table.entry(key, now);
+                // The password-change case: the server's word replaces the verifier.
+                self.with_entry(sh, now, |e| {
+                    e.verifier = Some(credentials.verifier);
+                    e.sessions = e.sessions.saturating_add(1);
+                    if new {
+                        e.set_last_check(now);
+                        e.passed_through = 1;
+                    }
+                });
                 true
             }
             (true, LoginMode::Behind) => {
+                self.login_at = Some(now);
                 self.state = State::Transaction { terminate: false };
                 true
             }
             (false, LoginMode::Relayed) => {
-                // The wrong-password case: nothing changes but the answer.
+                // The wrong-password case: nothing changes but the answer, and the
+                // next attempt starts from scratch.
                 out.push(Action::ToClient(line));
                 self.credentials = None;
+                self.user = None;
                 true
             }
             (false, LoginMode::Behind) => {
@@ -416,7 +495,7 @@ impl Session {
         let empty = trim_eol(line).split(|&b| b == b' ').nth(1) == Some(b"0");
         if empty {
             // Only once the QUIT succeeds (see `stat_empty_at`).
-            self.stat_empty_at = Some(now);
+            self.stat_empty_at = self.login_at;
         } else {
             self.with_entry(sh, now, |e| e.set_verified_empty(None));
         }
@@ -429,44 +508,56 @@ impl Session {
                 return;
             }
             if !self.steps.is_empty() {
-                if !self.start_step(sh, out) {
+                if !self.start_step(sh, now, out) {
                     return;
                 }
                 continue;
             }
-            let mut held = std::mem::take(&mut self.held);
-            let mut input = &held[..];
+            let mut held = self.held.take();
+            let mut input = held.expose();
             let line = match self.commands.decode(&mut input) {
-                Ok(Some(line)) => line.to_vec(),
-                Ok(None) => return,
+                Ok(Some(line)) => Secret::from(line),
+                // The decoder keeps the partial line: nothing is left in `held`.
+                Ok(None) => {
+                    if self.client_eof {
+                        // Everything the client sent is answered.
+                        self.finish(sh, now, out, true);
+                    }
+                    return;
+                }
                 Err(_) => return self.refuse(LINE_TOO_LONG, sh, now, out),
             };
             let used = held.len() - input.len();
-            held.drain(..used);
+            held.consume(used);
             self.held = held;
-            self.command(&line, sh, now, out);
+            self.command(line.expose(), sh, now, out);
         }
     }
 
     /// Starts the front step; `false` when it now waits for the server.
-    fn start_step(&mut self, sh: &mut Shared, out: &mut Vec<Action>) -> bool {
-        let caps = sh.caps(self.server());
-        let send = match self.steps.front().expect("a step") {
+    fn start_step(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) -> bool {
+        let send = match self.steps.front_mut().expect("a step") {
             Step::LocalCapa => {
                 let mut capa = Vec::new();
-                caps.cloned().unwrap_or_default().local_capa(&mut capa);
+                sh.caps(self.info.server)
+                    .cloned()
+                    .unwrap_or_default()
+                    .local_capa(&mut capa);
                 out.push(Action::ToClient(capa));
                 self.steps.pop_front();
                 return true;
             }
             _ if self.link != Link::Up => return false,
-            Step::Greeting => None,
-            Step::Capa if caps.is_some() => {
+            Step::Greeting { .. } => None,
+            Step::Capa if sh.caps_fresh(self.info.server, now) => {
                 self.steps.pop_front();
                 return true;
             }
             Step::Capa => Some(b"CAPA\r\n".to_vec()),
-            Step::Xclient if !(self.greeting_xclient || caps.is_some_and(|c| c.xclient)) => {
+            Step::Xclient
+                if !(self.greeting_xclient
+                    || sh.caps(self.info.server).is_some_and(|c| c.xclient)) =>
+            {
                 self.steps.pop_front();
                 return true;
             }
@@ -478,7 +569,7 @@ impl Session {
                 )
                 .into_bytes(),
             ),
-            Step::ForwardUser(line) | Step::Relay { line, .. } => Some(line.clone()),
+            Step::ForwardUser(line) | Step::Relay { line, .. } => Some(std::mem::take(line)),
             Step::ReplayUser(_) => {
                 match self.credentials.as_ref().and_then(|c| c.user_line.as_ref()) {
                     Some(line) if !self.user_upstream => Some(line.clone()),
@@ -488,15 +579,25 @@ impl Session {
                     }
                 }
             }
-            Step::Login(_) => self.credentials.as_ref().map(|c| c.login_line.clone()),
+            Step::Login(_) => self
+                .credentials
+                .as_ref()
+                .map(|c| c.login_line.expose().to_vec()),
             Step::Stat => Some(b"STAT\r\n".to_vec()),
             Step::Quit => Some(b"QUIT\r\n".to_vec()),
             Step::Tunnel(line) => {
-                let mut bytes = line.clone();
-                bytes.append(&mut self.held);
-                out.push(Action::ToUpstream(bytes));
+                let mut bytes = line.take();
+                bytes.extend(self.held.take().expose());
                 self.steps.clear();
                 self.state = State::Tunnel;
+                self.gate = Some(Box::new(Gate::after_greeting()));
+                let eof = self.client_eof;
+                self.through_gate(sh, now, out, |g, o| {
+                    g.client_data(bytes.expose(), o);
+                    if eof {
+                        g.client_closed(o);
+                    }
+                });
                 return false;
             }
         };
@@ -507,19 +608,43 @@ impl Session {
         false
     }
 
-    /// Queues the connection set-up if the server is not connected yet.
-    fn need_upstream(&mut self, out: &mut Vec<Action>) {
-        if self.link == Link::Down {
-            self.link = Link::Connecting;
-            out.push(Action::ConnectUpstream);
-            self.steps
-                .extend([Step::Greeting, Step::Capa, Step::Xclient]);
+    /// Lets the command gate handle an event of a tunnelled session.
+    fn through_gate(
+        &mut self,
+        sh: &mut Shared,
+        now: Instant,
+        out: &mut Vec<Action>,
+        f: impl FnOnce(&mut Gate, &mut Vec<Action>),
+    ) {
+        let Some(gate) = self.gate.as_mut() else {
+            return;
+        };
+        f(gate, out);
+        if gate.is_closed() {
+            // The gate already asked to close both sides.
+            self.link = Link::Down;
+            self.finish(sh, now, out, false);
         }
     }
 
-    /// Queues a step that needs the server.
+    /// Opens the upstream connection and queues its set-up.
+    fn connect(&mut self, relay_greeting: bool, out: &mut Vec<Action>) {
+        self.link = Link::Connecting;
+        out.push(Action::ConnectUpstream);
+        self.steps.extend([
+            Step::Greeting {
+                relay: relay_greeting,
+            },
+            Step::Capa,
+            Step::Xclient,
+        ]);
+    }
+
+    /// Queues a step that needs the server, connecting first if needed.
     fn upstream(&mut self, step: Step, out: &mut Vec<Action>) {
-        self.need_upstream(out);
+        if self.link == Link::Down {
+            self.connect(false, out);
+        }
         self.steps.push_back(step);
     }
 
@@ -530,34 +655,38 @@ impl Session {
         if self.state == State::SaslPlain {
             self.state = State::Authorization;
             self.commands.set_sasl(false);
+            if let Err(message) = gate::check_command(line) {
+                return reply(out, message);
+            }
             let b64 = trim_eol(line);
             if b64 == b"*" {
                 return reply(out, b"-ERR Authentication cancelled.\r\n");
             }
             return self.auth_plain(b64, sh, now, out);
         }
+        // Nothing that could speak for the router, or break the server's parsing,
+        // is ever acted on, in any state.
+        if let Err(message) = gate::check_command(line) {
+            return reply(out, message);
+        }
         let cmd = Command::parse(line);
         match (self.state, cmd.verb) {
             (_, Verb::Capa) if self.state != (State::Transaction { terminate: false }) => {
-                if sh.caps(self.server()).is_none() {
-                    self.need_upstream(out);
+                if !sh.caps_fresh(self.server(), now) {
+                    self.upstream(Step::Capa, out);
                 }
                 self.steps.push_back(Step::LocalCapa);
             }
-            (State::Authorization, Verb::User) => self.user_command(line, &cmd, sh, now, out),
-            (State::Authorization, Verb::Pass) => {
-                let user_line = self
-                    .user
-                    .as_ref()
-                    .map(|(name, _)| format!("USER {name}\r\n"));
-                match user_line {
-                    None => reply(out, b"-ERR No username given.\r\n"),
-                    Some(user_line) => {
-                        let lines = (Some(user_line.into_bytes()), line.to_vec());
-                        self.login(cmd.rest, lines, sh, now, out);
-                    }
+            (State::Authorization, Verb::User) => self.user_command(line, &cmd, sh, out),
+            (State::Authorization, Verb::Pass) => match &self.user {
+                None => reply(out, b"-ERR No username given.\r\n"),
+                Some(user) => {
+                    let mut user_line = b"USER ".to_vec();
+                    user_line.extend_from_slice(user);
+                    user_line.extend_from_slice(b"\r\n");
+                    self.login(cmd.rest, (Some(user_line), line.into()), sh, now, out);
                 }
-            }
+            },
             (State::Authorization, Verb::Auth) => {
                 let mut args = cmd.args();
                 match (args.next(), args.next()) {
@@ -603,24 +732,26 @@ impl Session {
     }
 
     /// USER: the patent's None state (no entry: ask the server) or Idle state (local +OK).
+    /// The name is kept as the exact bytes sent; it takes no table slot.
     fn user_command(
         &mut self,
         line: &[u8],
         cmd: &Command<'_>,
         sh: &mut Shared,
-        now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let name = String::from_utf8_lossy(cmd.rest).into_owned();
-        if sh.config.opt_out.contains(&name) {
+        if sh.opted_out(cmd.rest) {
             return self.tunnel(line, sh, out);
         }
-        let key = UserKey {
-            server: self.server(),
-            user: name.as_str().into(),
-        };
-        let known = sh.table.get(&key).is_some();
-        self.user = Some((name, sh.table.entry(key, now)));
+        let user = UserName::from(cmd.rest);
+        let known = sh
+            .table
+            .get(&UserKey {
+                server: self.server(),
+                user: user.clone(),
+            })
+            .is_some();
+        self.user = Some(user);
         self.user_upstream = false;
         if known {
             out.push(Action::ToClient(b"+OK\r\n".to_vec()));
@@ -631,73 +762,75 @@ impl Session {
 
     /// AUTH PLAIN with its credentials: handled like USER and PASS.
     fn auth_plain(&mut self, b64: &[u8], sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
-        let mut line = b"AUTH PLAIN ".to_vec();
-        line.extend_from_slice(b64);
-        line.extend_from_slice(b"\r\n");
+        let mut line = Secret::from(&b"AUTH PLAIN "[..]);
+        line.extend(b64);
+        line.extend(b"\r\n");
         match parse_plain(b64) {
-            Some(c) if !sh.config.opt_out.contains(&c.user) => {
-                let key = UserKey {
-                    server: self.server(),
-                    user: c.user.as_str().into(),
-                };
-                let entry = sh.table.entry(key, now);
-                self.user = Some((c.user.clone(), entry));
+            Ok(c) if !sh.opted_out(&c.user) => {
+                self.user = Some(UserName::from(c.user.as_slice()));
                 self.user_upstream = false;
-                self.login(&c.password, (None, line), sh, now, out);
+                self.login(c.password.expose(), (None, line), sh, now, out);
             }
-            _ => self.tunnel(&line, sh, out),
+            Err(PlainError::ControlCharacter) => {
+                out.push(Action::ToClient(gate::BAD_CHARACTERS.to_vec()))
+            }
+            // The server's to judge: opted-out users, master-user logins, garbage.
+            _ => self.tunnel(line.expose(), sh, out),
         }
     }
 
-    /// PASS (or AUTH PLAIN) for the session's user: the patent's four
-    /// Authorization-state cases. `lines` are the USER line (if any) and the login
-    /// line to replay to the server.
+    /// PASS (or AUTH PLAIN) for the session's user: the patent's Authorization-state
+    /// cases. `lines` are the USER line (if any) and the login line to replay.
+    ///
+    /// A check is answered locally only when nobody else is in session as this user:
+    /// the server alone decides whether a user may hold two sessions at once.
     fn login(
         &mut self,
         password: &[u8],
-        (user_line, login_line): (Option<Vec<u8>>, Vec<u8>),
+        (user_line, login_line): (Option<Vec<u8>>, Secret),
         sh: &mut Shared,
         now: Instant,
         out: &mut Vec<Action>,
     ) {
         sh.counters.checks_seen += 1;
-        let name = self.user.as_ref().map_or("", |(name, _)| name.as_str());
-        let verifier = sh.salt.verifier(self.server(), name, password);
+        let user = self.user.clone().unwrap_or_else(|| UserName::from(""));
+        let verifier = sh.salt.verifier(self.server(), &user, password);
         let interval = sh.config.interval;
-        let entry = self.with_entry(sh, now, |e| {
-            e.set_last_check(now);
-            let known_empty =
-                e.verifier.is_some_and(|v| v.matches(&verifier)) && e.fresh(now, interval);
-            if e.locked || known_empty {
-                e.answered_locally = e.answered_locally.saturating_add(1);
-            } else {
-                e.passed_through = e.passed_through.saturating_add(1);
-            }
-            (e.locked, known_empty)
+        let key = sh.table.key(&UserKey {
+            server: self.server(),
+            user,
         });
+        let local = key.as_ref().and_then(|key| {
+            sh.table.update(key, now, |e| {
+                e.set_last_check(now);
+                let local = e.sessions == 0
+                    && e.verifier.is_some_and(|v| v.matches(&verifier))
+                    && e.fresh(now, interval);
+                if local {
+                    e.answered_locally = e.answered_locally.saturating_add(1);
+                    e.sessions = 1;
+                } else {
+                    e.passed_through = e.passed_through.saturating_add(1);
+                }
+                local
+            })
+        });
+        // Kept for the replay, or for a later Behind login of an attenuated session.
         self.credentials = Some(Credentials {
             user_line,
             login_line,
             verifier,
         });
-        match entry {
-            Some((true, _)) => {
-                sh.counters.answered_locally += 1;
-                self.credentials = None;
-                out.push(Action::ToClient(IN_USE.to_vec()));
-            }
-            Some((false, true)) => {
-                sh.counters.answered_locally += 1;
-                sh.counters.upstream_logins_avoided += 1;
-                self.locked = self.with_entry(sh, now, |e| e.locked = true).is_some();
-                self.state = State::Transaction { terminate: true };
-                out.push(Action::ToClient(LOGGED_IN.to_vec()));
-            }
-            _ => {
-                sh.counters.passed_through += 1;
-                self.login_upstream(LoginMode::Relayed, out);
-            }
+        if local == Some(true) {
+            sh.counters.answered_locally += 1;
+            sh.counters.upstream_logins_avoided += 1;
+            self.entry = key;
+            self.state = State::Transaction { terminate: true };
+            out.push(Action::ToClient(LOGGED_IN.to_vec()));
+            return;
         }
+        sh.counters.passed_through += 1;
+        self.login_upstream(LoginMode::Relayed, out);
     }
 
     /// A TRANSACTION command with the terminate flag set: the maildrop is empty.
@@ -715,9 +848,8 @@ impl Session {
         );
         let interval = sh.config.interval;
         let still_fresh = self
-            .user
+            .entry
             .as_ref()
-            .and_then(|(_, k)| k.as_ref())
             .and_then(|k| sh.table.get(k))
             .is_some_and(|e| e.fresh(now, interval));
         if claims_empty && !still_fresh {
@@ -744,10 +876,10 @@ impl Session {
         }
     }
 
-    /// Hands the rest of the session to the server untouched.
+    /// Hands the rest of the session to the server, through the command gate.
     fn tunnel(&mut self, line: &[u8], sh: &mut Shared, out: &mut Vec<Action>) {
         sh.counters.passed_through += 1;
-        self.upstream(Step::Tunnel(line.to_vec()), out);
+        self.upstream(Step::Tunnel(line.into()), out);
     }
 
     /// Queues the patent's replay: USER (unless the server has it), wait, then PASS.
@@ -763,8 +895,7 @@ impl Session {
         now: Instant,
         f: impl FnOnce(&mut super::table::Entry) -> R,
     ) -> Option<R> {
-        let key = self.user.as_ref()?.1.as_ref()?;
-        sh.table.update(key, now, f)
+        sh.table.update(self.entry.as_ref()?, now, f)
     }
 
     /// Ends the session with an error line, closing both sides.
@@ -773,18 +904,18 @@ impl Session {
         self.finish(sh, now, out, true);
     }
 
-    /// Releases the lock and closes what is open; never sends QUIT.
+    /// Leaves the user's entry and closes what is open; never sends QUIT.
     fn finish(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>, close_client: bool) {
         if self.state == State::Closed {
             return;
         }
-        if std::mem::take(&mut self.locked) {
-            self.with_entry(sh, now, |e| e.locked = false);
+        if matches!(self.state, State::Transaction { .. }) {
+            self.with_entry(sh, now, |e| e.sessions = e.sessions.saturating_sub(1));
         }
         self.state = State::Closed;
         self.credentials = None;
         self.steps.clear();
-        self.held = Vec::new();
+        self.held = Secret::default();
         if close_client {
             out.push(Action::CloseClient);
         }

@@ -16,15 +16,22 @@
 //!
 //! # Memory
 //!
-//! Per connection: the relay's bound (about 17 KB: one partial line, held client
+//! Per connection: the command gate's bound (about 17 KB: one partial line, held client
 //! input, one partial status line), a 4 KB CAPA body at most, and the session's login
 //! lines. Shared: the user table, bounded by [`Config::table_size`], and one small
-//! capability record per mail server (at most [`MAX_SERVERS`]).
+//! record per mail server (at most [`MAX_SERVERS`]).
+//!
+//! # Trust
+//!
+//! Every client line passes [`crate::gate`]'s checks before the engine acts on it, and
+//! a pass-through session (STLS, APOP, other SASL, opted-out users) is relayed through
+//! a [`crate::gate::Gate`]: nothing a subscriber sends reaches the server unread before
+//! the server accepted a login. Usernames are the exact bytes sent; a user gets a table
+//! entry only once the server accepted a password for it.
 
 mod caps;
 mod config;
 mod fsm;
-mod sasl;
 mod table;
 mod verifier;
 
@@ -41,7 +48,7 @@ pub use verifier::{Salt, Verifier};
 use crate::session::{Action, ConnId, ConnInfo, Event, Output, Pop3Engine};
 use fsm::Session;
 
-/// Most mail servers whose capabilities are remembered; past it the record restarts.
+/// Most mail servers remembered; past it the record restarts.
 pub const MAX_SERVERS: usize = 4096;
 
 /// What the operator wants counted.
@@ -49,7 +56,7 @@ pub const MAX_SERVERS: usize = 4096;
 pub struct Counters {
     /// Login attempts (PASS or AUTH PLAIN) seen.
     pub checks_seen: u64,
-    /// Login attempts answered without the server (`+OK` inside the interval, `[IN-USE]`).
+    /// Login attempts answered without the server (`+OK` inside the interval).
     pub answered_locally: u64,
     /// Login attempts and tunnelled sessions that reached the server.
     pub passed_through: u64,
@@ -69,26 +76,69 @@ pub struct UserChange {
     pub session: Option<(ConnId, SocketAddr)>,
 }
 
+/// What the engine has learnt about one mail server.
+#[derive(Debug, Default)]
+struct ServerRecord {
+    /// Its last greeting carried an APOP timestamp: sessions are greeted with the
+    /// server's own greeting, so that APOP clients can log in.
+    apop: bool,
+    /// Its capabilities and when they were learnt; refreshed once older than
+    /// [`Config::caps_ttl`], and not replaced by a CAPA that failed.
+    caps: Option<(ServerCaps, Instant)>,
+}
+
 /// State shared by every connection.
 #[derive(Debug)]
 struct Shared {
     config: Config,
     salt: Salt,
     table: UserTable,
-    servers: HashMap<SocketAddr, ServerCaps>,
+    servers: HashMap<SocketAddr, ServerRecord>,
     counters: Counters,
 }
 
 impl Shared {
+    /// The server's capabilities as last learnt, however old.
     fn caps(&self, server: SocketAddr) -> Option<&ServerCaps> {
-        self.servers.get(&server)
+        self.servers
+            .get(&server)?
+            .caps
+            .as_ref()
+            .map(|(caps, _)| caps)
     }
 
-    fn learn_caps(&mut self, server: SocketAddr, caps: ServerCaps) {
+    /// Whether the server's capabilities were learnt less than the TTL ago.
+    fn caps_fresh(&self, server: SocketAddr, now: Instant) -> bool {
+        self.servers
+            .get(&server)
+            .and_then(|r| r.caps.as_ref())
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) < self.config.caps_ttl)
+    }
+
+    /// Whether a new session to `server` can be greeted locally: its greeting is known
+    /// and offers no APOP.
+    fn greets_locally(&self, server: SocketAddr) -> bool {
+        self.servers.get(&server).is_some_and(|r| !r.apop)
+    }
+
+    fn record(&mut self, server: SocketAddr) -> &mut ServerRecord {
         if self.servers.len() >= MAX_SERVERS && !self.servers.contains_key(&server) {
             self.servers.clear();
         }
-        self.servers.insert(server, caps);
+        self.servers.entry(server).or_default()
+    }
+
+    fn learn_greeting(&mut self, server: SocketAddr, apop: bool) {
+        self.record(server).apop = apop;
+    }
+
+    fn learn_caps(&mut self, server: SocketAddr, caps: ServerCaps, now: Instant) {
+        self.record(server).caps = Some((caps, now));
+    }
+
+    /// Whether `user` (exact bytes) is on the opt-out list.
+    fn opted_out(&self, user: &[u8]) -> bool {
+        std::str::from_utf8(user).is_ok_and(|u| self.config.opt_out.contains(u))
     }
 }
 
@@ -203,8 +253,10 @@ impl Pop3Engine for AttenuationEngine {
     fn open(&mut self, conn: ConnId, info: ConnInfo, now: Instant, out: &mut Vec<Output>) {
         let mut actions = Vec::new();
         let deadline = now + self.shared.config.autologout;
-        self.sessions
-            .insert(conn, Session::open(info, deadline, &mut actions));
+        self.sessions.insert(
+            conn,
+            Session::open(info, &self.shared, deadline, &mut actions),
+        );
         self.deadlines.insert((deadline, conn));
         self.next_gc
             .get_or_insert(now + self.shared.config.gc_interval);
@@ -225,8 +277,10 @@ impl Pop3Engine for AttenuationEngine {
             Event::UpstreamData(data) => session.upstream_data(data, sh, now, a),
             Event::UpstreamClosed | Event::UpstreamFailed => session.upstream_lost(sh, now, a),
         }
-        let client_spoke = matches!(event, Event::ClientData(_));
-        if client_spoke || session.state == State::Closed {
+        // Autologout counts data in either direction: a long RETR to a slow client is
+        // not idleness.
+        let data = matches!(event, Event::ClientData(_) | Event::UpstreamData(_));
+        if data || session.state == State::Closed {
             self.rearm(conn, now);
         }
         self.note_change(conn);

@@ -3,18 +3,22 @@
 //! Entries are keyed by (mail server, username). Each entry carries an expiry time
 //! and sits in a timer list ordered by it, so collecting expired entries walks only
 //! the expired ones and never scans the table. The table is bounded: when full, the
-//! entries nearest their expiry are evicted first, and locked entries (a session is in
+//! entries nearest their expiry are evicted first, and entries in session (a session is in
 //! TRANSACTION) are never removed. Nothing is persisted: a restarted daemon relearns.
 //!
 //! The patent also puts the session state, the terminate flag and the session timer in
-//! the entry. Here they live in the connection's session instead: while the lock flag
-//! admits one session per user in TRANSACTION that is the same information, and it keeps
-//! entries small.
+//! the entry. Here they live in the connection's session instead, and the entry keeps
+//! only how many sessions of the user are open: the patent's lock flag, widened because
+//! the server, not the edge, decides whether one user may hold two sessions.
+//!
+//! Entries are made only for logins the server accepted: usernames a client merely
+//! names (USER, a failed PASS) never take a slot, so spraying names cannot push real
+//! users out.
 //!
 //! Memory per entry: the key (server address and username, shared by the map and the
 //! timer list through one `Arc`; usernames of up to 22 bytes are stored inside the key,
 //! longer ones get an allocation of their own), an optional 16-byte verifier, three
-//! timestamps of 8 bytes each (nanoseconds from a process-wide epoch), a flag and two
+//! timestamps of 8 bytes each (nanoseconds from a process-wide epoch), a session count and two
 //! check counters (64 bytes of entry, 56 of key: a 72-byte `Arc` allocation), plus the
 //! map's slots (8-byte `Arc` + entry + a control byte, at most 7/8 full) and the timer
 //! list's B-tree of 16-byte (expiry, key) pairs. With 100,000 users and short usernames
@@ -41,7 +45,7 @@ use super::verifier::Verifier;
 pub struct UserKey {
     /// The mail server the client dialled.
     pub server: SocketAddr,
-    /// The username as the client sent it.
+    /// The username, exactly the bytes the client sent.
     pub user: UserName,
 }
 
@@ -49,23 +53,24 @@ pub struct UserKey {
 /// 22 bytes keep [`UserKey`] at 56 bytes, so its `Arc` still fits an 80-byte malloc chunk.
 const INLINE_NAME: usize = 22;
 
-/// A username: stored inline when at most 22 bytes, boxed otherwise. It derefs to, and
-/// compares, orders, hashes and prints exactly like, the `str` it holds.
+/// A username as the exact bytes a client sent (no lossy text conversion, so two byte
+/// strings never share an entry): stored inline when at most 22 bytes, boxed otherwise.
+/// It derefs to, and compares, orders and hashes exactly like, the bytes it holds;
+/// it prints them with control characters and backslashes escaped.
 #[derive(Clone)]
 pub struct UserName(Name);
 
 #[derive(Clone)]
 enum Name {
     Inline { len: u8, bytes: [u8; INLINE_NAME] },
-    Boxed(Box<str>),
+    Boxed(Box<[u8]>),
 }
 
 impl UserName {
-    /// The username.
-    pub fn as_str(&self) -> &str {
+    /// The username's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
-            Name::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)])
-                .expect("an inline name is a whole str"),
+            Name::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Name::Boxed(s) => s,
         }
     }
@@ -73,9 +78,15 @@ impl UserName {
 
 impl From<&str> for UserName {
     fn from(s: &str) -> Self {
+        Self::from(s.as_bytes())
+    }
+}
+
+impl From<&[u8]> for UserName {
+    fn from(s: &[u8]) -> Self {
         Self(if s.len() <= INLINE_NAME {
             let mut bytes = [0; INLINE_NAME];
-            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            bytes[..s.len()].copy_from_slice(s);
             Name::Inline {
                 len: s.len() as u8,
                 bytes,
@@ -87,15 +98,15 @@ impl From<&str> for UserName {
 }
 
 impl Deref for UserName {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
     }
 }
 
 impl PartialEq for UserName {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -109,25 +120,25 @@ impl PartialOrd for UserName {
 
 impl Ord for UserName {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
 impl Hash for UserName {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        self.as_bytes().hash(state);
     }
 }
 
 impl fmt::Debug for UserName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
+        write!(f, "\"{self}\"")
     }
 }
 
 impl fmt::Display for UserName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self.as_str(), f)
+        fmt::Display::fmt(&self.as_bytes().escape_ascii(), f)
     }
 }
 
@@ -183,8 +194,9 @@ pub struct Entry {
     pub verifier: Option<Verifier>,
     /// When the server last said the maildrop holds no message (`NULL` in the patent).
     verified_empty: Option<Stamp>,
-    /// A session of this user is in TRANSACTION: a second one gets `[IN-USE]`.
-    pub locked: bool,
+    /// Sessions of this user in TRANSACTION now. While there is one, further sessions
+    /// go to the server, which applies its own locking; such entries are never removed.
+    pub sessions: u16,
     /// The last login attempt (the operator's "last check").
     last_check: Stamp,
     /// Login attempts answered without the server.
@@ -285,8 +297,13 @@ impl UserTable {
         self.entries.iter().map(|(k, e)| (&**k, e))
     }
 
-    /// The entry of `key`, created if missing; `None` if the table is full of locked
-    /// entries. Returns the shared key to hold while a session uses the entry.
+    /// The shared key of `key`'s entry, if there is one.
+    pub fn key(&self, key: &UserKey) -> Option<Arc<UserKey>> {
+        self.entries.get_key_value(key).map(|(k, _)| k.clone())
+    }
+
+    /// The entry of `key`, created if missing; `None` if the table is full of entries
+    /// in session. Returns the shared key to hold while a session uses the entry.
     pub fn entry(&mut self, key: UserKey, now: Instant) -> Option<Arc<UserKey>> {
         if let Some((k, _)) = self.entries.get_key_value(&key) {
             return Some(k.clone());
@@ -306,7 +323,7 @@ impl UserTable {
             Entry {
                 verifier: None,
                 verified_empty: None,
-                locked: false,
+                sessions: 0,
                 last_check: Stamp::new(now),
                 answered_locally: 0,
                 passed_through: 0,
@@ -334,16 +351,16 @@ impl UserTable {
         Some(result)
     }
 
-    /// Removes the unlocked entries whose expiry is due; returns how many.
+    /// Removes the entries not in session whose expiry is due; returns how many.
     ///
-    /// A locked entry found due is left in place: its session's end re-arms it.
+    /// An entry in session found due is left in place: its session's end re-arms it.
     pub fn collect(&mut self, now: Instant) -> usize {
         let now = Stamp::new(now);
         let due: Vec<_> = self
             .timers
             .iter()
             .take_while(|(t, _)| *t <= now)
-            .filter(|(_, k)| self.entries.get(&**k).is_some_and(|e| !e.locked))
+            .filter(|(_, k)| self.entries.get(&**k).is_some_and(|e| e.sessions == 0))
             .cloned()
             .collect();
         let count = due.len();
@@ -354,12 +371,12 @@ impl UserTable {
         count
     }
 
-    /// Removes the unlocked entry nearest its expiry, to make room.
+    /// Removes the entry not in session nearest its expiry, to make room.
     fn evict_one(&mut self) {
         let victim = self
             .timers
             .iter()
-            .find(|(_, k)| self.entries.get(&**k).is_some_and(|e| !e.locked))
+            .find(|(_, k)| self.entries.get(&**k).is_some_and(|e| e.sessions == 0))
             .cloned();
         if let Some((t, key)) = victim {
             self.timers.remove(&(t, key.clone()));
@@ -380,18 +397,18 @@ mod tests {
     }
 
     #[test]
-    fn collects_only_expired_unlocked_entries() {
+    fn collects_only_expired_entries_not_in_session() {
         let t0 = Instant::now();
         let mut table = UserTable::new(10, Duration::from_secs(60));
         let a = table.entry(key("a"), t0).unwrap();
         let b = table.entry(key("b"), t0 + Duration::from_secs(30)).unwrap();
-        table.update(&a, t0, |e| e.locked = true);
+        table.update(&a, t0, |e| e.sessions = 1);
         assert_eq!(
             table.collect(t0 + Duration::from_secs(61)),
             0,
-            "a is locked"
+            "a is in session"
         );
-        table.update(&a, t0 + Duration::from_secs(61), |e| e.locked = false);
+        table.update(&a, t0 + Duration::from_secs(61), |e| e.sessions = 0);
         assert_eq!(table.collect(t0 + Duration::from_secs(91)), 1);
         assert!(table.get(&b).is_none());
         assert!(table.get(&a).is_some());
@@ -401,18 +418,21 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_evicts_the_oldest_unlocked_entry() {
+    fn a_full_table_evicts_the_oldest_entry_not_in_session() {
         let t0 = Instant::now();
         let mut table = UserTable::new(2, Duration::from_secs(60));
         let a = table.entry(key("a"), t0).unwrap();
-        table.update(&a, t0, |e| e.locked = true);
+        table.update(&a, t0, |e| e.sessions = 1);
         table.entry(key("b"), t0 + Duration::from_secs(1)).unwrap();
         table.entry(key("c"), t0 + Duration::from_secs(2)).unwrap();
         assert_eq!(table.len(), 2);
         assert!(table.get(&key("b")).is_none());
         let c = Arc::new(key("c"));
-        table.update(&c, t0, |e| e.locked = true);
-        assert!(table.entry(key("d"), t0).is_none(), "all locked: no room");
+        table.update(&c, t0, |e| e.sessions = 1);
+        assert!(
+            table.entry(key("d"), t0).is_none(),
+            "all in session: no room"
+        );
     }
 
     #[test]
@@ -435,7 +455,7 @@ mod tests {
     }
 
     #[test]
-    fn usernames_behave_like_str_inline_or_boxed() {
+    fn usernames_behave_like_bytes_inline_or_boxed() {
         use std::hash::BuildHasher;
         let hasher = std::hash::RandomState::new();
         for s in [
@@ -444,13 +464,16 @@ mod tests {
             "alice",
             "x".repeat(22).as_str(),
             "y".repeat(23).as_str(),
-            "é✓",
         ] {
             let n = UserName::from(s);
-            assert_eq!(&*n, s);
+            assert_eq!(&*n, s.as_bytes());
             assert_eq!(format!("{n:?} {n}"), format!("{s:?} {s}"));
-            assert_eq!(hasher.hash_one(&n), hasher.hash_one(s));
+            assert_eq!(hasher.hash_one(&n), hasher.hash_one(s.as_bytes()));
         }
+        // Not text: kept exactly, printed escaped, never equal to a lossy look-alike.
+        let raw = UserName::from(&b"\xe9\x1b[2J\\"[..]);
+        assert_eq!(raw.to_string(), "\\xe9\\x1b[2J\\\\");
+        assert_ne!(raw, UserName::from("\u{fffd}\u{1b}[2J\\"));
         let (short, long) = (UserName::from("b"), UserName::from("a".repeat(30).as_str()));
         assert_eq!(short.cmp(&long), "b".cmp(&"a".repeat(30)));
         assert!(matches!(

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use super::*;
 use crate::{
-    relay::{LINE_TOO_LONG, SERVER_UNAVAILABLE},
+    gate::{LINE_TOO_LONG, SERVER_UNAVAILABLE},
     session::Action::{self, CloseClient, CloseUpstream, ConnectUpstream},
     testing::{Harness, info, to_client, to_upstream},
 };
-use fsm::{GREETING, IN_USE, LOGGED_IN, LOGGING_OUT, NO_SUCH_MESSAGE};
+use fsm::{GREETING, LOGGED_IN, LOGGING_OUT, NO_SUCH_MESSAGE};
 
 mod model;
 
@@ -26,14 +26,18 @@ fn config() -> Config {
         table_size: 100,
         autologout: Duration::from_secs(600),
         gc_interval: Duration::from_secs(30),
+        caps_ttl: Duration::from_secs(3600),
     }
 }
 
+/// An engine that has seen the test server's greeting (no APOP): it greets locally.
 fn engine() -> Harness<AttenuationEngine> {
-    Harness::new(AttenuationEngine::with_salt(
+    let mut h = Harness::new(AttenuationEngine::with_salt(
         config(),
         Salt::fixed([1, 2, 3, 4]),
-    ))
+    ));
+    h.engine.shared.learn_greeting(info().server, false);
+    h
 }
 
 fn entry<'a>(h: &'a Harness<AttenuationEngine>, user: &str) -> Option<&'a Entry> {
@@ -98,7 +102,7 @@ fn passed_through_check(h: &mut Harness<AttenuationEngine>, conn: ConnId, pw: &s
         h.engine.state(conn),
         Some(State::Transaction { terminate: false })
     );
-    assert!(entry(h, "alice").unwrap().locked);
+    assert_eq!(entry(h, "alice").unwrap().sessions, 1);
     assert_eq!(h.client(conn, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
     let stat = format!("+OK {count} {}\r\n", count * 100);
     assert_eq!(h.server(conn, stat.as_bytes()), [to_upstream(b"QUIT\r\n")]);
@@ -110,7 +114,7 @@ fn passed_through_check(h: &mut Harness<AttenuationEngine>, conn: ConnId, pw: &s
             CloseUpstream
         ]
     );
-    assert!(!entry(h, "alice").unwrap().locked);
+    assert_eq!(entry(h, "alice").unwrap().sessions, 0);
     h.engine.close(conn, h.now);
 }
 
@@ -153,13 +157,31 @@ fn idle_state_user_is_answered_locally() {
 }
 
 #[test]
-fn pass_with_the_lock_flag_set_gets_in_use() {
+fn a_second_session_of_a_user_in_session_goes_to_the_server() {
     let mut h = alice_verified_empty();
     attenuated_login(&mut h, 2, "pw");
     h.open(3);
     h.client(3, b"USER alice\r\n");
-    assert_eq!(h.client(3, b"PASS pw\r\n"), [to_client(IN_USE)]);
+    // Never an [IN-USE] of our own: the server decides about concurrent sessions.
+    assert_eq!(h.client(3, b"PASS pw\r\n"), [ConnectUpstream]);
+    assert_eq!(
+        connect_upstream(&mut h, 3, false),
+        [to_upstream(b"USER alice\r\n")]
+    );
+    assert_eq!(h.server(3, b"+OK\r\n"), [to_upstream(b"PASS pw\r\n")]);
+    let locked = b"-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n";
+    assert_eq!(h.server(3, locked), [to_client(locked)]);
     assert_eq!(h.engine.state(3), Some(State::Authorization));
+    // A server that allows it (Dovecot's default) lets both in.
+    h.open(4);
+    h.client(4, b"USER alice\r\n");
+    h.client(4, b"PASS pw\r\n");
+    connect_upstream(&mut h, 4, false);
+    h.server(4, b"+OK\r\n");
+    h.server(4, b"+OK Logged in.\r\n");
+    assert_eq!(entry(&h, "alice").unwrap().sessions, 2);
+    h.client(2, b"QUIT\r\n");
+    assert_eq!(entry(&h, "alice").unwrap().sessions, 1);
 }
 
 #[test]
@@ -167,7 +189,7 @@ fn matching_pass_inside_the_interval_is_answered_locally() {
     let mut h = alice_verified_empty();
     h.now += INTERVAL - Duration::from_secs(1);
     attenuated_login(&mut h, 2, "pw");
-    assert!(entry(&h, "alice").unwrap().locked);
+    assert_eq!(entry(&h, "alice").unwrap().sessions, 1);
     let c = *h.engine.counters();
     assert_eq!(
         (c.checks_seen, c.answered_locally, c.upstream_logins_avoided),
@@ -197,10 +219,10 @@ fn replayed_login_refused_by_the_server_changes_nothing() {
     let refusal = b"-ERR [AUTH] Authentication failed.\r\n";
     assert_eq!(h.server(2, refusal), [to_client(refusal)]);
     assert_eq!(h.engine.state(2), Some(State::Authorization));
-    // A second try replays USER again: the server forgot it after the failure.
+    // A failed login clears the user: the next attempt starts with USER again.
     assert_eq!(
         h.client(2, b"PASS pw\r\n"),
-        [to_upstream(b"USER alice\r\n")]
+        [to_client(b"-ERR No username given.\r\n")]
     );
 }
 
@@ -249,7 +271,7 @@ fn quit_in_authorization_releases_nothing_and_sends_nothing_upstream() {
         h.client(2, b"QUIT\r\n"),
         [to_client(LOGGING_OUT), CloseClient]
     );
-    assert!(!entry(&h, "alice").unwrap().locked);
+    assert_eq!(entry(&h, "alice").unwrap().sessions, 0);
 }
 
 #[test]
@@ -276,7 +298,7 @@ fn transaction_with_terminate_true_answers_every_command_locally() {
         h.client(2, b"QUIT\r\n"),
         [to_client(LOGGING_OUT), CloseClient]
     );
-    assert!(!entry(&h, "alice").unwrap().locked);
+    assert_eq!(entry(&h, "alice").unwrap().sessions, 0);
 }
 
 #[test]
@@ -386,9 +408,13 @@ fn client_disconnect_never_sends_quit_upstream() {
     h.server(2, b"+OK\r\n");
     h.server(2, b"+OK Logged in.\r\n");
     h.client(2, b"DELE 1\r\n");
-    assert_eq!(h.event(2, Event::ClientClosed), [CloseUpstream]);
-    assert!(!entry(&h, "alice").unwrap().locked);
-    assert_eq!(h.server(2, b"+OK\r\n"), []);
+    // Half-closed: the DELE's answer still goes out, then the end, without QUIT.
+    assert_eq!(h.event(2, Event::ClientClosed), []);
+    assert_eq!(
+        h.server(2, b"+OK\r\n"),
+        [to_client(b"+OK\r\n"), CloseClient, CloseUpstream]
+    );
+    assert_eq!(entry(&h, "alice").unwrap().sessions, 0);
 }
 
 #[test]
@@ -618,7 +644,7 @@ fn autologout_closes_idle_sessions_without_quit() {
             action: CloseClient
         }]
     );
-    assert!(!entry(&h, "alice").unwrap().locked);
+    assert_eq!(entry(&h, "alice").unwrap().sessions, 0);
 }
 
 #[test]
@@ -655,7 +681,7 @@ fn mirrors_learn_of_every_touched_and_removed_entry() {
     let mut h = alice_verified_empty();
     let touched = h.engine.take_changes();
     let key = touched.last().expect("the login touched alice").key.clone();
-    assert_eq!(&*key.user, "alice");
+    assert_eq!(&*key.user, b"alice");
     assert_eq!(touched.last().unwrap().session, Some((1, info().client)));
     assert_eq!(h.engine.take_changes(), [], "drained");
 
@@ -695,7 +721,7 @@ fn a_quit_followed_at_once_by_a_close_still_commits_the_deletions() {
     assert_eq!(h.server(2, b"+OK 0 0\r\n"), [to_upstream(b"QUIT\r\n")]);
     let done = h.server(2, b"+OK Logging out.\r\n");
     assert!(done.contains(&CloseUpstream), "{done:?}");
-    assert!(!entry(&h, "alice").unwrap().locked);
+    assert_eq!(entry(&h, "alice").unwrap().sessions, 0);
 
     // Released by the dataplane before the server answered: no QUIT, lock released.
     h.now += INTERVAL;
@@ -708,7 +734,7 @@ fn a_quit_followed_at_once_by_a_close_still_commits_the_deletions() {
     h.event(3, Event::ClientClosed);
     h.engine.close(3, h.now);
     assert!(
-        !entry(&h, "alice").unwrap().locked,
+        entry(&h, "alice").unwrap().sessions == 0,
         "close releases the lock"
     );
 }

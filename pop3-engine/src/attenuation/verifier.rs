@@ -33,10 +33,10 @@ impl Salt {
     }
 
     /// The verifier of `password` for `user` on `server`.
-    pub fn verifier(&self, server: SocketAddr, user: &str, password: &[u8]) -> Verifier {
+    pub fn verifier(&self, server: SocketAddr, user: &[u8], password: &[u8]) -> Verifier {
         let mut msg = Vec::with_capacity(64 + user.len() + password.len());
         msg.extend_from_slice(server.to_string().as_bytes());
-        for part in [user.as_bytes(), password] {
+        for part in [user, password] {
             // Length-prefixed, so no two inputs share an encoding.
             msg.extend_from_slice(&(part.len() as u64).to_le_bytes());
             msg.extend_from_slice(part);
@@ -127,11 +127,11 @@ mod tests {
         let salt = Salt::random();
         let a: SocketAddr = "203.0.113.5:110".parse().unwrap();
         let b: SocketAddr = "203.0.113.6:110".parse().unwrap();
-        let v = salt.verifier(a, "alice", b"pw");
-        assert!(v.matches(&salt.verifier(a, "alice", b"pw")));
-        assert!(!v.matches(&salt.verifier(a, "alice", b"pw2")));
-        assert!(!v.matches(&salt.verifier(a, "alicepw", b"")));
-        assert!(!v.matches(&salt.verifier(b, "alice", b"pw")));
-        assert!(!v.matches(&Salt::random().verifier(a, "alice", b"pw")));
+        let v = salt.verifier(a, b"alice", b"pw");
+        assert!(v.matches(&salt.verifier(a, b"alice", b"pw")));
+        assert!(!v.matches(&salt.verifier(a, b"alice", b"pw2")));
+        assert!(!v.matches(&salt.verifier(a, b"alicepw", b"")));
+        assert!(!v.matches(&salt.verifier(b, b"alice", b"pw")));
+        assert!(!v.matches(&Salt::random().verifier(a, b"alice", b"pw")));
     }
 }

@@ -19,6 +19,41 @@ const PASSWORDS: [&str; 3] = ["pw0", "pw1", "pw2"];
 const COMMANDS: [&str; 10] = [
     "STAT", "LIST", "LIST 1", "UIDL", "RETR 1", "DELE 1", "TOP 1 0", "NOOP", "RSET", "CAPA",
 ];
+/// The address a hostile subscriber tries to claim with XCLIENT.
+const SPOOFED: &str = "192.0.2.66";
+/// What a hostile subscriber sends, in any order and cut anywhere: every way the
+/// issue lists to slip XCLIENT past the engine, and look-alike usernames.
+const HOSTILE: [&str; 20] = [
+    "STLS",
+    "APOP alice 0123456789abcdef0123456789abcdef",
+    "AUTH CRAM-MD5",
+    "AUTH PLAIN !!!!",
+    "AUTH PLAIN",
+    "*",
+    "XCLIENT ADDR=192.0.2.66",
+    "xclient addr=192.0.2.66 port=1",
+    "  XCLIENT ADDR=192.0.2.66",
+    "USER bob",
+    "USER alice",
+    "USER alice ",
+    "USER ALICE",
+    "USER alice\0x",
+    "PASS pw0",
+    "PASS pw1",
+    // "\0alice\0pw0"
+    "AUTH PLAIN AGFsaWNlAHB3MA==",
+    // "\0alice\r\nUSER carol\0pw0"
+    "AUTH PLAIN AGFsaWNlDQpVU0VSIGNhcm9sAHB3MA==",
+    "STAT",
+    "DELE 1",
+];
+/// The logins a hostile session can make honestly: (USER line or AUTH PLAIN line,
+/// PASS line) -> the exact user and password.
+const HOSTILE_LOGINS: [(&str, &str, &str, &str); 3] = [
+    ("USER alice", "PASS pw0", "alice", "pw0"),
+    ("USER alice", "PASS pw1", "alice", "pw1"),
+    ("AUTH PLAIN AGFsaWNlAHB3MA==", "", "alice", "pw0"),
+];
 
 /// One upstream connection as the fake server sees it.
 #[derive(Default)]
@@ -51,6 +86,10 @@ impl FakeServer {
         c.buf.extend_from_slice(bytes);
         while let Some(nl) = c.buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = c.buf.drain(..=nl).collect();
+            assert!(
+                !String::from_utf8_lossy(&line).contains(SPOOFED),
+                "a subscriber's XCLIENT reached the server: {line:?}"
+            );
             let cmd = Command::parse(&line);
             let arg = String::from_utf8_lossy(cmd.rest).into_owned();
             let user = c.authed.clone().unwrap_or_default();
@@ -114,6 +153,8 @@ struct World {
     server: FakeServer,
     /// Per connection: user and password the client logged in with.
     logins: HashMap<ConnId, (String, String)>,
+    /// Per hostile connection: the logins its lines could honestly make.
+    hostile_logins: HashMap<ConnId, Vec<(String, String)>>,
     client_deles: HashMap<ConnId, u32>,
 }
 
@@ -154,18 +195,24 @@ impl World {
     /// The properties about what the client is told.
     fn client_sees(&mut self, conn: ConnId, bytes: &[u8]) {
         for line in bytes.split_inclusive(|&b| b == b'\n') {
-            let (user, pw) = self.logins.get(&conn).cloned().unwrap_or_default();
+            let candidates = match self.hostile_logins.get(&conn) {
+                Some(pairs) => pairs.clone(),
+                None => self.logins.get(&conn).cloned().into_iter().collect(),
+            };
             if line == LOGGED_IN {
-                assert_eq!(
-                    self.server.accepted.get(&user),
-                    Some(&pw),
-                    "local +OK for a password the server did not accept last"
+                assert!(
+                    candidates
+                        .iter()
+                        .any(|(u, p)| self.server.accepted.get(u) == Some(p)),
+                    "local +OK for a user and password the server did not accept last"
                 );
             }
             if trim_eol(line) == b"+OK 0 0" {
-                let said = self.server.said_empty.get(&user).copied();
                 assert!(
-                    said.is_some_and(|t| self.h.now.duration_since(t) < INTERVAL),
+                    candidates.iter().any(|(u, _)| {
+                        let said = self.server.said_empty.get(u).copied();
+                        said.is_some_and(|t| self.h.now.duration_since(t) < INTERVAL)
+                    }),
                     "local +OK 0 0 without the server saying 0 less than n ago"
                 );
             }
@@ -204,6 +251,11 @@ enum Op {
     NewMail {
         user: usize,
     },
+    /// A hostile session: these lines, cut into chunks of this size.
+    Hostile {
+        lines: Vec<usize>,
+        chunk: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -213,6 +265,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..120u64).prop_map(Op::Wait),
         1 => (0..USERS.len(), 0..PASSWORDS.len()).prop_map(|(user, pw)| Op::ChangePassword { user, pw }),
         1 => (0..USERS.len()).prop_map(|user| Op::NewMail { user }),
+        2 => (prop::collection::vec(0..HOSTILE.len(), 1..10), 1..40usize)
+            .prop_map(|(lines, chunk)| Op::Hostile { lines, chunk }),
     ]
 }
 
@@ -225,6 +279,7 @@ proptest! {
             h: engine(),
             server: FakeServer::default(),
             logins: HashMap::new(),
+            hostile_logins: HashMap::new(),
             client_deles: HashMap::new(),
         };
         for user in USERS {
@@ -237,6 +292,27 @@ proptest! {
                     w.server.passwords.insert(USERS[user].to_owned(), PASSWORDS[pw].to_owned());
                 }
                 Op::NewMail { user } => *w.server.messages.entry(USERS[user].to_owned()).or_default() += 1,
+                Op::Hostile { lines, chunk } => {
+                    let sent: Vec<&str> = lines.iter().map(|&i| HOSTILE[i]).collect();
+                    let honest = HOSTILE_LOGINS
+                        .iter()
+                        .filter(|(first, pass, _, _)| {
+                            sent.contains(first) && (pass.is_empty() || sent.contains(pass))
+                        })
+                        .map(|&(_, _, u, p)| (u.to_owned(), p.to_owned()))
+                        .collect();
+                    w.hostile_logins.insert(conn, honest);
+                    let actions = w.h.open(conn);
+                    w.carry_out(conn, actions);
+                    let bytes: Vec<u8> = sent.iter().flat_map(|l| [l.as_bytes(), b"\r\n"].concat()).collect();
+                    for piece in bytes.chunks(chunk) {
+                        let actions = w.h.client(conn, piece);
+                        w.carry_out(conn, actions);
+                    }
+                    let actions = w.h.event(conn, Event::ClientClosed);
+                    w.carry_out(conn, actions);
+                    w.h.engine.close(conn, w.h.now);
+                }
                 Op::Check { user, pw, commands, quit } => {
                     let actions = w.h.open(conn);
                     w.carry_out(conn, actions);

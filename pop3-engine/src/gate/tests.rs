@@ -1,5 +1,11 @@
+//! The gate's suite, driven through the transparent relay (one gate per connection).
+
 use super::*;
-use crate::testing::{Harness, to_client, to_upstream};
+use crate::{
+    relay::RelayEngine,
+    session::{Event, Pop3Engine},
+    testing::{Harness, to_client, to_upstream},
+};
 
 const GREETING: &[u8] = b"+OK Dovecot ready.\r\n";
 
@@ -35,7 +41,10 @@ fn relays_a_check_session_byte_for_byte() {
         h.server(1, b"+OK Logging out.\r\n"),
         [to_client(b"+OK Logging out.\r\n")]
     );
-    assert_eq!(h.event(1, Event::UpstreamClosed), [Action::CloseClient]);
+    assert_eq!(
+        h.event(1, Event::UpstreamClosed),
+        [Action::CloseClient, Action::CloseUpstream]
+    );
     assert_eq!(
         h.client(1, b"NOOP\r\n"),
         [],
@@ -69,7 +78,7 @@ fn overlong_client_line_is_refused_and_closes_both_sides() {
     assert_eq!(
         h.client(1, &[b"NOOP\r\n".as_slice(), &huge].concat()),
         [
-            to_upstream(b"NOOP\r\n"),
+            // Nothing of a batch with a refused line goes on.
             to_client(b"-ERR line too long\r\n"),
             Action::CloseClient,
             Action::CloseUpstream,
@@ -100,7 +109,8 @@ fn unreachable_server_gets_sys_temp() {
         h.event(1, Event::UpstreamFailed),
         [
             to_client(b"-ERR [SYS/TEMP] mail server unavailable\r\n"),
-            Action::CloseClient
+            Action::CloseClient,
+            Action::CloseUpstream
         ]
     );
 }
@@ -111,7 +121,11 @@ fn server_failing_mid_session_gets_sys_temp() {
     h.client(1, b"STAT\r\n");
     assert_eq!(
         h.event(1, Event::UpstreamFailed),
-        [to_client(SERVER_UNAVAILABLE), Action::CloseClient]
+        [
+            to_client(SERVER_UNAVAILABLE),
+            Action::CloseClient,
+            Action::CloseUpstream
+        ]
     );
 }
 
@@ -120,15 +134,36 @@ fn server_failing_inside_a_body_just_closes() {
     let mut h = greeted();
     h.client(1, b"RETR 1\r\n");
     h.server(1, b"+OK 10 octets\r\nhalf a bo");
-    assert_eq!(h.event(1, Event::UpstreamFailed), [Action::CloseClient]);
+    assert_eq!(
+        h.event(1, Event::UpstreamFailed),
+        [Action::CloseClient, Action::CloseUpstream]
+    );
 }
 
 #[test]
 fn client_disconnect_never_sends_quit() {
     let mut h = greeted();
-    h.client(1, b"USER a\r\n");
-    assert_eq!(h.event(1, Event::ClientClosed), [Action::CloseUpstream]);
-    assert_eq!(h.server(1, b"+OK\r\n"), []);
+    assert_eq!(
+        h.event(1, Event::ClientClosed),
+        [Action::CloseClient, Action::CloseUpstream]
+    );
+}
+
+#[test]
+fn a_half_closed_client_gets_its_answers_then_both_sides_close() {
+    let mut h = greeted();
+    h.client(1, b"USER a\r\nPASS b\r\n");
+    assert_eq!(h.event(1, Event::ClientClosed), []);
+    assert_eq!(h.server(1, b"+OK\r\n"), [to_client(b"+OK\r\n")]);
+    assert_eq!(
+        h.server(1, b"-ERR [AUTH] no\r\n"),
+        [
+            to_client(b"-ERR [AUTH] no\r\n"),
+            Action::CloseClient,
+            Action::CloseUpstream
+        ],
+        "no QUIT of our own"
+    );
 }
 
 #[test]
@@ -137,14 +172,18 @@ fn pipelined_commands_match_their_responses() {
     let batch = b"LIST\r\nRETR 1\r\nUIDL 1\r\nSTLS\r\n";
     assert_eq!(h.client(1, batch), [to_upstream(batch)]);
     // Answers split at awkward places; the lone "." inside RETR's body is stuffed.
-    let answers: [&[u8]; 4] = [
-        b"+OK 1 messages\r\n1 9\r",
-        b"\n.\r\n+OK 9 octets\r\n..\r\nhi\r\n.",
-        b"\r\n+OK 1 abc\r\n-ERR",
-        b" no TLS here\r\n",
+    // A status line goes on once complete; body bytes as they come.
+    let answers: [(&[u8], &[u8]); 4] = [
+        (b"+OK 1 messages\r\n1 9\r", b"+OK 1 messages\r\n1 9\r"),
+        (
+            b"\n.\r\n+OK 9 octets\r\n..\r\nhi\r\n.",
+            b"\n.\r\n+OK 9 octets\r\n..\r\nhi\r\n.",
+        ),
+        (b"\r\n+OK 1 abc\r\n-ERR", b"\r\n+OK 1 abc\r\n"),
+        (b" no TLS here\r\n", b"-ERR no TLS here\r\n"),
     ];
-    for a in answers {
-        assert_eq!(h.server(1, a), [to_client(a)]);
+    for (from_server, to_the_client) in answers {
+        assert_eq!(h.server(1, from_server), [to_client(to_the_client)]);
     }
     // STLS was refused, so the session is POP3 again and limits apply.
     assert_eq!(h.client(1, b"NOOP\r\n"), [to_upstream(b"NOOP\r\n")]);
@@ -206,8 +245,7 @@ fn a_sasl_exchange_is_relayed_and_a_failed_one_goes_back_to_pop3() {
         h.server(1, b"+ VXNlcm5hbWU6\r\n"),
         [to_client(b"+ VXNlcm5hbWU6\r\n")]
     );
-    // SASL responses are not commands, even when they look like one.
-    assert_eq!(h.client(1, b"XCLIENT\r\n"), [to_upstream(b"XCLIENT\r\n")]);
+    assert_eq!(h.client(1, b"YWxpY2U=\r\n"), [to_upstream(b"YWxpY2U=\r\n")]);
     assert_eq!(
         h.server(1, b"-ERR [AUTH] Authentication failed.\r\n"),
         [to_client(b"-ERR [AUTH] Authentication failed.\r\n")]
@@ -220,7 +258,7 @@ fn a_sasl_exchange_is_relayed_and_a_failed_one_goes_back_to_pop3() {
 }
 
 #[test]
-fn an_accepted_auth_turns_the_session_into_a_tunnel_and_apop_stays_pop3() {
+fn an_accepted_auth_or_apop_stays_pop3() {
     let mut h = greeted();
     let login = b"AUTH PLAIN AGFsaWNlAHB3\r\n";
     assert_eq!(h.client(1, login), [to_upstream(login)]);
@@ -228,8 +266,8 @@ fn an_accepted_auth_turns_the_session_into_a_tunnel_and_apop_stays_pop3() {
         h.server(1, b"+OK Logged in.\r\n"),
         [to_client(b"+OK Logged in.\r\n")]
     );
-    let blob = vec![b'A'; 5000];
-    assert_eq!(h.client(1, &blob), [to_upstream(&blob)]);
+    assert_eq!(h.client(1, b"STAT\r\n"), [to_upstream(b"STAT\r\n")]);
+    assert_eq!(h.client(1, &[b'x'; 300])[0], to_client(LINE_TOO_LONG));
 
     let mut h = greeted();
     let apop = b"APOP a 0123456789abcdef0123456789abcdef\r\n";
@@ -275,9 +313,10 @@ fn the_xclient_code_of_a_trusting_server_is_not_shown_to_the_client() {
     h.open(1);
     h.event(1, Event::UpstreamConnected);
     assert_eq!(h.server(1, b"+OK [XCLIENT] Dove"), []);
+    h.client(1, b"NOOP\r\n");
     assert_eq!(
         h.server(1, b"cot ready.\r\n+OK\r\n"),
-        [to_client(b"+OK Dovecot ready.\r\n"), to_client(b"+OK\r\n")],
+        [to_client(b"+OK Dovecot ready.\r\n+OK\r\n")],
         "greeting rewritten, what follows it relayed as it came"
     );
 }
@@ -293,4 +332,138 @@ fn a_client_sending_xclient_is_refused_and_nothing_reaches_the_server() {
             Action::CloseUpstream
         ]
     );
+}
+
+/// What a refused line does: its `-ERR`, both sides closed, nothing upstream.
+fn refused(message: &[u8]) -> [Action; 3] {
+    [
+        to_client(message),
+        Action::CloseClient,
+        Action::CloseUpstream,
+    ]
+}
+
+#[test]
+fn xclient_is_refused_in_any_case_and_spacing() {
+    for line in [
+        &b"xclient ADDR=192.0.2.66\r\n"[..],
+        b"XcLiEnT ADDR=192.0.2.66\r\n",
+        b"  XCLIENT ADDR=192.0.2.66\r\n",
+        b"XCLIENT\tADDR=192.0.2.66\r\n",
+        b"XCLIENT\n",
+    ] {
+        let mut h = greeted();
+        assert_eq!(h.client(1, line), refused(XCLIENT_REFUSED), "{line:?}");
+    }
+}
+
+#[test]
+fn xclient_pipelined_behind_other_commands_sends_nothing() {
+    let mut h = greeted();
+    assert_eq!(
+        h.client(1, b"USER a\r\nXCLIENT ADDR=192.0.2.66\r\nPASS b\r\n"),
+        refused(XCLIENT_REFUSED)
+    );
+}
+
+#[test]
+fn xclient_inside_a_sasl_exchange_is_refused() {
+    let mut h = greeted();
+    h.client(1, b"AUTH LOGIN\r\n");
+    h.server(1, b"+ VXNlcm5hbWU6\r\n");
+    assert_eq!(
+        h.client(1, b"XCLIENT ADDR=192.0.2.66\r\n"),
+        refused(XCLIENT_REFUSED)
+    );
+}
+
+#[test]
+fn xclient_after_a_cancelled_auth_or_refused_apop_is_refused() {
+    let mut h = greeted();
+    h.client(1, b"AUTH PLAIN\r\n");
+    h.server(1, b"+ \r\n");
+    assert_eq!(h.client(1, b"*\r\n"), [to_upstream(b"*\r\n")]);
+    h.server(1, b"-ERR Authentication aborted\r\n");
+    assert_eq!(
+        h.client(1, b"XCLIENT ADDR=192.0.2.66\r\n"),
+        refused(XCLIENT_REFUSED)
+    );
+
+    let mut h = greeted();
+    h.client(1, b"APOP a 0123456789abcdef0123456789abcdef\r\n");
+    h.server(1, b"-ERR [AUTH] no\r\n");
+    assert_eq!(
+        h.client(1, b"XCLIENT ADDR=192.0.2.66\r\n"),
+        refused(XCLIENT_REFUSED)
+    );
+}
+
+#[test]
+fn nul_or_a_stray_cr_in_a_command_is_refused() {
+    for line in [
+        &b"USER name\0junk\r\n"[..],
+        b"USER a\rQUIT\r\n",
+        b"PASS \0\n",
+    ] {
+        let mut h = greeted();
+        assert_eq!(h.client(1, line), refused(BAD_CHARACTERS), "{line:?}");
+    }
+}
+
+#[test]
+fn sasl_plain_fields_with_line_ends_or_nul_are_refused() {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    for raw in [
+        &b"\0alice\r\nUSER victim\0pw"[..],
+        b"\0alice\0p\nw",
+        b"a\rb\0alice\0pw",
+        b"\0alice\0p\0w",
+    ] {
+        let b64 = STANDARD.encode(raw);
+        // As an initial response...
+        let mut h = greeted();
+        let line = format!("AUTH PLAIN {b64}\r\n");
+        assert_eq!(h.client(1, line.as_bytes()), refused(BAD_CHARACTERS));
+        // ...and as the response to the server's challenge.
+        let mut h = greeted();
+        h.client(1, b"AUTH PLAIN\r\n");
+        h.server(1, b"+ \r\n");
+        let line = format!("{b64}\r\n");
+        assert_eq!(h.client(1, line.as_bytes()), refused(BAD_CHARACTERS));
+    }
+    // Other mechanisms' data is not PLAIN's to judge.
+    let mut h = greeted();
+    h.client(1, b"AUTH LOGIN\r\n");
+    h.server(1, b"+ VXNlcm5hbWU6\r\n");
+    let odd = format!("{}\r\n", STANDARD.encode(b"a\0b"));
+    assert_eq!(h.client(1, odd.as_bytes()), [to_upstream(odd.as_bytes())]);
+}
+
+#[test]
+fn a_reply_nobody_asked_for_ends_the_session() {
+    let mut h = greeted();
+    h.client(1, b"USER alice\r\n");
+    // One answer owed, two sent: the second would answer the next command.
+    assert_eq!(
+        h.server(1, b"+OK\r\n+OK Logged in.\r\n"),
+        [
+            to_client(b"+OK\r\n"),
+            to_client(SERVER_UNAVAILABLE),
+            Action::CloseClient,
+            Action::CloseUpstream
+        ]
+    );
+    let mut h = greeted();
+    assert_eq!(
+        h.server(1, b"+OK\r\n"),
+        refused(SERVER_UNAVAILABLE),
+        "nothing was asked"
+    );
+}
+
+#[test]
+fn a_server_breaking_framing_ends_the_session() {
+    let mut h = greeted();
+    h.client(1, b"STAT\r\n");
+    assert_eq!(h.server(1, b"hello\r\n"), refused(SERVER_UNAVAILABLE));
 }
