@@ -7,6 +7,7 @@
 //! input when they can and buffer at most one partial line, never more than its limit.
 
 use thiserror::Error;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Longest command line a client may send, CRLF included (RFC 2449 section 4).
 pub const MAX_COMMAND_LINE: usize = 255;
@@ -38,19 +39,29 @@ pub enum ResponseError {
 ///
 /// Memory is bounded by the limit: a partial line is buffered only while it is shorter
 /// than the limit, so a 100 KB line costs at most `limit` bytes before it is refused.
-#[derive(Debug)]
+/// A partial client line may be half a password: it is zeroed when dropped and never
+/// printed.
 pub struct LineDecoder {
-    buf: Vec<u8>,
+    buf: Zeroizing<Vec<u8>>,
     limit: usize,
     /// `buf` holds a line already handed out; drop it on the next call.
     handed_out: bool,
+}
+
+impl std::fmt::Debug for LineDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineDecoder")
+            .field("buffered", &self.buf.len())
+            .field("limit", &self.limit)
+            .finish()
+    }
 }
 
 impl LineDecoder {
     /// A decoder refusing lines longer than `limit` octets, line end included.
     pub fn new(limit: usize) -> Self {
         Self {
-            buf: Vec::new(),
+            buf: Zeroizing::new(Vec::new()),
             limit,
             handed_out: false,
         }
@@ -68,7 +79,7 @@ impl LineDecoder {
 
     /// Drops any partial line, e.g. when the stream stops being lines (TLS).
     pub fn reset(&mut self) {
-        self.buf.clear();
+        self.buf.zeroize();
         self.handed_out = false;
     }
 

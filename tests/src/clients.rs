@@ -468,6 +468,14 @@ impl RawSession {
         }
     }
 
+    /// Reads what is there, at most `max` bytes (blocks until at least one arrives).
+    pub fn read_some(&mut self, max: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; max];
+        let n = self.reader.read(&mut buf).context("reading")?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
     pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
         self.stream.write_all(bytes).context("sending")
     }

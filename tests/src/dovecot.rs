@@ -51,6 +51,12 @@ pub struct DovecotOptions {
     /// then accepts XCLIENT from the router and greets it with `+OK [XCLIENT] Dovecot (Debian)
     /// ready.` instead of `+OK Dovecot (Debian) ready.` (XCLIENT is not listed in CAPA).
     pub trust_router: bool,
+    /// APOP offered (`auth_mechanisms` with `apop`; the passwd-file holds plaintext
+    /// passwords): the greeting then carries an APOP timestamp.
+    pub apop: bool,
+    /// STLS offered with a self-signed certificate (default true); `false` = `ssl = no`,
+    /// so STLS is refused.
+    pub tls: bool,
     /// Appended verbatim to dovecot.conf (hooks for later tests, e.g. push_notification).
     pub extra_config: String,
 }
@@ -65,6 +71,8 @@ impl Default for DovecotOptions {
             fast_login: false,
             lock_session: false,
             trust_router: true,
+            apop: false,
+            tls: true,
             extra_config: String::new(),
         }
     }
@@ -179,13 +187,18 @@ impl Dovecot {
                 "login_trusted_networks = {ROUTER_SERVER_V4}/32 {ROUTER_SERVER_V6}/128"
             )?;
         }
-        writeln!(c, "auth_mechanisms = plain login")?;
+        let apop = if self.options.apop { " apop" } else { "" };
+        writeln!(c, "auth_mechanisms = plain login{apop}")?;
         writeln!(c, "disable_plaintext_auth = no")?;
         writeln!(c, "auth_verbose = yes")?;
         writeln!(c, "verbose_proctitle = yes")?;
-        writeln!(c, "ssl = yes")?;
-        writeln!(c, "ssl_cert = <{}", cert.display())?;
-        writeln!(c, "ssl_key = <{}", key.display())?;
+        if self.options.tls {
+            writeln!(c, "ssl = yes")?;
+            writeln!(c, "ssl_cert = <{}", cert.display())?;
+            writeln!(c, "ssl_key = <{}", key.display())?;
+        } else {
+            writeln!(c, "ssl = no")?;
+        }
         writeln!(c, "pop3_uidl_format = %08Xu%08Xv")?;
         writeln!(
             c,

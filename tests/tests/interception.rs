@@ -348,3 +348,40 @@ fn a_silent_mail_server_gets_sys_temp_within_the_response_timeout() {
         "{waited:?}"
     );
 }
+
+#[test]
+fn a_client_reading_slowly_never_makes_the_server_look_silent() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let message = make_large_message("alice@p3i.test.example", 24 << 20);
+    dc.deliver("alice", &message).unwrap();
+    let _ic = Interceptor::start(&topo, &["--mode", "relay", "--response-timeout", "2s"]).unwrap();
+    let mut s = RawSession::connect(&topo, Node::Client, server_pop3_v4()).unwrap();
+    s.set_timeout(Duration::from_secs(20)).unwrap();
+    s.read_line().unwrap();
+    assert!(s.command("USER alice").unwrap().starts_with("+OK"));
+    assert!(s.command("PASS alice-pw").unwrap().starts_with("+OK"));
+    assert!(s.command("RETR 1").unwrap().starts_with("+OK"));
+    // A command pipelined behind the body, and a client that takes a little, then
+    // nothing for longer than the response timeout, again and again: each time the
+    // daemon has paused the server for it, so the server's silence is not a failure.
+    s.send(b"NOOP\r\n").unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..5 {
+        taken.extend(s.read_some(128 * 1024).unwrap());
+        std::thread::sleep(Duration::from_millis(3500));
+    }
+    let rest = s
+        .read_multiline()
+        .expect("the whole body, no [SYS/TEMP] cut");
+    let body = [taken, rest].concat();
+    assert!(
+        body.len() >= message.len(),
+        "{} < {}",
+        body.len(),
+        message.len()
+    );
+    assert!(!String::from_utf8_lossy(&body).contains("[SYS/TEMP]"));
+    assert!(s.read_line().unwrap().starts_with("+OK"), "NOOP answered");
+    assert!(s.command("QUIT").unwrap().starts_with("+OK"));
+}

@@ -512,6 +512,14 @@ impl<E: Pop3Engine> Dataplane<E> {
             let Some(conn) = self.conns.get_mut(id) else {
                 continue;
             };
+            // While the client has not taken what the server sent, the server may be
+            // paused by our own credit: its silence is ours, so its clock starts again.
+            if conn.upstream_credit_owed > 0 || !conn.to_client.is_empty() {
+                if let Some(since) = &mut conn.upstream_waiting_since {
+                    *since = now;
+                }
+                continue;
+            }
             let silent = conn
                 .upstream_waiting_since
                 .is_some_and(|since| now.duration_since(since) > self.config.response_timeout);

@@ -318,7 +318,7 @@ impl Session {
                 Ok(Some(Response::Body { data, end })) => Piece::Body(data.to_vec(), end),
                 Err(err) => {
                     tracing::warn!(%err, "mail server broke POP3 framing");
-                    return self.unexpected_answer(sh, now, out);
+                    return self.breach(sh, now, out);
                 }
             };
             if self.answer(piece, sh, now, out) {
@@ -326,19 +326,25 @@ impl Session {
                 self.in_flight = false;
                 // The engine asks one thing at a time: more bytes now answer nothing.
                 if !input.is_empty() {
-                    return self.unexpected_answer(sh, now, out);
+                    return self.breach(sh, now, out);
                 }
                 self.pump(sh, now, out);
             }
         }
     }
 
-    /// The server said something that answers no question of ours.
+    /// The server answered out of turn: its later answers could no longer be matched
+    /// to our commands, so the session ends rather than shift them.
+    fn breach(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
+        tracing::warn!(server = %self.server(), "mail server answered out of turn");
+        out.push(Action::ToClient(SERVER_UNAVAILABLE.to_vec()));
+        self.finish(sh, now, out, true);
+    }
+
+    /// The server spoke while nothing was asked of it.
     fn unexpected_answer(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
         if self.upstream_needed() {
-            tracing::warn!(server = %self.server(), "mail server answered out of turn");
-            out.push(Action::ToClient(SERVER_UNAVAILABLE.to_vec()));
-            self.finish(sh, now, out, true);
+            self.breach(sh, now, out);
         } else {
             // An idle connection's parting words (Dovecot's inactivity notice): let it go.
             out.push(Action::CloseUpstream);
@@ -375,7 +381,7 @@ impl Session {
         let ok = kind == StatusKind::Ok;
         if kind == StatusKind::Continue {
             // The engine sends AUTH PLAIN with its initial response: no challenge is owed.
-            self.unexpected_answer(sh, now, out);
+            self.breach(sh, now, out);
             return false;
         }
         match step {
@@ -673,7 +679,11 @@ impl Session {
         match (self.state, cmd.verb) {
             (_, Verb::Capa) if self.state != (State::Transaction { terminate: false }) => {
                 if !sh.caps_fresh(self.server(), now) {
-                    self.upstream(Step::Capa, out);
+                    match self.link {
+                        // The connection's set-up asks CAPA.
+                        Link::Down => self.connect(false, out),
+                        Link::Connecting | Link::Up => self.steps.push_back(Step::Capa),
+                    }
                 }
                 self.steps.push_back(Step::LocalCapa);
             }

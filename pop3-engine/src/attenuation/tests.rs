@@ -348,11 +348,7 @@ fn quit_whose_stat_fails_records_nothing() {
     let mut h = alice_verified_empty();
     let verified = entry(&h, "alice").unwrap().verified_empty();
     h.now += INTERVAL;
-    h.open(2);
-    h.client(2, b"USER alice\r\nPASS pw\r\n");
-    connect_upstream(&mut h, 2, false);
-    h.server(2, b"+OK\r\n");
-    h.server(2, b"+OK Logged in.\r\n");
+    relayed_login(&mut h, 2, false);
     assert_eq!(h.client(2, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
     assert_eq!(h.server(2, b"-ERR busy\r\n"), [to_upstream(b"QUIT\r\n")]);
     assert_eq!(entry(&h, "alice").unwrap().verified_empty(), verified);
@@ -402,11 +398,7 @@ fn quit_whose_update_fails_records_nothing() {
 fn client_disconnect_never_sends_quit_upstream() {
     let mut h = alice_verified_empty();
     h.now += INTERVAL;
-    h.open(2);
-    h.client(2, b"USER alice\r\nPASS pw\r\n");
-    connect_upstream(&mut h, 2, false);
-    h.server(2, b"+OK\r\n");
-    h.server(2, b"+OK Logged in.\r\n");
+    relayed_login(&mut h, 2, false);
     h.client(2, b"DELE 1\r\n");
     // Half-closed: the DELE's answer still goes out, then the end, without QUIT.
     assert_eq!(h.event(2, Event::ClientClosed), []);
@@ -705,11 +697,7 @@ fn mirrors_learn_of_every_touched_and_removed_entry() {
 fn a_quit_followed_at_once_by_a_close_still_commits_the_deletions() {
     let mut h = alice_verified_empty();
     h.now += INTERVAL;
-    h.open(2);
-    h.client(2, b"USER alice\r\nPASS pw\r\n");
-    connect_upstream(&mut h, 2, false);
-    h.server(2, b"+OK\r\n");
-    h.server(2, b"+OK Logged in.\r\n");
+    relayed_login(&mut h, 2, false);
     assert_eq!(h.client(2, b"DELE 1\r\n"), [to_upstream(b"DELE 1\r\n")]);
     h.server(2, b"+OK Marked to be deleted.\r\n");
     assert_eq!(h.client(2, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
@@ -737,4 +725,310 @@ fn a_quit_followed_at_once_by_a_close_still_commits_the_deletions() {
         entry(&h, "alice").unwrap().sessions == 0,
         "close releases the lock"
     );
+}
+
+// ---- Issue 7: session integrity against a hostile subscriber ----
+
+const SPOOF: &[u8] = b"XCLIENT ADDR=192.0.2.66\r\n";
+
+/// Sends `lines` one by one, carrying out the engine's actions like a server that
+/// answers every write with `answer`; returns all bytes sent upstream.
+fn drive(
+    h: &mut Harness<AttenuationEngine>,
+    conn: ConnId,
+    lines: &[&[u8]],
+    answer: &[u8],
+) -> Vec<u8> {
+    let mut upstream = Vec::new();
+    for line in lines {
+        let mut actions = h.client(conn, line);
+        while !actions.is_empty() {
+            let mut next = Vec::new();
+            for action in actions {
+                match action {
+                    ConnectUpstream => {
+                        let first = h.engine.server_caps(info().server).is_none();
+                        next.extend(connect_upstream(h, conn, first));
+                    }
+                    Action::ToUpstream(bytes) => {
+                        upstream.extend_from_slice(&bytes);
+                        next.extend(h.server(conn, answer));
+                    }
+                    _ => {}
+                }
+            }
+            actions = next;
+        }
+    }
+    upstream
+}
+
+/// Opens `conn` and logs alice in through the server (pipelined USER and PASS); `capa`:
+/// the server is asked its capabilities first.
+fn relayed_login(h: &mut Harness<AttenuationEngine>, conn: ConnId, capa: bool) {
+    h.open(conn);
+    h.client(conn, b"USER alice\r\nPASS pw\r\n");
+    connect_upstream(h, conn, capa);
+    h.server(conn, b"+OK\r\n");
+    assert_eq!(
+        h.server(conn, b"+OK Logged in.\r\n"),
+        [to_client(b"+OK Logged in.\r\n")]
+    );
+    assert_eq!(
+        h.engine.state(conn),
+        Some(State::Transaction { terminate: false })
+    );
+}
+
+/// Everything the actions send the client.
+fn to_client_bytes(actions: &[Action]) -> Vec<u8> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToClient(bytes) => Some(bytes.as_slice()),
+            _ => None,
+        })
+        .flatten()
+        .copied()
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_subscribers_xclient_never_reaches_the_server_on_any_path() {
+    let apop = b"APOP alice 0123456789abcdef0123456789abcdef\r\n";
+    let paths: [&[&[u8]]; 10] = [
+        &[b"STLS\r\n", SPOOF],
+        &[apop, SPOOF],
+        &[b"AUTH CRAM-MD5\r\n", SPOOF],
+        &[b"AUTH CRAM-MD5\r\n", b"xclient addr=192.0.2.66\r\n"],
+        &[b"AUTH PLAIN !!!!\r\n", SPOOF],
+        &[b"AUTH PLAIN\r\n", b"*\r\n", SPOOF],
+        &[b"AUTH PLAIN\r\n", SPOOF],
+        &[b"USER bob\r\n", SPOOF],
+        &[b"USER bob\r\nXCLIENT ADDR=192.0.2.66\r\nPASS x\r\n"],
+        &[
+            b"USER alice\r\n",
+            b"PASS pw\r\n",
+            b"  XCLIENT ADDR=192.0.2.66\r\n",
+        ],
+    ];
+    for path in paths {
+        let mut h = engine();
+        h.open(2);
+        let upstream = drive(&mut h, 2, path, b"-ERR no\r\n");
+        assert!(
+            !contains(&upstream, b"192.0.2.66"),
+            "{path:?}: {upstream:?}"
+        );
+        // A server accepting STLS makes the rest TLS, opaque by design.
+        if path[0] == b"STLS\r\n" {
+            continue;
+        }
+        let mut h = engine();
+        h.open(2);
+        let upstream = drive(&mut h, 2, path, b"+OK\r\n");
+        assert!(
+            !contains(&upstream, b"192.0.2.66"),
+            "{path:?} (+OK): {upstream:?}"
+        );
+    }
+}
+
+#[test]
+fn control_characters_get_err_and_nothing_goes_upstream() {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    let smuggle = STANDARD.encode(b"\0alice\r\nUSER victim\0pw");
+    let nul_pw = STANDARD.encode(b"\0alice\0p\0w");
+    let cases: [&[&[u8]]; 5] = [
+        &[b"USER alice\0junk\r\n"],
+        &[b"USER al\rice\r\n"],
+        &[b"AUTH PLAIN ", smuggle.as_bytes(), b"\r\n"],
+        &[b"AUTH PLAIN\r\n", nul_pw.as_bytes(), b"\r\n"],
+        &[b"USER alice\r\n", b"PASS p\0w\r\n"],
+    ];
+    for case in cases {
+        let mut h = alice_verified_empty();
+        h.open(2);
+        let bytes = case.concat();
+        let actions = h.client(2, &bytes);
+        assert!(
+            contains(&to_client_bytes(&actions), crate::gate::BAD_CHARACTERS),
+            "{bytes:?}: {actions:?}"
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::ToUpstream(_) | ConnectUpstream)),
+            "{bytes:?}: {actions:?}"
+        );
+        // The session goes on: the next honest login works.
+        h.client(2, b"USER alice\r\n");
+        assert_eq!(
+            h.client(2, b"PASS pw\r\n"),
+            [to_client(LOGGED_IN)],
+            "{bytes:?}"
+        );
+    }
+}
+
+#[test]
+fn an_extra_reply_closes_the_session_and_verifies_nothing() {
+    let mut h = engine();
+    h.open(1);
+    h.client(1, b"USER alice\r\n");
+    connect_upstream(&mut h, 1, true);
+    // One answer owed to USER, two sent: the second would answer PASS.
+    assert_eq!(
+        h.server(1, b"+OK\r\n+OK Logged in.\r\n"),
+        [
+            to_client(&[b"+OK\r\n".as_slice(), SERVER_UNAVAILABLE].concat()),
+            CloseClient,
+            CloseUpstream
+        ]
+    );
+    assert!(entry(&h, "alice").is_none());
+
+    // A STAT answered together with the QUIT it was not yet asked.
+    let mut h = engine();
+    relayed_login(&mut h, 1, true);
+    assert_eq!(h.client(1, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
+    let out = h.server(1, b"+OK 0 0\r\n+OK bye\r\n");
+    assert_eq!(out[0], to_client(SERVER_UNAVAILABLE));
+    assert_eq!(entry(&h, "alice").unwrap().verified_empty(), None);
+}
+
+#[test]
+fn a_missing_reply_closes_the_session_and_verifies_nothing() {
+    let mut h = engine();
+    relayed_login(&mut h, 1, true);
+    h.client(1, b"QUIT\r\n");
+    h.server(1, b"+OK 0 0\r\n");
+    // The server hangs up without answering the QUIT.
+    assert_eq!(
+        h.event(1, Event::UpstreamClosed),
+        [to_client(SERVER_UNAVAILABLE), CloseClient, CloseUpstream]
+    );
+    assert_eq!(entry(&h, "alice").unwrap().verified_empty(), None);
+}
+
+#[test]
+fn a_million_sprayed_usernames_leave_a_warmed_user_attenuated() {
+    let mut h = alice_verified_empty();
+    h.open(2);
+    assert_eq!(h.client(2, b"USER spray0\r\n"), [ConnectUpstream]);
+    connect_upstream(&mut h, 2, false);
+    h.server(2, b"+OK\r\n");
+    for i in 1..1_000_000u32 {
+        let line = format!("USER spray{i}\r\n");
+        assert_eq!(h.client(2, line.as_bytes()), [to_upstream(line.as_bytes())]);
+        h.server(2, b"+OK\r\n");
+    }
+    assert_eq!(h.engine.table().len(), 1, "names alone take no slot");
+    attenuated_login(&mut h, 3, "pw");
+}
+
+#[test]
+fn a_server_offering_apop_greets_every_session_itself() {
+    let mut h = Harness::new(AttenuationEngine::with_salt(
+        config(),
+        Salt::fixed([1, 2, 3, 4]),
+    ));
+    let greeting = b"+OK [XCLIENT] Dovecot ready. <1.2@mail>\r\n";
+    for conn in [1, 2] {
+        // Never seen, then known to offer APOP: the server's own greeting, untouched
+        // but for the code meant for the router.
+        assert_eq!(h.open(conn), [ConnectUpstream]);
+        assert_eq!(h.event(conn, Event::UpstreamConnected), []);
+        let first = h.engine.server_caps(info().server).is_none();
+        let mut expected = vec![to_client(b"+OK Dovecot ready. <1.2@mail>\r\n")];
+        expected.push(if first {
+            to_upstream(b"CAPA\r\n")
+        } else {
+            to_upstream(XCLIENT)
+        });
+        assert_eq!(h.server(conn, greeting), expected);
+        if first {
+            assert_eq!(h.server(conn, SERVER_CAPA), [to_upstream(XCLIENT)]);
+        }
+        assert_eq!(h.server(conn, b"+OK Updated\r\n"), []);
+        let apop = b"APOP alice 0123456789abcdef0123456789abcdef\r\n";
+        assert_eq!(h.client(conn, apop), [to_upstream(apop)]);
+        assert_eq!(
+            h.server(conn, b"+OK Logged in.\r\n"),
+            [to_client(b"+OK Logged in.\r\n")]
+        );
+    }
+    // Once the greeting stops offering APOP, sessions are greeted locally again.
+    h.engine.shared.learn_greeting(info().server, false);
+    assert_eq!(h.open(3), [to_client(GREETING)]);
+}
+
+#[test]
+fn capabilities_are_relearnt_after_their_ttl_and_a_failed_capa_hides_nothing() {
+    let mut h = alice_verified_empty();
+    let capa_of = |h: &mut Harness<AttenuationEngine>, conn| {
+        h.open(conn);
+        h.client(conn, b"CAPA\r\n")
+    };
+    let local = capa_of(&mut h, 2);
+    assert!(
+        contains(&to_client_bytes(&local), b"STLS"),
+        "learnt from the first session"
+    );
+    h.now += config().caps_ttl;
+    // Stale: the next CAPA asks the server; its -ERR does not replace what is known.
+    assert_eq!(capa_of(&mut h, 3), [ConnectUpstream]);
+    assert_eq!(h.event(3, Event::UpstreamConnected), []);
+    assert_eq!(h.server(3, b"+OK ready\r\n"), [to_upstream(b"CAPA\r\n")]);
+    assert_eq!(h.server(3, b"-ERR not now\r\n"), [to_upstream(XCLIENT)]);
+    let out = h.server(3, b"+OK\r\n");
+    assert!(contains(&to_client_bytes(&out), b"STLS"), "{out:?}");
+    // Still stale: the next session asks again.
+    assert_eq!(capa_of(&mut h, 4), [ConnectUpstream]);
+}
+
+#[test]
+fn verified_empty_is_stamped_with_the_time_of_the_login() {
+    let mut h = engine();
+    let login = h.now;
+    relayed_login(&mut h, 1, true);
+    h.now += Duration::from_secs(45);
+    h.client(1, b"QUIT\r\n");
+    h.server(1, b"+OK 0 0\r\n");
+    h.server(1, b"+OK bye\r\n");
+    assert_eq!(entry(&h, "alice").unwrap().verified_empty(), Some(login));
+}
+
+#[test]
+fn a_long_download_is_not_idleness() {
+    let mut h = alice_verified_empty();
+    h.now += INTERVAL;
+    relayed_login(&mut h, 2, false);
+    h.client(2, b"RETR 1\r\n");
+    h.server(2, b"+OK 99999999 octets\r\n");
+    let autologout = config().autologout;
+    for _ in 0..3 {
+        assert!(h.advance(autologout - Duration::from_secs(1)).is_empty());
+        h.server(2, b"more body bytes\r\n");
+    }
+    let out = h.advance(autologout);
+    assert!(out.iter().any(|o| o.action == CloseClient), "{out:?}");
+}
+
+#[test]
+fn no_password_shows_in_the_engines_debug_output() {
+    let mut h = alice_verified_empty();
+    h.now += INTERVAL;
+    h.open(2);
+    h.client(2, b"USER alice\r\nPASS hunter2\r\nPASS hunter3");
+    h.open(3);
+    h.client(3, b"AUTH PLAIN AGFsaWNlAGh1bnRlcjQ=\r\n");
+    let dump = format!("{:?}", h.engine);
+    for secret in ["hunter2", "hunter3", "hunter4", "AGFsaWNlAGh1bnRlcjQ"] {
+        assert!(!dump.contains(secret), "{secret} in {dump}");
+    }
 }
