@@ -116,7 +116,8 @@ enum Tracking {
     /// Both directions are POP3.
     Pop3,
     /// An AUTH exchange is under way: the client's lines are SASL responses, checked
-    /// and passed on, until the server's final answer.
+    /// and passed on one per server challenge (`+ `); lines beyond that are held, since
+    /// after the server's final answer they are commands again.
     Sasl {
         /// The mechanism is PLAIN: its responses are decoded and checked.
         plain: bool,
@@ -160,8 +161,11 @@ pub struct Gate {
     pending: VecDeque<Pending>,
     /// Client bytes waiting for the upstream connection.
     early: Secret,
-    /// Client bytes sent after STLS, waiting for its answer.
+    /// Client bytes sent after STLS, or during AUTH beyond the line a challenge asked
+    /// for, waiting for the server's answer.
     held: Secret,
+    /// The server's last SASL challenge is unanswered: one client line may go on.
+    sasl_line_owed: bool,
 }
 
 impl Gate {
@@ -182,6 +186,7 @@ impl Gate {
             }]),
             early: Secret::default(),
             held: Secret::default(),
+            sasl_line_owed: false,
         }
     }
 
@@ -250,7 +255,9 @@ impl Gate {
         let mut input = data;
         let mut forward = Vec::new();
         let mut refusal = None;
-        while let Tracking::Pop3 | Tracking::Sasl { .. } = self.tracking {
+        while self.tracking == Tracking::Pop3
+            || (matches!(self.tracking, Tracking::Sasl { .. }) && self.sasl_line_owed)
+        {
             let line = match self.commands.decode(&mut input) {
                 Ok(Some(line)) => line,
                 Ok(None) => break,
@@ -260,6 +267,7 @@ impl Gate {
                 }
             };
             if let Tracking::Sasl { plain } = self.tracking {
+                self.sasl_line_owed = false;
                 match check_sasl_line(line, plain) {
                     Ok(()) => forward.extend_from_slice(line),
                     Err(message) => refusal = Some(message),
@@ -313,12 +321,14 @@ impl Gate {
         }
         match self.tracking {
             _ if refusal.is_some() => {}
-            Tracking::AwaitStls if self.held.len() + input.len() > MAX_EARLY => {
+            Tracking::AwaitStls | Tracking::Sasl { .. }
+                if self.held.len() + input.len() > MAX_EARLY =>
+            {
                 refusal = Some(TOO_MANY_PENDING);
             }
-            Tracking::AwaitStls => self.held.extend(input),
+            Tracking::AwaitStls | Tracking::Sasl { .. } => self.held.extend(input),
             Tracking::Tunnel => forward.extend_from_slice(input),
-            Tracking::Pop3 | Tracking::Sasl { .. } => {}
+            Tracking::Pop3 => {}
         }
         if let Some(message) = refusal {
             return self.refuse(message, out);
@@ -370,7 +380,14 @@ impl Gate {
                     return self.fail(to_client, out);
                 }
             };
-            // A SASL challenge (`+ `) leaves the AUTH unanswered.
+            // A SASL challenge (`+ `) leaves the AUTH unanswered and asks for one line.
+            if kind == Some(StatusKind::Continue) && matches!(self.tracking, Tracking::Sasl { .. })
+            {
+                self.sasl_line_owed = true;
+                self.flush(&mut to_client, out);
+                let held = self.held.take();
+                self.client_data(held.expose(), out);
+            }
             if !done || kind == Some(StatusKind::Continue) {
                 continue;
             }
@@ -392,8 +409,14 @@ impl Gate {
                     self.client_data(held.expose(), out);
                 }
                 Some(Turn::Sasl) => {
+                    // Accepted or not, what follows is POP3 again: held lines are
+                    // read as commands.
                     self.commands.set_sasl(false);
+                    self.sasl_line_owed = false;
                     self.tracking = Tracking::Pop3;
+                    self.flush(&mut to_client, out);
+                    let held = self.held.take();
+                    self.client_data(held.expose(), out);
                 }
                 Some(Turn::None) | None => {}
             }

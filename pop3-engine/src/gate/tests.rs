@@ -467,3 +467,44 @@ fn a_server_breaking_framing_ends_the_session() {
     h.client(1, b"STAT\r\n");
     assert_eq!(h.server(1, b"hello\r\n"), refused(SERVER_UNAVAILABLE));
 }
+
+/// Found by the engine fuzz target (on the relay this gate replaced): lines pipelined
+/// behind a SASL response went on unread, so an XCLIENT behind a failed AUTH reached the
+/// server as a command. Now one line goes per challenge and the rest waits.
+#[test]
+fn lines_pipelined_behind_a_sasl_response_wait_for_the_servers_answer() {
+    let mut h = greeted();
+    assert_eq!(
+        h.client(1, b"AUTH PLAIN\r\nbogus\r\nXCLIENT ADDR=192.0.2.66\r\n"),
+        [to_upstream(b"AUTH PLAIN\r\n")]
+    );
+    assert_eq!(
+        h.server(1, b"+ \r\n"),
+        [to_client(b"+ \r\n"), to_upstream(b"bogus\r\n")]
+    );
+    assert_eq!(
+        h.server(1, b"-ERR [AUTH] Authentication failed.\r\n"),
+        [
+            to_client(b"-ERR [AUTH] Authentication failed.\r\n"),
+            to_client(XCLIENT_REFUSED),
+            Action::CloseClient,
+            Action::CloseUpstream
+        ]
+    );
+}
+
+#[test]
+fn commands_held_during_an_accepted_auth_go_on_as_commands() {
+    let mut h = greeted();
+    assert_eq!(
+        h.client(1, b"AUTH PLAIN AGFsaWNlAHB3\r\nSTAT\r\nLI"),
+        [to_upstream(b"AUTH PLAIN AGFsaWNlAHB3\r\n")]
+    );
+    assert_eq!(
+        h.server(1, b"+OK Logged in.\r\n"),
+        [to_client(b"+OK Logged in.\r\n"), to_upstream(b"STAT\r\n")]
+    );
+    assert_eq!(h.client(1, b"ST\r\n"), [to_upstream(b"LIST\r\n")]);
+    assert_eq!(h.server(1, b"+OK 0 0\r\n"), [to_client(b"+OK 0 0\r\n")]);
+    assert_eq!(h.server(1, b"+OK\r\n.\r\n"), [to_client(b"+OK\r\n.\r\n")]);
+}
