@@ -1,6 +1,6 @@
 //! Command-line interface of the `pop3-interceptor` binary.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
@@ -117,6 +117,22 @@ pub struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9110 [default: off].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Accept new-mail notifications from mail servers at http://ADDR/notify (the demand
+    /// rule; needs --notify-secret-file) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub notify_listen: Option<SocketAddr>,
+    /// File holding the shared secret notifications must carry (bearer token or basic-auth password).
+    #[arg(long, value_name = "PATH")]
+    pub notify_secret_file: Option<PathBuf>,
+    /// Most notification requests per second [default: 1000].
+    #[arg(long)]
+    pub notify_rate: Option<NonZeroU32>,
+    /// How long a verified mailbox is trusted for users of a server that notifies [default: 1h].
+    #[arg(long, value_parser = duration)]
+    pub notify_interval: Option<Duration>,
+    /// A server that sent no notification for this long is treated as not notifying [default: 1h].
+    #[arg(long, value_parser = duration)]
+    pub notify_silence: Option<Duration>,
     /// Users mirrored in the pinned USERS map for bpftool and `status` [default: 65536].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub mirror_size: Option<u32>,

@@ -18,6 +18,7 @@ pub mod ebpf;
 pub mod engine;
 pub mod metrics;
 pub mod mirror;
+pub mod notify;
 pub mod run;
 pub mod settings;
 pub mod signals;

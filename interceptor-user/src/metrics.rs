@@ -24,11 +24,11 @@ use std::{
 use pop3_engine::attenuation;
 use prometheus_client::{
     encoding::{prometheus_text, text as openmetrics},
-    metrics::{counter::Counter, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::{dataplane::DataplaneStats, ebpf::Attachment};
+use crate::{dataplane::DataplaneStats, ebpf::Attachment, notify::NotifyStats};
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "pop3_interceptor";
@@ -56,6 +56,8 @@ pub struct Snapshot {
     pub dataplane: DataplaneStats,
     /// The XDP program's counters, summed over CPUs.
     pub xdp: Vec<(common::Counter, u64)>,
+    /// What became of new-mail notification requests, by outcome (empty when off).
+    pub notifications: Vec<(&'static str, u64)>,
 }
 
 impl Snapshot {
@@ -64,6 +66,7 @@ impl Snapshot {
     pub fn take(
         dataplane: &crate::dataplane::Dataplane<crate::engine::Engine>,
         attachment: &Attachment,
+        notifications: Option<&NotifyStats>,
     ) -> Self {
         let engine = dataplane.engine().attenuation();
         Self {
@@ -71,6 +74,7 @@ impl Snapshot {
             table_entries: engine.map_or(0, |e| e.table().len() as u64),
             dataplane: dataplane.stats(),
             xdp: attachment.counters().unwrap_or_default(),
+            notifications: notifications.map(NotifyStats::outcomes).unwrap_or_default(),
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct Metrics {
     passed_through: U64Counter,
     upstream_logins_avoided: U64Counter,
     gc_runs: U64Counter,
+    notifications: Family<Vec<(String, String)>, U64Counter>,
+    notifications_applied: U64Counter,
     sessions_active: U64Gauge,
     table_entries: U64Gauge,
     xdp: Vec<(common::Counter, U64Counter)>,
@@ -118,7 +124,7 @@ impl Metrics {
         );
         let answered_locally = counter(
             "answered_locally",
-            "Login attempts answered without the mail server (known-empty mailbox, or [IN-USE])",
+            "Login attempts answered without the mail server (mailbox known to hold nothing new)",
         );
         let passed_through = counter(
             "passed_through",
@@ -131,6 +137,10 @@ impl Metrics {
         let gc_runs = counter(
             "gc_runs",
             "Collections of expired entries from the attenuation table",
+        );
+        let notifications_applied = counter(
+            "notifications_applied",
+            "New-mail notifications that ended the attenuation of a known user",
         );
         let xdp = common::Counter::ALL
             .iter()
@@ -172,6 +182,12 @@ impl Metrics {
             "connections_timed_out",
             "Intercepted connections dropped by the handshake or idle timeout",
         );
+        let notifications = Family::<Vec<(String, String)>, U64Counter>::default();
+        registry.register(
+            "notifications",
+            "New-mail notification requests, by outcome (accepted, ignored, unauthorized, malformed, rate_limited, queue_full)",
+            notifications.clone(),
+        );
         let sessions_active = U64Gauge::default();
         registry.register(
             "sessions_active",
@@ -191,6 +207,8 @@ impl Metrics {
             passed_through,
             upstream_logins_avoided,
             gc_runs,
+            notifications,
+            notifications_applied,
             sessions_active,
             table_entries,
             xdp,
@@ -218,6 +236,11 @@ impl Metrics {
             engine.upstream_logins_avoided,
         );
         set(&self.gc_runs, engine.gc_runs);
+        set(&self.notifications_applied, engine.notifications_applied);
+        for (outcome, count) in &snapshot.notifications {
+            let labels = vec![("outcome".to_owned(), (*outcome).to_owned())];
+            set(&self.notifications.get_or_create(&labels), *count);
+        }
         self.table_entries.set(snapshot.table_entries);
         let dp = &snapshot.dataplane;
         self.sessions_active.set(dp.conns_active);
@@ -293,6 +316,7 @@ impl Exporter {
         &mut self,
         dataplane: &crate::dataplane::Dataplane<crate::engine::Engine>,
         attachment: &Attachment,
+        notifications: Option<&NotifyStats>,
     ) {
         let Some(metrics) = &self.metrics else {
             return;
@@ -305,7 +329,7 @@ impl Exporter {
             return;
         }
         self.last_update = Some(now);
-        metrics.update(&Snapshot::take(dataplane, attachment));
+        metrics.update(&Snapshot::take(dataplane, attachment, notifications));
     }
 }
 
@@ -505,6 +529,8 @@ mod tests {
                 passed_through: 3,
                 upstream_logins_avoided: 6,
                 gc_runs: 2,
+                notifications: 9,
+                notifications_applied: 8,
             }),
             table_entries: 4,
             dataplane: DataplaneStats {
@@ -523,6 +549,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, &c)| (c, 1000 + i as u64))
                 .collect(),
+            notifications: vec![("accepted", 9), ("unauthorized", 4)],
         }
     }
 
@@ -537,6 +564,15 @@ mod tests {
             ("pop3_interceptor_passed_through_total", 3.0),
             ("pop3_interceptor_upstream_logins_avoided_total", 6.0),
             ("pop3_interceptor_gc_runs_total", 2.0),
+            ("pop3_interceptor_notifications_applied_total", 8.0),
+            (
+                "pop3_interceptor_notifications_total{outcome=\"accepted\"}",
+                9.0,
+            ),
+            (
+                "pop3_interceptor_notifications_total{outcome=\"unauthorized\"}",
+                4.0,
+            ),
             ("pop3_interceptor_sessions_active", 3.0),
             ("pop3_interceptor_table_entries", 4.0),
             ("pop3_interceptor_xdp_frames_seen_total", 1000.0),
@@ -568,7 +604,8 @@ mod tests {
         let samples = parse_exposition(&text);
         assert_eq!(samples.len(), expect.len(), "{text}");
         for (name, _) in &samples {
-            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+            let family = name.split('{').next().unwrap_or(name);
+            assert!(text.contains(&format!("# TYPE {family} ")), "{name}");
             assert!(name.starts_with("pop3_interceptor_"), "{name}");
         }
     }

@@ -170,7 +170,7 @@ impl Mirror {
             let _ = self.users.remove(&map_key);
             return;
         };
-        let interval = engine.config().interval;
+        let interval = engine.interval_for(key.server, now);
         let attenuated = entry.verifier.is_some() && entry.fresh(now, interval);
         let until = entry.verified_empty().map(|t| t + interval);
         if attenuated && let Some(until) = until {

@@ -8,6 +8,7 @@ use crate::{
     ebpf::{self, AttachOptions, Attachment},
     engine::Engine,
     metrics,
+    notify::Notifications,
     settings::{FileSettings, Settings},
     signals::SignalFd,
 };
@@ -79,6 +80,13 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
             .register_socket(queue, fd)
             .with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
     }
+    let notifications = match &settings.notify {
+        Some(config) => Some(
+            Notifications::start(config.clone(), dataplane.runtime(), dataplane.waker())
+                .context("serving new-mail notifications (--notify-listen)")?,
+        ),
+        None => None,
+    };
     let mut metrics = metrics::Exporter::start(settings.metrics)
         .context("serving Prometheus metrics (--metrics)")?;
     tracing::info!(
@@ -99,6 +107,15 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
     let signal = loop {
         let signal = dataplane.run(&signals, |dp| {
             attachment.forget_flows(dp.closed_flows());
+            if let (Some(notifications), Some(engine)) =
+                (&notifications, dp.engine_mut().attenuation_mut())
+            {
+                let now = std::time::Instant::now();
+                notifications.drain(|n| {
+                    let ended = engine.new_mail(n.server, n.port, &n.user, now);
+                    tracing::debug!(server = %n.server, ended, "new-mail notification");
+                });
+            }
             if let Some(mirror) = &mut mirror {
                 let closed = dp.closed_flows().to_vec();
                 let active = dp.active_conns() as u64;
@@ -106,7 +123,7 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
                     mirror.sync(engine, &closed, active, std::time::Instant::now());
                 }
             }
-            metrics.tick(dp, &attachment);
+            metrics.tick(dp, &attachment, notifications.as_ref().map(|n| n.stats()));
         })?;
         if signal != libc::SIGHUP {
             break signal;

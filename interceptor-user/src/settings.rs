@@ -3,16 +3,20 @@
 use std::{
     collections::HashSet,
     net::SocketAddr,
+    num::NonZeroU32,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use ipnet::IpNet;
-use pop3_engine::attenuation::{self, parse_duration};
+use pop3_engine::{
+    attenuation::{self, parse_duration},
+    secret::Secret,
+};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::{cli::RunArgs, ebpf::AttachMode};
+use crate::{cli::RunArgs, ebpf::AttachMode, notify::NotifyConfig};
 
 /// Which POP3 engine terminates the sessions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -47,6 +51,11 @@ pub struct FileSettings {
     pub idle_timeout: Option<String>,
     pub metrics: Option<SocketAddr>,
     pub mirror_size: Option<u32>,
+    pub notify_listen: Option<SocketAddr>,
+    pub notify_secret_file: Option<PathBuf>,
+    pub notify_rate: Option<NonZeroU32>,
+    pub notify_interval: Option<String>,
+    pub notify_silence: Option<String>,
 }
 
 /// Everything `run` needs, defaults applied.
@@ -68,6 +77,8 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// Capacity of the pinned `USERS` map (users beyond it are not mirrored).
     pub mirror_size: u32,
+    /// The new-mail notification endpoint (`None`: off).
+    pub notify: Option<NotifyConfig>,
     /// Where the settings came from, for reloading the opt-out list.
     pub config_file: Option<PathBuf>,
 }
@@ -135,6 +146,34 @@ impl Settings {
                 .caps_ttl
                 .or(file_duration("caps-ttl", file.caps_ttl)?)
                 .unwrap_or(defaults.caps_ttl),
+            notify_interval: args
+                .notify_interval
+                .or(file_duration("notify-interval", file.notify_interval)?)
+                .unwrap_or(defaults.notify_interval),
+            notify_silence: args
+                .notify_silence
+                .or(file_duration("notify-silence", file.notify_silence)?)
+                .unwrap_or(defaults.notify_silence),
+        };
+        let notify = match (
+            args.notify_listen.or(file.notify_listen),
+            args.notify_secret_file.or(file.notify_secret_file),
+        ) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "notify-secret-file",
+                    "--notify-listen needs a shared secret: never an open endpoint",
+                ));
+            }
+            (Some(listen), Some(path)) => Some(NotifyConfig {
+                listen,
+                secret: read_secret(&path)?,
+                rate: args
+                    .notify_rate
+                    .or(file.notify_rate)
+                    .unwrap_or(NonZeroU32::new(1000).expect("non-zero")),
+            }),
         };
         if engine.table_size == 0 {
             return Err(invalid("table-size", "must be at least 1"));
@@ -179,9 +218,28 @@ impl Settings {
                 .mirror_size
                 .or(file.mirror_size)
                 .unwrap_or(common::DEFAULT_MIRRORED_USERS),
+            notify,
             config_file: args.config,
         })
     }
+}
+
+/// The first line of a secret file, which must not be empty.
+fn read_secret(path: &Path) -> Result<Secret, SettingsError> {
+    let text = std::fs::read(path).map_err(|source| SettingsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let secret = Secret::from(
+        text.split(|&b| b == b'\n')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii(),
+    );
+    if secret.is_empty() {
+        return Err(invalid("notify-secret-file", "the file holds no secret"));
+    }
+    Ok(secret)
 }
 
 fn file_duration(

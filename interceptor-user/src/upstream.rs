@@ -144,6 +144,11 @@ impl Upstream {
         ))
     }
 
+    /// The runtime, for other I/O of the daemon (the notification endpoint).
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        self.runtime.handle()
+    }
+
     /// Starts connecting to `server` for `conn`.
     pub fn connect(&self, conn: ConnId, server: SocketAddr) -> UpstreamLink {
         let (commands, command_rx) = tokio_mpsc::unbounded_channel();

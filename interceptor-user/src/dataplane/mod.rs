@@ -157,6 +157,16 @@ impl<E: Pop3Engine> Dataplane<E> {
         &mut self.engine
     }
 
+    /// The tokio runtime of the upstream connections, for the daemon's other I/O.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        self.upstream.runtime()
+    }
+
+    /// Wakes the dataplane's `poll(2)` from another thread.
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
     /// Intercepted connections open now.
     pub fn active_conns(&self) -> usize {
         self.conns.len()

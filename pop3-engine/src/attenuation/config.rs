@@ -21,6 +21,13 @@ pub struct Config {
     /// How long a mail server's learnt capabilities are trusted before the next
     /// session that reaches it asks again (so a new STLS is offered within this).
     pub caps_ttl: Duration,
+    /// The patent's demand rule: for users of a mail server that sends new-mail
+    /// notifications, a mailbox verified empty is trusted this long (a safety net: the
+    /// notification is what ends the attenuation), instead of `interval`.
+    pub notify_interval: Duration,
+    /// A server that sent no notification for this long is treated as not notifying
+    /// again (its users fall back to `interval`).
+    pub notify_silence: Duration,
 }
 
 impl Default for Config {
@@ -32,6 +39,8 @@ impl Default for Config {
             autologout: Duration::from_secs(10 * 60),
             gc_interval: Duration::from_secs(60),
             caps_ttl: Duration::from_secs(10 * 60),
+            notify_interval: Duration::from_secs(60 * 60),
+            notify_silence: Duration::from_secs(60 * 60),
         }
     }
 }

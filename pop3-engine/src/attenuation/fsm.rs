@@ -424,7 +424,7 @@ impl Session {
             Step::Stat => self.record_stat(&line, ok, sh, now),
             Step::Quit => {
                 if let Some(at) = self.stat_empty_at.take().filter(|_| ok) {
-                    self.with_entry(sh, now, |e| e.set_verified_empty(Some(at)));
+                    self.with_entry(sh, now, |e| e.set_verified_empty_since_login(at));
                 }
                 out.push(Action::ToClient(line));
                 self.finish(sh, now, out, true);
@@ -805,7 +805,7 @@ impl Session {
         sh.counters.checks_seen += 1;
         let user = self.user.clone().unwrap_or_else(|| UserName::from(""));
         let verifier = sh.salt.verifier(self.server(), &user, password);
-        let interval = sh.config.interval;
+        let interval = sh.interval_for(self.server(), now);
         let key = sh.table.key(&UserKey {
             server: self.server(),
             user,
@@ -856,7 +856,7 @@ impl Session {
             cmd.verb,
             Verb::Stat | Verb::List | Verb::Uidl | Verb::Retr | Verb::Top | Verb::Dele
         );
-        let interval = sh.config.interval;
+        let interval = sh.interval_for(self.server(), now);
         let still_fresh = self
             .entry
             .as_ref()

@@ -35,7 +35,12 @@ mod fsm;
 mod table;
 mod verifier;
 
-use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
 
 use hashbrown::HashMap;
 
@@ -64,6 +69,10 @@ pub struct Counters {
     pub upstream_logins_avoided: u64,
     /// Times the user table was collected (expired entries dropped).
     pub gc_runs: u64,
+    /// New-mail notifications received (the demand rule).
+    pub notifications: u64,
+    /// Notifications that ended the attenuation of a known user.
+    pub notifications_applied: u64,
 }
 
 /// A user whose table entry may have changed, for mirrors of the table (the pinned BPF
@@ -72,7 +81,8 @@ pub struct Counters {
 pub struct UserChange {
     /// The user whose entry changed.
     pub key: Arc<UserKey>,
-    /// The session that touched the entry and its subscriber; `None` for a removal.
+    /// The session that touched the entry and its subscriber; `None` for a removal or
+    /// a change no session made (a new-mail notification).
     pub session: Option<(ConnId, SocketAddr)>,
 }
 
@@ -85,6 +95,8 @@ struct ServerRecord {
     /// Its capabilities and when they were learnt; refreshed once older than
     /// [`Config::caps_ttl`], and not replaced by a CAPA that failed.
     caps: Option<(ServerCaps, Instant)>,
+    /// When it last sent a new-mail notification.
+    last_notification: Option<Instant>,
 }
 
 /// State shared by every connection.
@@ -136,6 +148,21 @@ impl Shared {
         self.record(server).caps = Some((caps, now));
     }
 
+    /// The patent's n for users of `server`: [`Config::notify_interval`] while the
+    /// server sends new-mail notifications, [`Config::interval`] otherwise.
+    fn interval_for(&self, server: SocketAddr, now: Instant) -> std::time::Duration {
+        let notifying = self
+            .servers
+            .get(&server)
+            .and_then(|r| r.last_notification)
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.notify_silence);
+        if notifying {
+            self.config.notify_interval
+        } else {
+            self.config.interval
+        }
+    }
+
     /// Whether `user` (exact bytes) is on the opt-out list.
     fn opted_out(&self, user: &[u8]) -> bool {
         std::str::from_utf8(user).is_ok_and(|u| self.config.opt_out.contains(u))
@@ -165,7 +192,10 @@ impl AttenuationEngine {
     pub fn with_salt(config: Config, salt: Salt) -> Self {
         Self {
             shared: Shared {
-                table: UserTable::new(config.table_size, config.interval),
+                table: UserTable::new(
+                    config.table_size,
+                    config.interval.max(config.notify_interval),
+                ),
                 config,
                 salt,
                 servers: HashMap::new(),
@@ -202,6 +232,50 @@ impl AttenuationEngine {
     /// What a mail server offers, once learnt.
     pub fn server_caps(&self, server: SocketAddr) -> Option<&ServerCaps> {
         self.shared.caps(server)
+    }
+
+    /// The demand rule: the mail server at `server` (any port, or `port`) said new mail
+    /// arrived for `user`. That user's attenuation there ends at once, a session running
+    /// now cannot renew it, and the server counts as notifying (its users are attenuated
+    /// for [`Config::notify_interval`]). Returns the number of entries it ended.
+    pub fn new_mail(
+        &mut self,
+        server: IpAddr,
+        port: Option<u16>,
+        user: &[u8],
+        now: Instant,
+    ) -> usize {
+        self.shared.counters.notifications += 1;
+        let servers: Vec<SocketAddr> = self
+            .shared
+            .servers
+            .keys()
+            .filter(|s| s.ip() == server && port.is_none_or(|p| s.port() == p))
+            .copied()
+            .collect();
+        let mut ended = 0;
+        for server in servers {
+            self.shared.record(server).last_notification = Some(now);
+            let key = UserKey {
+                server,
+                user: UserName::from(user),
+            };
+            let Some(key) = self.shared.table.key(&key) else {
+                continue;
+            };
+            self.shared.table.update(&key, now, |e| e.new_mail(now));
+            if self.changes.len() < self.shared.config.table_size {
+                self.changes.push(UserChange { key, session: None });
+            }
+            ended += 1;
+        }
+        self.shared.counters.notifications_applied += ended as u64;
+        ended
+    }
+
+    /// The n in force for users of `server` now (see [`Config::notify_interval`]).
+    pub fn interval_for(&self, server: SocketAddr, now: Instant) -> std::time::Duration {
+        self.shared.interval_for(server, now)
     }
 
     /// The entries touched and removed since the last call, oldest first. A mirror

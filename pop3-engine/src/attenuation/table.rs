@@ -18,8 +18,9 @@
 //! Memory per entry: the key (server address and username, shared by the map and the
 //! timer list through one `Arc`; usernames of up to 22 bytes are stored inside the key,
 //! longer ones get an allocation of their own), an optional 16-byte verifier, three
-//! timestamps of 8 bytes each (nanoseconds from a process-wide epoch), a session count and two
-//! check counters (64 bytes of entry, 56 of key: a 72-byte `Arc` allocation), plus the
+//! timestamps of 8 bytes each (nanoseconds from a process-wide epoch), the time of the last
+//! new-mail notification, a session count and two check counters (72 bytes of entry, 56 of
+//! key: a 72-byte `Arc` allocation), plus the
 //! map's slots (8-byte `Arc` + entry + a control byte, at most 7/8 full) and the timer
 //! list's B-tree of 16-byte (expiry, key) pairs. With 100,000 users and short usernames
 //! that is about 200 bytes per user requested, about 215 as glibc malloc counts it
@@ -194,6 +195,8 @@ pub struct Entry {
     pub verifier: Option<Verifier>,
     /// When the server last said the maildrop holds no message (`NULL` in the patent).
     verified_empty: Option<Stamp>,
+    /// When the mail server last said new mail arrived (the patent's demand rule).
+    notified: Option<Stamp>,
     /// Sessions of this user in TRANSACTION now. While there is one, further sessions
     /// go to the server, which applies its own locking; such entries are never removed.
     pub sessions: u16,
@@ -221,6 +224,26 @@ impl Entry {
     /// Sets (or clears, with `None`) when the maildrop was last verified empty.
     pub fn set_verified_empty(&mut self, at: Option<Instant>) {
         self.verified_empty = at.map(Stamp::new);
+    }
+
+    /// When the mail server last said new mail arrived for this user.
+    pub fn notified(&self) -> Option<Instant> {
+        self.notified.map(Stamp::instant)
+    }
+
+    /// New mail arrived at `at`: the maildrop is no longer known to hold nothing new,
+    /// and no session that logged in before `at` may say otherwise.
+    pub fn new_mail(&mut self, at: Instant) {
+        self.verified_empty = None;
+        self.notified = Some(Stamp::new(at));
+    }
+
+    /// Records what a session that logged in at `login` saw: nothing new. Ignored when
+    /// new mail was announced since that login (the session's snapshot predates it).
+    pub fn set_verified_empty_since_login(&mut self, login: Instant) {
+        if self.notified().is_none_or(|n| n < login) {
+            self.set_verified_empty(Some(login));
+        }
     }
 
     /// The last login attempt (the operator's "last check").
@@ -323,6 +346,7 @@ impl UserTable {
             Entry {
                 verifier: None,
                 verified_empty: None,
+                notified: None,
                 sessions: 0,
                 last_check: Stamp::new(now),
                 answered_locally: 0,
@@ -488,7 +512,7 @@ mod tests {
 
     #[test]
     fn entry_and_key_sizes_match_the_docs() {
-        assert_eq!(std::mem::size_of::<Entry>(), 64);
+        assert_eq!(std::mem::size_of::<Entry>(), 72);
         assert_eq!(std::mem::size_of::<UserKey>(), 56);
     }
 }

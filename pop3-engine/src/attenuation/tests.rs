@@ -14,6 +14,7 @@ use fsm::{GREETING, LOGGED_IN, LOGGING_OUT, NO_SUCH_MESSAGE};
 mod model;
 
 const INTERVAL: Duration = Duration::from_secs(60);
+const NOTIFY_INTERVAL: Duration = Duration::from_secs(3600);
 const SERVER_CAPA: &[u8] = b"+OK\r\nUSER\r\nSASL PLAIN\r\nXCLIENT\r\nSTLS\r\n.\r\n";
 const XCLIENT: &[u8] = b"XCLIENT ADDR=198.51.100.7 PORT=40000\r\n";
 /// "\0alice\0pw"
@@ -27,6 +28,8 @@ fn config() -> Config {
         autologout: Duration::from_secs(600),
         gc_interval: Duration::from_secs(30),
         caps_ttl: Duration::from_secs(3600),
+        notify_interval: NOTIFY_INTERVAL,
+        notify_silence: Duration::from_secs(600),
     }
 }
 
@@ -642,7 +645,7 @@ fn autologout_closes_idle_sessions_without_quit() {
 #[test]
 fn expired_entries_are_collected_by_the_timer() {
     let mut h = alice_verified_empty();
-    h.advance(INTERVAL - Duration::from_secs(1));
+    h.advance(NOTIFY_INTERVAL - Duration::from_secs(1));
     assert!(entry(&h, "alice").is_some());
     let gc_runs = h.engine.counters().gc_runs;
     h.advance(Duration::from_secs(31));
@@ -685,7 +688,7 @@ fn mirrors_learn_of_every_touched_and_removed_entry() {
     h.client(2, b"QUIT\r\n");
     h.engine.close(2, h.now);
     h.engine.take_changes();
-    h.advance(INTERVAL + Duration::from_secs(31));
+    h.advance(NOTIFY_INTERVAL + Duration::from_secs(31));
     assert_eq!(
         h.engine.take_changes(),
         [UserChange { key, session: None }],
@@ -1031,4 +1034,66 @@ fn no_password_shows_in_the_engines_debug_output() {
     for secret in ["hunter2", "hunter3", "hunter4", "AGFsaWNlAGh1bnRlcjQ"] {
         assert!(!dump.contains(secret), "{secret} in {dump}");
     }
+}
+
+// ---- Issue 9: the demand rule ----
+
+fn notify(h: &mut Harness<AttenuationEngine>, user: &[u8]) -> usize {
+    let now = h.now;
+    h.engine.new_mail(info().server.ip(), None, user, now)
+}
+
+#[test]
+fn a_notification_ends_the_attenuation_at_once() {
+    let mut h = alice_verified_empty();
+    attenuated_login(&mut h, 2, "pw");
+    h.client(2, b"QUIT\r\n");
+    assert_eq!(notify(&mut h, b"alice"), 1);
+    h.open(3);
+    h.client(3, b"USER alice\r\n");
+    assert_eq!(
+        h.client(3, b"PASS pw\r\n"),
+        [ConnectUpstream],
+        "new mail: to the server"
+    );
+    let c = *h.engine.counters();
+    assert_eq!((c.notifications, c.notifications_applied), (1, 1));
+    // Unknown users and other servers change nothing.
+    assert_eq!(notify(&mut h, b"nobody"), 0);
+    let other = "203.0.113.9".parse().unwrap();
+    assert_eq!(h.engine.new_mail(other, None, b"alice", h.now), 0);
+}
+
+#[test]
+fn a_notifying_server_gets_the_longer_interval_until_it_falls_silent() {
+    let mut h = alice_verified_empty();
+    assert_eq!(h.engine.interval_for(info().server, h.now), INTERVAL);
+    // Any notification (here for someone else) shows the server notifies.
+    notify(&mut h, b"carol");
+    assert_eq!(h.engine.interval_for(info().server, h.now), NOTIFY_INTERVAL);
+    h.now += INTERVAL * 3;
+    attenuated_login(&mut h, 2, "pw");
+    h.client(2, b"QUIT\r\n");
+    // Silent for notify_silence: back to the time rule, and alice's stamp is old.
+    h.now += Duration::from_secs(600);
+    assert_eq!(h.engine.interval_for(info().server, h.now), INTERVAL);
+    h.open(3);
+    h.client(3, b"USER alice\r\n");
+    assert_eq!(h.client(3, b"PASS pw\r\n"), [ConnectUpstream]);
+}
+
+#[test]
+fn a_notification_during_a_session_is_never_hidden_by_its_quit() {
+    let mut h = engine();
+    relayed_login(&mut h, 1, true);
+    h.now += Duration::from_secs(1);
+    assert_eq!(notify(&mut h, b"alice"), 1);
+    // The session's STAT says 0: its snapshot is from before the new mail.
+    h.client(1, b"QUIT\r\n");
+    h.server(1, b"+OK 0 0\r\n");
+    h.server(1, b"+OK bye\r\n");
+    assert_eq!(entry(&h, "alice").unwrap().verified_empty(), None);
+    h.open(2);
+    h.client(2, b"USER alice\r\n");
+    assert_eq!(h.client(2, b"PASS pw\r\n"), [ConnectUpstream]);
 }

@@ -1,0 +1,224 @@
+//! Issue 9, first part: the demand rule. A mail server's new-mail notification ends a
+//! user's attenuation at once, so with `--interval 15m` a delivery is still seen by the
+//! very next check. The notifier here is a plain HTTP POST from the mail server's
+//! namespace (what Dovecot's `lua` driver or an MTA hook sends). Run as root, one at a
+//! time: `cargo test -p pop3-interceptor-e2e --test notify -- --test-threads=1`.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use pop3_interceptor_e2e::clients::RawSession;
+use pop3_interceptor_e2e::dovecot::make_message;
+use pop3_interceptor_e2e::topology::{ROUTER_SERVER_V4, server_pop3_v4};
+use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
+
+const SECRET: &str = "n0tify-s3cret";
+
+/// The endpoint, on the router's mail-server-facing address.
+fn endpoint() -> SocketAddr {
+    SocketAddr::new(ROUTER_SERVER_V4.into(), 8110)
+}
+
+/// The daemon with a long interval and the notification endpoint on.
+fn interceptor(topo: &Topology, extra: &[&str]) -> Interceptor {
+    let secret = topo.dir().join("notify.secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let listen = endpoint().to_string();
+    let mut args = vec![
+        "--interval",
+        "15m",
+        "--notify-listen",
+        listen.as_str(),
+        "--notify-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Interceptor::start(topo, &args).unwrap()
+}
+
+/// One HTTP/1.1 request from the mail server's namespace; returns the status code.
+fn http(topo: &Topology, method: &str, path: &str, auth: Option<&str>, body: &[u8]) -> u16 {
+    let mut stream = topo
+        .connect(Node::Server, endpoint(), Duration::from_secs(5))
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: edge\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    // A server may answer (413) before taking a large body: a failed write is fine.
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body));
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {reply:?}"))
+}
+
+fn bearer() -> String {
+    format!("Bearer {SECRET}")
+}
+
+/// A check (USER, PASS, STAT, QUIT) that must log in; returns the STAT count.
+fn check(topo: &Topology, user: &str) -> u64 {
+    let mut s = RawSession::connect(topo, Node::Client, server_pop3_v4()).unwrap();
+    s.set_timeout(Duration::from_secs(20)).unwrap();
+    s.read_line().unwrap();
+    s.command(&format!("USER {user}")).unwrap();
+    let pass = s.command(&format!("PASS {user}-pw")).unwrap();
+    assert!(pass.starts_with("+OK"), "{pass}");
+    let stat = s.command("STAT").unwrap();
+    let count = stat.split_whitespace().nth(1).unwrap().parse().unwrap();
+    s.command("QUIT").unwrap();
+    count
+}
+
+/// Waits until Dovecot logged `n` logins of `user` (its log is written asynchronously).
+fn logins(dc: &Dovecot, user: &str, n: usize) -> usize {
+    dc.wait_login_count(user, n, Duration::from_secs(5))
+        .unwrap_or_else(|_| dc.login_count(user))
+}
+
+#[test]
+fn a_notified_delivery_is_seen_by_the_very_next_check() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let _ic = interceptor(&topo, &[]);
+    for _ in 0..10 {
+        assert_eq!(check(&topo, "alice"), 0);
+    }
+    assert_eq!(
+        logins(&dc, "alice", 1),
+        1,
+        "attenuated after the first check"
+    );
+    for _ in 0..3 {
+        dc.deliver(
+            "alice",
+            &make_message("a@example.org", "alice@example.org", "new", "mail"),
+        )
+        .unwrap();
+        // What a delivery hook sends.
+        let body = br#"{"user":"alice","event":"messageNew","folder":"INBOX"}"#;
+        let started = Instant::now();
+        assert_eq!(
+            http(
+                &topo,
+                "PUT",
+                "/preliminary/http-notify/v1/notify",
+                Some(&bearer()),
+                body
+            ),
+            204
+        );
+        assert_eq!(check(&topo, "alice"), 1, "the very next check sees it");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        // The client fetched it and deletes it: from then on attenuated again.
+        let mut s = RawSession::connect(&topo, Node::Client, server_pop3_v4()).unwrap();
+        s.read_line().unwrap();
+        s.command("USER alice").unwrap();
+        s.command("PASS alice-pw").unwrap();
+        assert!(s.command("DELE 1").unwrap().starts_with("+OK"));
+        assert!(s.command("QUIT").unwrap().starts_with("+OK"));
+        for _ in 0..5 {
+            assert_eq!(check(&topo, "alice"), 0);
+        }
+    }
+    // One login for the first check, then per delivery: the check that saw the mail and
+    // the session that deleted it. None for the 5 x 3 + 9 attenuated checks.
+    assert_eq!(logins(&dc, "alice", 7), 7);
+}
+
+#[test]
+fn the_endpoint_refuses_what_is_not_an_authentic_notification_and_survives_a_flood() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let _ic = interceptor(&topo, &["--notify-rate", "50"]);
+    assert_eq!(check(&topo, "bob"), 0);
+    let ok = br#"{"user":"bob"}"#;
+    assert_eq!(http(&topo, "POST", "/notify", None, ok), 401);
+    assert_eq!(
+        http(&topo, "POST", "/notify", Some("Bearer wrong"), ok),
+        401
+    );
+    let basic_wrong = "Basic ZG92ZWNvdDp3cm9uZw=="; // dovecot:wrong
+    assert_eq!(http(&topo, "POST", "/notify", Some(basic_wrong), ok), 401);
+    assert_eq!(
+        http(&topo, "POST", "/notify", Some(&bearer()), b"{not json"),
+        400
+    );
+    assert_eq!(
+        http(
+            &topo,
+            "POST",
+            "/notify",
+            Some(&bearer()),
+            br#"{"user":"a\nb"}"#
+        ),
+        400
+    );
+    let huge = format!(r#"{{"user":"bob","pad":"{}"}}"#, "x".repeat(64 * 1024));
+    assert_eq!(
+        http(&topo, "POST", "/notify", Some(&bearer()), huge.as_bytes()),
+        413
+    );
+    assert_eq!(
+        http(
+            &topo,
+            "POST",
+            "/notify",
+            Some(&bearer()),
+            br#"{"user":"nobody"}"#
+        ),
+        204
+    );
+    // None of that ended bob's attenuation: his check is still answered at the edge.
+    assert_eq!(check(&topo, "bob"), 0);
+    assert_eq!(logins(&dc, "bob", 1), 1);
+
+    // A flood, bounded in count and time: the rate limit answers 429 and POP3 goes on.
+    let started = Instant::now();
+    let mut limited = 0;
+    for _ in 0..300 {
+        if http(
+            &topo,
+            "POST",
+            "/notify",
+            Some(&bearer()),
+            br#"{"user":"nobody"}"#,
+        ) == 429
+        {
+            limited += 1;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+    }
+    assert!(limited > 0, "the request rate is bounded");
+    assert_eq!(check(&topo, "bob"), 0);
+    // A basic-auth notification (Dovecot's URL form user:SECRET@) still works after it.
+    std::thread::sleep(Duration::from_secs(1));
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("dovecot:{SECRET}")
+        )
+    );
+    assert_eq!(http(&topo, "POST", "/notify", Some(&basic), ok), 204);
+    dc.deliver(
+        "bob",
+        &make_message("a@example.org", "bob@example.org", "s", "b"),
+    )
+    .unwrap();
+    assert_eq!(check(&topo, "bob"), 1);
+}
