@@ -57,7 +57,11 @@ pub struct DovecotOptions {
     /// STLS offered with a self-signed certificate (default true); `false` = `ssl = no`,
     /// so STLS is refused.
     pub tls: bool,
-    /// Appended verbatim to dovecot.conf (hooks for later tests, e.g. push_notification).
+    /// Dovecot's `push_notification` plugin with its `ox` driver posting to this URL on
+    /// every delivery through [`Dovecot::deliver_lda`], for users switched on with
+    /// [`Dovecot::enable_push`].
+    pub push_url: Option<String>,
+    /// Appended verbatim to dovecot.conf (hooks for later tests).
     pub extra_config: String,
 }
 
@@ -73,6 +77,7 @@ impl Default for DovecotOptions {
             trust_router: true,
             apop: false,
             tls: true,
+            push_url: None,
             extra_config: String::new(),
         }
     }
@@ -244,6 +249,17 @@ impl Dovecot {
         }
         writeln!(c, "}}")?;
         writeln!(c, "default_client_limit = 4000")?;
+        if let Some(url) = &self.options.push_url {
+            writeln!(c, "mail_attribute_dict = file:%h/dovecot-attributes")?;
+            writeln!(
+                c,
+                "protocol lda {{\n  mail_plugins = $mail_plugins notify push_notification\n}}"
+            )?;
+            writeln!(
+                c,
+                "plugin {{\n  push_notification_driver = ox:url={url}\n}}"
+            )?;
+        }
         c.push_str(&self.options.extra_config);
         c.push('\n');
         fs::write(&self.conf, c)?;
@@ -453,6 +469,48 @@ impl Dovecot {
         let dst = md.join("new").join(&name);
         fs::rename(&tmp, &dst)?;
         Ok(dst)
+    }
+
+    /// Delivers through `dovecot-lda` in the server namespace, as an MTA would: Dovecot's
+    /// own plugins (push_notification) see the delivery.
+    pub fn deliver_lda(&self, topo: &Topology, user: &str, message: &[u8]) -> Result<()> {
+        let conf = self.conf.display().to_string();
+        topo.exec_with(
+            Node::Server,
+            &["/usr/lib/dovecot/dovecot-lda", "-c", &conf, "-d", user],
+            Some(message),
+            DEFAULT_TIMEOUT,
+        )?
+        .check("dovecot-lda")?;
+        Ok(())
+    }
+
+    /// Switches the ox push driver on for `user` (its INBOX METADATA, as OX App Suite
+    /// would set it).
+    pub fn enable_push(&self, topo: &Topology, user: &str) -> Result<()> {
+        let conf = self.conf.display().to_string();
+        let value = format!("user={user}");
+        topo.exec_with(
+            Node::Server,
+            &[
+                "doveadm",
+                "-c",
+                &conf,
+                "mailbox",
+                "metadata",
+                "set",
+                "-u",
+                user,
+                "-s",
+                "",
+                "/private/vendor/vendor.dovecot/http-notify",
+                &value,
+            ],
+            None,
+            DEFAULT_TIMEOUT,
+        )?
+        .check("doveadm mailbox metadata set")?;
+        Ok(())
     }
 
     /// Number of messages in the user's mailbox (files in new/ and cur/).

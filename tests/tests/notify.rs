@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use pop3_interceptor_e2e::clients::RawSession;
-use pop3_interceptor_e2e::dovecot::make_message;
+use pop3_interceptor_e2e::dovecot::{DovecotOptions, make_message};
 use pop3_interceptor_e2e::topology::{ROUTER_SERVER_V4, server_pop3_v4};
 use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
 
@@ -221,4 +221,61 @@ fn the_endpoint_refuses_what_is_not_an_authentic_notification_and_survives_a_flo
     )
     .unwrap();
     assert_eq!(check(&topo, "bob"), 1);
+}
+
+/// A deleting client's check: logs in, fetches and deletes whatever is there, quits.
+/// Returns how many messages it got.
+fn poll_and_delete(topo: &Topology, user: &str) -> usize {
+    let mut s = RawSession::connect(topo, Node::Client, server_pop3_v4()).unwrap();
+    s.set_timeout(Duration::from_secs(20)).unwrap();
+    s.read_line().unwrap();
+    s.command(&format!("USER {user}")).unwrap();
+    assert!(
+        s.command(&format!("PASS {user}-pw"))
+            .unwrap()
+            .starts_with("+OK")
+    );
+    let stat = s.command("STAT").unwrap();
+    let count: usize = stat.split_whitespace().nth(1).unwrap().parse().unwrap();
+    for n in 1..=count {
+        assert!(s.command(&format!("RETR {n}")).unwrap().starts_with("+OK"));
+        s.read_multiline().unwrap();
+        assert!(s.command(&format!("DELE {n}")).unwrap().starts_with("+OK"));
+    }
+    assert!(s.command("QUIT").unwrap().starts_with("+OK"));
+    count
+}
+
+#[test]
+fn dovecots_own_push_plugin_makes_one_login_per_delivery() {
+    let topo = Topology::new().unwrap();
+    let url = format!(
+        "http://dovecot:{SECRET}@{}/preliminary/http-notify/v1/notify",
+        endpoint()
+    );
+    let dc = Dovecot::start_with(
+        &topo,
+        DovecotOptions {
+            push_url: Some(url),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    dc.enable_push(&topo, "carol").unwrap();
+    let _ic = interceptor(&topo, &[]);
+    let mut got = 0;
+    for round in 0..20 {
+        if round == 6 || round == 13 {
+            let message = make_message("a@example.org", "carol@example.org", "push", "x");
+            dc.deliver_lda(&topo, "carol", &message).unwrap();
+            // Dovecot's plugin posts while delivering; the check right after sees it.
+            assert_eq!(poll_and_delete(&topo, "carol"), 1, "round {round}");
+            got += 1;
+        } else {
+            assert_eq!(poll_and_delete(&topo, "carol"), 0, "round {round}");
+        }
+    }
+    assert_eq!(got, 2);
+    // The first check, then one per delivery; the other 17 never reached Dovecot.
+    assert_eq!(logins(&dc, "carol", 3), 3);
 }
