@@ -133,6 +133,10 @@ pub struct RunArgs {
     /// A server that sent no notification for this long is treated as not notifying [default: 1h].
     #[arg(long, value_parser = duration)]
     pub notify_silence: Option<Duration>,
+    /// Most memory for the maildrop snapshots of clients that keep their mail on the
+    /// server, in MiB; past it such users reach the server [default: 64].
+    #[arg(long, value_name = "MIB")]
+    pub maildrop_budget_mb: Option<usize>,
     /// Users mirrored in the pinned USERS map for bpftool and `status` [default: 65536].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub mirror_size: Option<u32>,

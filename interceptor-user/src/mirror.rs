@@ -172,7 +172,7 @@ impl Mirror {
         };
         let interval = engine.interval_for(key.server, now);
         let attenuated = entry.verifier.is_some() && entry.fresh(now, interval);
-        let until = entry.verified_empty().map(|t| t + interval);
+        let until = entry.verified().map(|t| t + interval);
         if attenuated && let Some(until) = until {
             self.expiries.insert((until, key.clone()));
         }
@@ -198,7 +198,7 @@ impl Mirror {
             } else {
                 0
             },
-            last_verified_empty: entry.verified_empty().map_or(0, |t| self.clock.unix(t)),
+            last_verified_empty: entry.verified().map_or(0, |t| self.clock.unix(t)),
             last_check: self.clock.unix(entry.last_check()),
             checks_answered_locally: u64::from(entry.answered_locally),
             checks_passed_through: u64::from(entry.passed_through),

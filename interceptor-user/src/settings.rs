@@ -56,6 +56,7 @@ pub struct FileSettings {
     pub notify_rate: Option<NonZeroU32>,
     pub notify_interval: Option<String>,
     pub notify_silence: Option<String>,
+    pub maildrop_budget_mb: Option<usize>,
 }
 
 /// Everything `run` needs, defaults applied.
@@ -154,6 +155,10 @@ impl Settings {
                 .notify_silence
                 .or(file_duration("notify-silence", file.notify_silence)?)
                 .unwrap_or(defaults.notify_silence),
+            maildrop_budget: args
+                .maildrop_budget_mb
+                .or(file.maildrop_budget_mb)
+                .map_or(defaults.maildrop_budget, |mb| mb << 20),
         };
         let notify = match (
             args.notify_listen.or(file.notify_listen),

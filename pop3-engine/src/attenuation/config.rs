@@ -28,6 +28,9 @@ pub struct Config {
     /// A server that sent no notification for this long is treated as not notifying
     /// again (its users fall back to `interval`).
     pub notify_silence: Duration,
+    /// Most bytes of maildrop snapshots (for clients that leave mail on the server)
+    /// held for all users together; past it, users get no snapshot and reach the server.
+    pub maildrop_budget: usize,
 }
 
 impl Default for Config {
@@ -41,6 +44,7 @@ impl Default for Config {
             caps_ttl: Duration::from_secs(10 * 60),
             notify_interval: Duration::from_secs(60 * 60),
             notify_silence: Duration::from_secs(60 * 60),
+            maildrop_budget: 64 << 20,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Instant};
 use super::{
     Shared,
     caps::{ServerCaps, has_apop_timestamp},
+    maildrop::{MAX_MAILDROP, Maildrop},
     table::{UserKey, UserName},
     verifier::Verifier,
 };
@@ -106,12 +107,30 @@ enum Step {
     Relay { line: Vec<u8>, expect: Expect },
     /// The held QUIT's STAT: is the maildrop empty now?
     Stat,
+    /// The held QUIT's LIST or UIDL (`true`): the snapshot for leave-on-server clients.
+    Snapshot { uidl: bool },
+    /// UIDL before a message command in a session that was answered from a snapshot:
+    /// the numbering the client saw must still hold.
+    Verify,
     /// QUIT upstream; its answer ends the session.
     Quit,
     /// Hand this client line and the rest of the session to the command gate.
     Tunnel(Secret),
     /// Answer the client's CAPA, now that the server's capabilities are known.
     LocalCapa,
+}
+
+/// What the held QUIT's STAT, LIST and UIDL showed, kept until the QUIT succeeds.
+#[derive(Debug)]
+enum Observed {
+    /// STAT said 0.
+    Empty,
+    /// The answers so far (each complete with its status line and `.` line).
+    Listing {
+        stat: Vec<u8>,
+        list: Vec<u8>,
+        uidl: Vec<u8>,
+    },
 }
 
 /// A piece of the server's answer, detached from the decoder's buffer.
@@ -148,10 +167,17 @@ pub struct Session {
     /// then (RFC 1939 locks the maildrop at login), so a STAT that says 0 vouches for
     /// that moment, not for the moment of the STAT.
     login_at: Option<Instant>,
-    /// The held QUIT's STAT said 0 messages as of this time. Recorded only when the QUIT
-    /// is answered `+OK`: after DELEs, STAT counts 0 before the UPDATE that makes it
-    /// true, and a failed UPDATE (or a lost connection) leaves the messages there.
-    stat_empty_at: Option<Instant>,
+    /// What the held QUIT's STAT, LIST and UIDL showed. Recorded as the user's view only
+    /// when the QUIT is answered `+OK`: after DELEs the answers describe the maildrop
+    /// after the UPDATE that makes them true, and a failed UPDATE (or a lost
+    /// connection) leaves the messages there.
+    observed: Option<Observed>,
+    /// A DELE went to the server in this session: its numbering will change at UPDATE,
+    /// so no listing from this session is kept.
+    deleted: bool,
+    /// The snapshot this session was answered from locally (the maildrop the client
+    /// was shown at its login), to check the server's numbering against.
+    shown: Option<Arc<Maildrop>>,
     /// The pass-through of [`State::Tunnel`].
     gate: Option<Box<Gate>>,
     /// The client closed its side: what it sent is still answered, then the session ends.
@@ -180,7 +206,9 @@ impl Session {
             capa_body: Vec::new(),
             greeting_xclient: false,
             login_at: None,
-            stat_empty_at: None,
+            observed: None,
+            deleted: false,
+            shown: None,
             gate: None,
             client_eof: false,
             deadline,
@@ -306,7 +334,7 @@ impl Session {
                 return self.unexpected_answer(sh, now, out);
             }
             let expect = match self.steps.front() {
-                Some(Step::Capa) => Expect::MultiOnOk,
+                Some(Step::Capa | Step::Snapshot { .. } | Step::Verify) => Expect::MultiOnOk,
                 Some(Step::Relay { expect, .. }) => *expect,
                 _ => Expect::Single,
             };
@@ -363,7 +391,14 @@ impl Session {
         let step = self.steps.front().expect("a step is in flight");
         let (line, kind, body) = match piece {
             Piece::Body(data, end) => {
-                if matches!(step, Step::Capa) {
+                if matches!(step, Step::Snapshot { .. } | Step::Verify) {
+                    let uidl = matches!(step, Step::Snapshot { uidl: true } | Step::Verify);
+                    let verify = matches!(step, Step::Verify);
+                    self.collect(uidl, &data);
+                    if end && verify {
+                        return self.verified(sh, now, out);
+                    }
+                } else if matches!(step, Step::Capa) {
                     let room = MAX_CAPA_BODY.saturating_sub(self.capa_body.len());
                     self.capa_body
                         .extend_from_slice(&data[..room.min(data.len())]);
@@ -422,9 +457,26 @@ impl Session {
             Step::Login(mode) => return self.login_answer(*mode, line, ok, sh, now, out),
             Step::Relay { .. } => out.push(Action::ToClient(line)),
             Step::Stat => self.record_stat(&line, ok, sh, now),
+            Step::Snapshot { uidl } if ok => {
+                let uidl = *uidl;
+                self.collect(uidl, &line);
+            }
+            Step::Snapshot { .. } => {
+                // No listing: no snapshot.
+                self.observed = None;
+                if let Some(key) = &self.entry {
+                    sh.table.clear_view(key, now);
+                }
+            }
+            Step::Verify if ok => self.collect(true, &line),
+            Step::Verify => {
+                // No listing to check against: as good as a renumbering.
+                self.observed = None;
+                return self.verified(sh, now, out);
+            }
             Step::Quit => {
-                if let Some(at) = self.stat_empty_at.take().filter(|_| ok) {
-                    self.with_entry(sh, now, |e| e.set_verified_empty_since_login(at));
+                if ok && let (Some(key), Some(login)) = (self.entry.clone(), self.login_at) {
+                    self.record_view(&key, login, sh, now);
                 }
                 out.push(Action::ToClient(line));
                 self.finish(sh, now, out, true);
@@ -493,18 +545,89 @@ impl Session {
         }
     }
 
-    /// The held QUIT's STAT answer: only `+OK 0 ...` proves the maildrop empty.
+    /// The held QUIT's STAT answer: `+OK 0 ...` proves the maildrop empty; otherwise a
+    /// snapshot is taken with LIST and UIDL, when the server offers UIDL and this
+    /// session deleted nothing.
     fn record_stat(&mut self, line: &[u8], ok: bool, sh: &mut Shared, now: Instant) {
-        if !ok {
-            return;
+        let count = trim_eol(line).split(|&b| b == b' ').nth(1);
+        let listing = ok && !self.deleted && sh.caps(self.server()).is_some_and(|c| c.uidl);
+        self.observed = match count {
+            _ if !ok => None,
+            Some(b"0") => Some(Observed::Empty),
+            _ if listing => Some(Observed::Listing {
+                stat: line.to_vec(),
+                list: Vec::new(),
+                uidl: Vec::new(),
+            }),
+            _ => None,
+        };
+        if matches!(self.observed, Some(Observed::Listing { .. })) {
+            self.steps.insert(1, Step::Snapshot { uidl: false });
+            self.steps.insert(2, Step::Snapshot { uidl: true });
+        } else if self.observed.is_none()
+            && let Some(key) = &self.entry
+        {
+            // What the user had seen is no longer what the server holds.
+            sh.table.clear_view(key, now);
         }
-        let empty = trim_eol(line).split(|&b| b == b' ').nth(1) == Some(b"0");
-        if empty {
-            // Only once the QUIT succeeds (see `stat_empty_at`).
-            self.stat_empty_at = self.login_at;
-        } else {
-            self.with_entry(sh, now, |e| e.set_verified_empty(None));
+    }
+
+    /// Keeps part of a LIST or UIDL answer (`uidl`), bounded by [`MAX_MAILDROP`]: a
+    /// larger maildrop gets no snapshot.
+    fn collect(&mut self, uidl: bool, bytes: &[u8]) {
+        if let Some(Observed::Listing {
+            stat,
+            list,
+            uidl: ids,
+        }) = &mut self.observed
+        {
+            let target = if uidl { ids } else { list };
+            if stat.len() + target.len() + bytes.len() > MAX_MAILDROP {
+                self.observed = None;
+            } else {
+                target.extend_from_slice(bytes);
+            }
         }
+    }
+
+    /// The QUIT succeeded: what the session saw becomes the user's view, as of its login.
+    fn record_view(&mut self, key: &Arc<UserKey>, login: Instant, sh: &mut Shared, now: Instant) {
+        let maildrop = match self.observed.take() {
+            Some(Observed::Empty) => Some(None),
+            Some(Observed::Listing { stat, list, uidl }) => {
+                Maildrop::new(&stat, &list, &uidl).map(Some)
+            }
+            None => None,
+        };
+        match maildrop {
+            Some(view) => {
+                sh.table.set_view(key, now, login, view);
+            }
+            None => sh.table.clear_view(key, now),
+        }
+    }
+
+    /// The server's UIDL before a message command arrived whole: relay the command only
+    /// if every message the client was shown still has its number.
+    fn verified(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) -> bool {
+        let now_listed = match self.observed.take() {
+            Some(Observed::Listing { uidl, .. }) => uidl,
+            _ => Vec::new(),
+        };
+        let same = self
+            .shown
+            .as_ref()
+            .is_some_and(|m| m.still_numbered(&now_listed));
+        if same {
+            return true;
+        }
+        tracing::info!(server = %self.server(), "maildrop renumbered since the snapshot");
+        if let Some(key) = &self.entry {
+            sh.table.clear_view(key, now);
+        }
+        out.push(Action::ToClient(SERVER_UNAVAILABLE.to_vec()));
+        self.finish(sh, now, out, true);
+        false
     }
 
     /// Runs steps and client commands until something must be waited for.
@@ -590,6 +713,16 @@ impl Session {
                 .as_ref()
                 .map(|c| c.login_line.expose().to_vec()),
             Step::Stat => Some(b"STAT\r\n".to_vec()),
+            Step::Snapshot { uidl: false } => Some(b"LIST\r\n".to_vec()),
+            Step::Snapshot { uidl: true } => Some(b"UIDL\r\n".to_vec()),
+            Step::Verify => {
+                self.observed = Some(Observed::Listing {
+                    stat: Vec::new(),
+                    list: Vec::new(),
+                    uidl: Vec::new(),
+                });
+                Some(b"UIDL\r\n".to_vec())
+            }
             Step::Quit => Some(b"QUIT\r\n".to_vec()),
             Step::Tunnel(line) => {
                 let mut bytes = line.take();
@@ -731,7 +864,8 @@ impl Session {
                 // Hold the QUIT: first learn whether the maildrop is empty now.
                 self.steps.extend([Step::Stat, Step::Quit]);
             }
-            (State::Transaction { terminate: false }, _) => {
+            (State::Transaction { terminate: false }, verb) => {
+                self.deleted |= verb == Verb::Dele;
                 self.steps.push_back(Step::Relay {
                     line: line.to_vec(),
                     expect: cmd.expect(),
@@ -834,6 +968,13 @@ impl Session {
         if local == Some(true) {
             sh.counters.answered_locally += 1;
             sh.counters.upstream_logins_avoided += 1;
+            // The maildrop this session shows, fixed at login as POP3's own is.
+            self.shown = key
+                .as_ref()
+                .and_then(|k| sh.table.get(k))
+                .and_then(|e| e.view())
+                .flatten()
+                .map(Arc::clone);
             self.entry = key;
             self.state = State::Transaction { terminate: true };
             out.push(Action::ToClient(LOGGED_IN.to_vec()));
@@ -843,7 +984,10 @@ impl Session {
         self.login_upstream(LoginMode::Relayed, out);
     }
 
-    /// A TRANSACTION command with the terminate flag set: the maildrop is empty.
+    /// A TRANSACTION command with the terminate flag set: answered from the view the
+    /// client was shown at its login, an empty maildrop or the server's own answers.
+    /// A message command on a snapshot goes to the server, once its numbering is
+    /// checked.
     fn local_transaction(
         &mut self,
         line: &[u8],
@@ -852,8 +996,9 @@ impl Session {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let claims_empty = matches!(
-            cmd.verb,
+        let verb = cmd.verb;
+        let asks_maildrop = matches!(
+            verb,
             Verb::Stat | Verb::List | Verb::Uidl | Verb::Retr | Verb::Top | Verb::Dele
         );
         let interval = sh.interval_for(self.server(), now);
@@ -862,26 +1007,46 @@ impl Session {
             .as_ref()
             .and_then(|k| sh.table.get(k))
             .is_some_and(|e| e.fresh(now, interval));
-        if claims_empty && !still_fresh {
-            // The session outlived the interval: only the server may answer now.
+        let arg = cmd.args().next().unwrap_or_default();
+        let message_known = self
+            .shown
+            .as_ref()
+            .is_some_and(|m| m.one(false, arg).is_some());
+        let fetches = matches!(verb, Verb::Retr | Verb::Top | Verb::Dele);
+        if asks_maildrop && (!still_fresh || (fetches && message_known)) {
+            // Only the server may answer now: the session outlived the interval, or the
+            // client wants a message.
             self.login_upstream(LoginMode::Behind, out);
+            if self.shown.is_some() {
+                self.steps.push_back(Step::Verify);
+            }
+            self.deleted |= verb == Verb::Dele;
             self.steps.push_back(Step::Relay {
                 line: line.to_vec(),
                 expect: cmd.expect(),
             });
             return;
         }
-        let answer: &[u8] = match cmd.verb {
-            Verb::Stat => b"+OK 0 0\r\n",
+        let listing = !cmd.has_args();
+        let answer: Vec<u8> = match (&self.shown, verb) {
+            (None, Verb::Stat) => b"+OK 0 0\r\n".to_vec(),
             // RFC 1939 wants a (empty) listing where the patent says -ERR.
-            Verb::List | Verb::Uidl if !cmd.has_args() => b"+OK 0 messages\r\n.\r\n",
-            Verb::List | Verb::Uidl | Verb::Retr | Verb::Top | Verb::Dele => NO_SUCH_MESSAGE,
-            Verb::Noop | Verb::Rset => b"+OK\r\n",
-            Verb::Quit => LOGGING_OUT,
-            _ => b"-ERR Unknown command.\r\n",
+            (None, Verb::List | Verb::Uidl) if listing => b"+OK 0 messages\r\n.\r\n".to_vec(),
+            (Some(m), Verb::Stat) => m.stat().to_vec(),
+            (Some(m), Verb::List) if listing => m.list().to_vec(),
+            (Some(m), Verb::Uidl) if listing => m.uidl().to_vec(),
+            (Some(m), Verb::List | Verb::Uidl) => m
+                .one(verb == Verb::Uidl, arg)
+                .unwrap_or_else(|| NO_SUCH_MESSAGE.to_vec()),
+            (_, Verb::List | Verb::Uidl | Verb::Retr | Verb::Top | Verb::Dele) => {
+                NO_SUCH_MESSAGE.to_vec()
+            }
+            (_, Verb::Noop | Verb::Rset) => b"+OK\r\n".to_vec(),
+            (_, Verb::Quit) => LOGGING_OUT.to_vec(),
+            _ => b"-ERR Unknown command.\r\n".to_vec(),
         };
-        out.push(Action::ToClient(answer.to_vec()));
-        if cmd.verb == Verb::Quit {
+        out.push(Action::ToClient(answer));
+        if verb == Verb::Quit {
             self.finish(sh, now, out, true);
         }
     }

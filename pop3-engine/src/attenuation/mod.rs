@@ -32,6 +32,7 @@
 mod caps;
 mod config;
 mod fsm;
+mod maildrop;
 mod table;
 mod verifier;
 
@@ -47,6 +48,7 @@ use hashbrown::HashMap;
 pub use caps::ServerCaps;
 pub use config::{BadDuration, Config, parse_duration};
 pub use fsm::State;
+pub use maildrop::{MAX_MAILDROP, Maildrop};
 pub use table::{Entry, UserKey, UserName, UserTable};
 pub use verifier::{Salt, Verifier};
 
@@ -195,6 +197,7 @@ impl AttenuationEngine {
                 table: UserTable::new(
                     config.table_size,
                     config.interval.max(config.notify_interval),
+                    config.maildrop_budget,
                 ),
                 config,
                 salt,
@@ -263,7 +266,7 @@ impl AttenuationEngine {
             let Some(key) = self.shared.table.key(&key) else {
                 continue;
             };
-            self.shared.table.update(&key, now, |e| e.new_mail(now));
+            self.shared.table.new_mail(&key, now);
             if self.changes.len() < self.shared.config.table_size {
                 self.changes.push(UserChange { key, session: None });
             }

@@ -19,7 +19,8 @@
 //! timer list through one `Arc`; usernames of up to 22 bytes are stored inside the key,
 //! longer ones get an allocation of their own), an optional 16-byte verifier, three
 //! timestamps of 8 bytes each (nanoseconds from a process-wide epoch), the time of the last
-//! new-mail notification, a session count and two check counters (72 bytes of entry, 56 of
+//! new-mail notification, an optional boxed maildrop snapshot (its bytes counted against a
+//! budget of their own), a session count and two check counters (80 bytes of entry, 56 of
 //! key: a 72-byte `Arc` allocation), plus the
 //! map's slots (8-byte `Arc` + entry + a control byte, at most 7/8 full) and the timer
 //! list's B-tree of 16-byte (expiry, key) pairs. With 100,000 users and short usernames
@@ -39,7 +40,7 @@ use std::{
 
 use hashbrown::HashMap;
 
-use super::verifier::Verifier;
+use super::{maildrop::Maildrop, verifier::Verifier};
 
 /// Who an entry is about: a username on one mail server.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -193,8 +194,12 @@ impl fmt::Debug for Stamp {
 pub struct Entry {
     /// The last password the server accepted, as a verifier; `None` until one did.
     pub verifier: Option<Verifier>,
-    /// When the server last said the maildrop holds no message (`NULL` in the patent).
-    verified_empty: Option<Stamp>,
+    /// When the server's view of the maildrop held here was taken: the login of the
+    /// session that saw it (`NULL` in the patent: no view).
+    verified: Option<Stamp>,
+    /// That view: `None` is an empty maildrop, otherwise the server's answers (for
+    /// clients that leave their mail on the server).
+    maildrop: Option<Arc<Maildrop>>,
     /// When the mail server last said new mail arrived (the patent's demand rule).
     notified: Option<Stamp>,
     /// Sessions of this user in TRANSACTION now. While there is one, further sessions
@@ -211,39 +216,29 @@ pub struct Entry {
 }
 
 impl Entry {
+    fn maildrop_len(&self) -> usize {
+        self.maildrop.as_ref().map_or(0, |m| m.bytes())
+    }
+
     /// When the entry may be collected.
     pub fn expires(&self) -> Instant {
         self.expires.instant()
     }
 
-    /// When the server last said the maildrop holds no message (`NULL` in the patent).
-    pub fn verified_empty(&self) -> Option<Instant> {
-        self.verified_empty.map(Stamp::instant)
+    /// When the server's view of the maildrop held here was taken (`NULL` in the
+    /// patent: `None`).
+    pub fn verified(&self) -> Option<Instant> {
+        self.verified.map(Stamp::instant)
     }
 
-    /// Sets (or clears, with `None`) when the maildrop was last verified empty.
-    pub fn set_verified_empty(&mut self, at: Option<Instant>) {
-        self.verified_empty = at.map(Stamp::new);
+    /// The server's view, when one is held: `Some(None)` for an empty maildrop.
+    pub fn view(&self) -> Option<Option<&Arc<Maildrop>>> {
+        self.verified.map(|_| self.maildrop.as_ref())
     }
 
     /// When the mail server last said new mail arrived for this user.
     pub fn notified(&self) -> Option<Instant> {
         self.notified.map(Stamp::instant)
-    }
-
-    /// New mail arrived at `at`: the maildrop is no longer known to hold nothing new,
-    /// and no session that logged in before `at` may say otherwise.
-    pub fn new_mail(&mut self, at: Instant) {
-        self.verified_empty = None;
-        self.notified = Some(Stamp::new(at));
-    }
-
-    /// Records what a session that logged in at `login` saw: nothing new. Ignored when
-    /// new mail was announced since that login (the session's snapshot predates it).
-    pub fn set_verified_empty_since_login(&mut self, login: Instant) {
-        if self.notified().is_none_or(|n| n < login) {
-            self.set_verified_empty(Some(login));
-        }
     }
 
     /// The last login attempt (the operator's "last check").
@@ -256,9 +251,9 @@ impl Entry {
         self.last_check = Stamp::new(at);
     }
 
-    /// Whether the maildrop was verified empty less than `interval` before `now`.
+    /// Whether the view was taken less than `interval` before `now`.
     pub fn fresh(&self, now: Instant, interval: Duration) -> bool {
-        self.verified_empty()
+        self.verified()
             .is_some_and(|t| now.saturating_duration_since(t) < interval)
     }
 }
@@ -273,18 +268,88 @@ pub struct UserTable {
     lifetime: Duration,
     /// Keys removed since the last [`UserTable::take_removed`], for mirrors.
     removed: Vec<Arc<UserKey>>,
+    /// Bytes of all maildrop snapshots held, and the most they may take.
+    maildrop_bytes: usize,
+    maildrop_budget: usize,
 }
 
 impl UserTable {
-    /// A table of at most `capacity` users, each kept `lifetime` after its last use.
-    pub fn new(capacity: usize, lifetime: Duration) -> Self {
+    /// A table of at most `capacity` users, each kept `lifetime` after its last use,
+    /// with at most `maildrop_budget` bytes of maildrop snapshots.
+    pub fn new(capacity: usize, lifetime: Duration, maildrop_budget: usize) -> Self {
         Self {
             entries: HashMap::new(),
             timers: BTreeSet::new(),
             capacity,
             lifetime,
             removed: Vec::new(),
+            maildrop_bytes: 0,
+            maildrop_budget,
         }
+    }
+
+    /// Bytes held by maildrop snapshots.
+    pub fn maildrop_bytes(&self) -> usize {
+        self.maildrop_bytes
+    }
+
+    /// Records the view of the maildrop a session saw, as of its login at `login`
+    /// (`None`: empty). Ignored when new mail was announced since that login (the
+    /// session's view predates it); a snapshot past the budget is not kept (the user
+    /// then has no view: the server answers). Returns whether a view is now held.
+    pub fn set_view(
+        &mut self,
+        key: &Arc<UserKey>,
+        now: Instant,
+        login: Instant,
+        maildrop: Option<Maildrop>,
+    ) -> bool {
+        let held = self.entries.get(&**key).map_or(0, |e| e.maildrop_len());
+        let room = (self.maildrop_budget + held).saturating_sub(self.maildrop_bytes);
+        let fits = maildrop.as_ref().is_none_or(|m| m.bytes() <= room);
+        let announced = self
+            .entries
+            .get(&**key)
+            .and_then(Entry::notified)
+            .is_some_and(|n| n >= login);
+        let view = (fits && !announced).then_some(maildrop);
+        self.replace_view(key, now, view.map(|m| (login, m)));
+        self.entries
+            .get(&**key)
+            .is_some_and(|e| e.verified.is_some())
+    }
+
+    /// Drops the user's view: the server answers the next check.
+    pub fn clear_view(&mut self, key: &Arc<UserKey>, now: Instant) {
+        self.replace_view(key, now, None);
+    }
+
+    /// New mail arrived at `now` (the demand rule): the view goes, and no session that
+    /// logged in before may bring one back.
+    pub fn new_mail(&mut self, key: &Arc<UserKey>, now: Instant) {
+        self.replace_view(key, now, None);
+        self.update(key, now, |e| e.notified = Some(Stamp::new(now)));
+    }
+
+    fn replace_view(
+        &mut self,
+        key: &Arc<UserKey>,
+        now: Instant,
+        view: Option<(Instant, Option<Maildrop>)>,
+    ) {
+        let (mut freed, mut taken) = (0, 0);
+        self.update(key, now, |e| {
+            freed = e.maildrop_len();
+            match view {
+                Some((login, maildrop)) => {
+                    e.verified = Some(Stamp::new(login));
+                    e.maildrop = maildrop.map(Arc::new);
+                }
+                None => (e.verified, e.maildrop) = (None, None),
+            }
+            taken = e.maildrop_len();
+        });
+        self.maildrop_bytes = self.maildrop_bytes - freed + taken;
     }
 
     /// The keys collected or evicted since the last call (at most `capacity` are kept:
@@ -294,7 +359,9 @@ impl UserTable {
     }
 
     fn forget(&mut self, key: Arc<UserKey>) {
-        self.entries.remove(&*key);
+        if let Some(entry) = self.entries.remove(&*key) {
+            self.maildrop_bytes -= entry.maildrop_len();
+        }
         if self.removed.len() < self.capacity {
             self.removed.push(key);
         }
@@ -345,7 +412,8 @@ impl UserTable {
             key.clone(),
             Entry {
                 verifier: None,
-                verified_empty: None,
+                verified: None,
+                maildrop: None,
                 notified: None,
                 sessions: 0,
                 last_check: Stamp::new(now),
@@ -423,7 +491,7 @@ mod tests {
     #[test]
     fn collects_only_expired_entries_not_in_session() {
         let t0 = Instant::now();
-        let mut table = UserTable::new(10, Duration::from_secs(60));
+        let mut table = UserTable::new(10, Duration::from_secs(60), 1 << 20);
         let a = table.entry(key("a"), t0).unwrap();
         let b = table.entry(key("b"), t0 + Duration::from_secs(30)).unwrap();
         table.update(&a, t0, |e| e.sessions = 1);
@@ -444,7 +512,7 @@ mod tests {
     #[test]
     fn a_full_table_evicts_the_oldest_entry_not_in_session() {
         let t0 = Instant::now();
-        let mut table = UserTable::new(2, Duration::from_secs(60));
+        let mut table = UserTable::new(2, Duration::from_secs(60), 1 << 20);
         let a = table.entry(key("a"), t0).unwrap();
         table.update(&a, t0, |e| e.sessions = 1);
         table.entry(key("b"), t0 + Duration::from_secs(1)).unwrap();
@@ -512,7 +580,7 @@ mod tests {
 
     #[test]
     fn entry_and_key_sizes_match_the_docs() {
-        assert_eq!(std::mem::size_of::<Entry>(), 72);
+        assert_eq!(std::mem::size_of::<Entry>(), 80);
         assert_eq!(std::mem::size_of::<UserKey>(), 56);
     }
 }

@@ -30,6 +30,7 @@ fn config() -> Config {
         caps_ttl: Duration::from_secs(3600),
         notify_interval: NOTIFY_INTERVAL,
         notify_silence: Duration::from_secs(600),
+        maildrop_budget: 1 << 20,
     }
 }
 
@@ -147,7 +148,7 @@ fn none_state_user_creates_the_entry_and_asks_the_server() {
     let mut h = engine();
     passed_through_check(&mut h, 1, "pw", 0);
     let e = entry(&h, "alice").unwrap();
-    assert_eq!(e.verified_empty(), Some(h.now));
+    assert_eq!(e.verified(), Some(h.now));
     assert_eq!(h.engine.counters().passed_through, 1);
 }
 
@@ -340,21 +341,25 @@ fn quit_with_terminate_false_records_a_non_empty_maildrop_as_null() {
     let mut h = alice_verified_empty();
     h.now += INTERVAL;
     passed_through_check(&mut h, 2, "pw", 3);
-    assert_eq!(entry(&h, "alice").unwrap().verified_empty(), None);
+    assert_eq!(entry(&h, "alice").unwrap().verified(), None);
     h.open(3);
     h.client(3, b"USER alice\r\n");
     assert_eq!(h.client(3, b"PASS pw\r\n"), [ConnectUpstream]);
 }
 
 #[test]
-fn quit_whose_stat_fails_records_nothing() {
+fn quit_whose_stat_fails_leaves_no_view() {
     let mut h = alice_verified_empty();
-    let verified = entry(&h, "alice").unwrap().verified_empty();
     h.now += INTERVAL;
     relayed_login(&mut h, 2, false);
     assert_eq!(h.client(2, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
     assert_eq!(h.server(2, b"-ERR busy\r\n"), [to_upstream(b"QUIT\r\n")]);
-    assert_eq!(entry(&h, "alice").unwrap().verified_empty(), verified);
+    h.server(2, b"+OK bye\r\n");
+    assert_eq!(
+        entry(&h, "alice").unwrap().verified(),
+        None,
+        "nothing known"
+    );
 }
 
 /// After DELEs the held QUIT's STAT counts 0, which is true only once the server's UPDATE
@@ -362,7 +367,7 @@ fn quit_whose_stat_fails_records_nothing() {
 #[test]
 fn quit_whose_update_fails_records_nothing() {
     let mut h = alice_verified_empty();
-    let verified = entry(&h, "alice").unwrap().verified_empty();
+    let verified = entry(&h, "alice").unwrap().verified();
     for (conn, quit_answer) in [
         (2, Some(&b"-ERR [SYS/TEMP] update failed\r\n"[..])),
         (3, None),
@@ -386,7 +391,7 @@ fn quit_whose_update_fails_records_nothing() {
                 h.event(conn, Event::UpstreamClosed);
             }
         }
-        assert_eq!(entry(&h, "alice").unwrap().verified_empty(), verified);
+        assert_eq!(entry(&h, "alice").unwrap().verified(), verified);
         h.engine.close(conn, h.now);
         // The next check asks the server.
         h.open(conn + 10);
@@ -901,7 +906,7 @@ fn an_extra_reply_closes_the_session_and_verifies_nothing() {
     assert_eq!(h.client(1, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
     let out = h.server(1, b"+OK 0 0\r\n+OK bye\r\n");
     assert_eq!(out[0], to_client(SERVER_UNAVAILABLE));
-    assert_eq!(entry(&h, "alice").unwrap().verified_empty(), None);
+    assert_eq!(entry(&h, "alice").unwrap().verified(), None);
 }
 
 #[test]
@@ -915,7 +920,7 @@ fn a_missing_reply_closes_the_session_and_verifies_nothing() {
         h.event(1, Event::UpstreamClosed),
         [to_client(SERVER_UNAVAILABLE), CloseClient, CloseUpstream]
     );
-    assert_eq!(entry(&h, "alice").unwrap().verified_empty(), None);
+    assert_eq!(entry(&h, "alice").unwrap().verified(), None);
 }
 
 #[test]
@@ -1003,7 +1008,7 @@ fn verified_empty_is_stamped_with_the_time_of_the_login() {
     h.client(1, b"QUIT\r\n");
     h.server(1, b"+OK 0 0\r\n");
     h.server(1, b"+OK bye\r\n");
-    assert_eq!(entry(&h, "alice").unwrap().verified_empty(), Some(login));
+    assert_eq!(entry(&h, "alice").unwrap().verified(), Some(login));
 }
 
 #[test]
@@ -1092,8 +1097,117 @@ fn a_notification_during_a_session_is_never_hidden_by_its_quit() {
     h.client(1, b"QUIT\r\n");
     h.server(1, b"+OK 0 0\r\n");
     h.server(1, b"+OK bye\r\n");
-    assert_eq!(entry(&h, "alice").unwrap().verified_empty(), None);
+    assert_eq!(entry(&h, "alice").unwrap().verified(), None);
     h.open(2);
     h.client(2, b"USER alice\r\n");
     assert_eq!(h.client(2, b"PASS pw\r\n"), [ConnectUpstream]);
+}
+
+// ---- Issue 9: clients that leave their mail on the server ----
+
+const STAT2: &[u8] = b"+OK 2 3000\r\n";
+const LIST2: &[u8] = b"+OK 2 messages:\r\n1 1000\r\n2 2000\r\n.\r\n";
+const UIDL2: &[u8] = b"+OK\r\n1 000000017ab\r\n2 000000018cd\r\n.\r\n";
+
+/// An engine that knows the server offers UIDL, and a passed-through session of alice
+/// that saw two messages and left them there.
+fn alice_keeps_two_messages() -> Harness<AttenuationEngine> {
+    let mut h = engine();
+    let caps = ServerCaps::parse(b"USER\r\nUIDL\r\nTOP\r\nXCLIENT\r\n");
+    let now = h.now;
+    h.engine.shared.learn_caps(info().server, caps, now);
+    relayed_login(&mut h, 1, false);
+    assert_eq!(h.client(1, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
+    assert_eq!(h.server(1, STAT2), [to_upstream(b"LIST\r\n")]);
+    assert_eq!(h.server(1, LIST2), [to_upstream(b"UIDL\r\n")]);
+    assert_eq!(h.server(1, UIDL2), [to_upstream(b"QUIT\r\n")]);
+    h.server(1, b"+OK bye\r\n");
+    h.engine.close(1, h.now);
+    assert!(entry(&h, "alice").unwrap().view().unwrap().is_some());
+    h
+}
+
+#[test]
+fn a_leave_on_server_check_is_answered_byte_for_byte_from_the_snapshot() {
+    let mut h = alice_keeps_two_messages();
+    attenuated_login(&mut h, 2, "pw");
+    assert_eq!(h.client(2, b"STAT\r\n"), [to_client(STAT2)]);
+    assert_eq!(h.client(2, b"LIST\r\n"), [to_client(LIST2)]);
+    assert_eq!(h.client(2, b"UIDL\r\n"), [to_client(UIDL2)]);
+    assert_eq!(
+        h.client(2, b"UIDL 2\r\n"),
+        [to_client(b"+OK 2 000000018cd\r\n")]
+    );
+    assert_eq!(h.client(2, b"LIST 1\r\n"), [to_client(b"+OK 1 1000\r\n")]);
+    assert_eq!(h.client(2, b"LIST 3\r\n"), [to_client(NO_SUCH_MESSAGE)]);
+    assert_eq!(h.client(2, b"RETR 3\r\n"), [to_client(NO_SUCH_MESSAGE)]);
+    assert_eq!(
+        h.client(2, b"QUIT\r\n"),
+        [to_client(LOGGING_OUT), CloseClient]
+    );
+}
+
+#[test]
+fn a_message_is_fetched_from_the_server_once_its_number_is_checked() {
+    let mut h = alice_keeps_two_messages();
+    attenuated_login(&mut h, 2, "pw");
+    h.client(2, b"UIDL\r\n");
+    assert_eq!(h.client(2, b"RETR 2\r\n"), [ConnectUpstream]);
+    assert_eq!(
+        connect_upstream(&mut h, 2, false),
+        [to_upstream(b"USER alice\r\n")]
+    );
+    assert_eq!(h.server(2, b"+OK\r\n"), [to_upstream(b"PASS pw\r\n")]);
+    assert_eq!(
+        h.server(2, b"+OK Logged in.\r\n"),
+        [to_upstream(b"UIDL\r\n")]
+    );
+    // A new message arrived since: it comes after, the client's numbers still hold.
+    let now_listed = b"+OK\r\n1 000000017ab\r\n2 000000018cd\r\n3 000000019ef\r\n.\r\n";
+    assert_eq!(h.server(2, now_listed), [to_upstream(b"RETR 2\r\n")]);
+    let body = b"+OK 2000 octets\r\nSubject: x\r\n\r\nbody\r\n.\r\n";
+    assert_eq!(h.server(2, body), [to_client(body)]);
+}
+
+#[test]
+fn a_renumbered_maildrop_is_never_served_from_the_snapshot() {
+    let mut h = alice_keeps_two_messages();
+    attenuated_login(&mut h, 2, "pw");
+    h.client(2, b"DELE 2\r\n");
+    connect_upstream(&mut h, 2, false);
+    h.server(2, b"+OK\r\n");
+    assert_eq!(
+        h.server(2, b"+OK Logged in.\r\n"),
+        [to_upstream(b"UIDL\r\n")]
+    );
+    // Another session deleted message 1: what was 2 is 1 now. Never DELE the wrong one.
+    assert_eq!(
+        h.server(2, b"+OK\r\n1 000000018cd\r\n.\r\n"),
+        [to_client(SERVER_UNAVAILABLE), CloseClient, CloseUpstream]
+    );
+    assert_eq!(entry(&h, "alice").unwrap().verified(), None);
+}
+
+#[test]
+fn a_session_that_deleted_keeps_no_listing() {
+    let mut h = alice_keeps_two_messages();
+    h.now += INTERVAL;
+    relayed_login(&mut h, 2, false);
+    h.client(2, b"DELE 1\r\n");
+    h.server(2, b"+OK Marked to be deleted.\r\n");
+    assert_eq!(h.client(2, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
+    // Numbers change at UPDATE: no LIST or UIDL of this session is kept.
+    assert_eq!(h.server(2, b"+OK 1 2000\r\n"), [to_upstream(b"QUIT\r\n")]);
+    h.server(2, b"+OK bye\r\n");
+    assert_eq!(entry(&h, "alice").unwrap().verified(), None);
+}
+
+#[test]
+fn snapshots_stay_within_their_memory_budget() {
+    let mut h = alice_keeps_two_messages();
+    let held = h.engine.table().maildrop_bytes();
+    assert_eq!(held, STAT2.len() + LIST2.len() + UIDL2.len());
+    // A new-mail notification drops the snapshot and its bytes.
+    notify(&mut h, b"alice");
+    assert_eq!(h.engine.table().maildrop_bytes(), 0);
 }
