@@ -724,3 +724,31 @@ fn two_thousand_half_open_connections_cost_little_and_are_given_back() {
         now_rss / 1024
     );
 }
+
+#[test]
+fn an_address_the_router_gains_later_is_excluded_too() {
+    let topo = Topology::new().unwrap();
+    let _ic = Interceptor::start(&topo, &["--mode", "relay"]).unwrap();
+    let mut a = Attacker::new(&topo, 90);
+    // Not the router's yet: intercepted like any destination.
+    let later = subscriber(250);
+    let syn = a.syn(pop3(later));
+    assert!(
+        a.syn_acked(&syn, &syn.frame(), ANSWER),
+        "before: intercepted"
+    );
+    topo.exec(
+        Node::Router,
+        &["ip", "addr", "add", &format!("{later}/32"), "dev", "lo"],
+    )
+    .unwrap()
+    .check("ip addr add")
+    .unwrap();
+    // The daemon looks its addresses up again every 5 s.
+    std::thread::sleep(Duration::from_secs(7));
+    let syn = a.syn(pop3(later));
+    assert!(
+        !a.syn_acked(&syn, &syn.frame(), SILENCE),
+        "the router's new address is still intercepted"
+    );
+}
