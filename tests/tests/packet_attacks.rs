@@ -752,3 +752,26 @@ fn an_address_the_router_gains_later_is_excluded_too() {
         "the router's new address is still intercepted"
     );
 }
+
+#[test]
+fn one_subscriber_cannot_take_every_slot_with_the_default_limits() {
+    let topo = Topology::new().unwrap();
+    let _ic = Interceptor::start(&topo, &["--mode", "relay", "--max-conns", "40"]).unwrap();
+    // 40 handshakes left hanging by one address: it gets its default share of half-open
+    // slots, then RSTs, and the table keeps room for others.
+    let mut a = Attacker::new(&topo, 84);
+    let syns: Vec<Seg> = (0..40).map(|_| a.syn(pop3(SERVER_V4))).collect();
+    let got = answers(&a, &syns);
+    let accepted = got.iter().filter(|g| **g == Some(true)).count();
+    assert!(
+        (1..40).contains(&accepted),
+        "{accepted} of 40 accepted: {got:?}"
+    );
+    let mut b = Attacker::new(&topo, 85);
+    let syn = b.syn(pop3(SERVER_V4));
+    assert_eq!(
+        answers(&b, &[syn]),
+        [Some(true)],
+        "another subscriber still gets in"
+    );
+}
