@@ -25,8 +25,11 @@ pub mod map_names {
     pub const SERVERS_V6: &str = "SERVERS_V6";
     /// Array of one [`Config`](super::Config).
     pub const CONFIG: &str = "CONFIG";
-    /// LRU hash: flows the XDP program has started redirecting.
+    /// Hash: established flows, added by the daemon once their handshake completed.
     pub const FLOWS: &str = "FLOWS";
+    /// LRU hash: flows whose SYN the XDP program redirected, until the daemon adopts
+    /// them into `FLOWS` (or forgets them). SYN floods churn only this one.
+    pub const HALF_OPEN: &str = "HALF_OPEN";
     /// Per-CPU array of [`Counter`](super::Counter) values.
     pub const COUNTERS: &str = "COUNTERS";
     /// Hash: the attenuation table mirrored for operators ([`UserKey`](super::UserKey)).
@@ -37,10 +40,27 @@ pub mod map_names {
     pub const INFO: &str = "INFO";
     /// Array of one [`DaemonStats`](super::DaemonStats), refreshed every second.
     pub const STATS: &str = "STATS";
+    /// LPM trie: IPv4 destinations never intercepted (loopback, the router's own, ...).
+    pub const EXCLUDED_V4: &str = "EXCLUDED_V4";
+    /// LPM trie: IPv6 destinations never intercepted.
+    pub const EXCLUDED_V6: &str = "EXCLUDED_V6";
 
     /// Every map the daemon pins, for status and clean-up.
-    pub const ALL: [&str; 11] = [
-        XSKS, PORTS, SERVERS_V4, SERVERS_V6, CONFIG, FLOWS, COUNTERS, USERS, SESSIONS, INFO, STATS,
+    pub const ALL: [&str; 14] = [
+        XSKS,
+        PORTS,
+        SERVERS_V4,
+        SERVERS_V6,
+        CONFIG,
+        FLOWS,
+        HALF_OPEN,
+        COUNTERS,
+        USERS,
+        SESSIONS,
+        INFO,
+        STATS,
+        EXCLUDED_V4,
+        EXCLUDED_V6,
     ];
 }
 
@@ -53,8 +73,14 @@ pub const MAX_QUEUES: u32 = 64;
 pub const MAX_PORTS: u32 = 64;
 /// Most mail-server prefixes per address family.
 pub const MAX_SERVER_PREFIXES: u32 = 1024;
-/// Most flows tracked by the XDP program at once (LRU: the oldest are evicted).
+/// Most never-intercepted prefixes per address family (fixed ranges plus the router's own
+/// addresses).
+pub const MAX_EXCLUDED_PREFIXES: u32 = 1024;
+/// Default capacity of `FLOWS`; the daemon sizes it to `--max-conns` when larger, so an
+/// established flow always has room and is never evicted.
 pub const MAX_FLOWS: u32 = 65536;
+/// Most half-open flows the XDP program remembers (LRU: a flood evicts only these).
+pub const MAX_HALF_OPEN: u32 = 65536;
 
 /// Global switches of the XDP program, in the single entry of the `CONFIG` array.
 #[repr(C)]
@@ -114,7 +140,8 @@ impl FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
-    /// `bpf_ktime_get_ns()` when the SYN was seen.
+    /// `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns()`) when the SYN was seen
+    /// (`HALF_OPEN`) or the handshake completed (`FLOWS`).
     pub first_seen_ns: u64,
 }
 
@@ -130,17 +157,25 @@ pub enum Counter {
     Redirected = 2,
     /// Matched frames with no AF_XDP socket on their queue, passed to the kernel (fail-open).
     FallbackPassed = 3,
+    /// SYNs whose source's route back leaves through another interface (or none): a
+    /// spoofed source, passed to the kernel (and its rp_filter).
+    ReversePathFailed = 4,
+    /// SYNs from a client the router has no neighbour entry for, passed to the kernel
+    /// (which resolves one; the client's retry is intercepted).
+    NoNeighbour = 5,
 }
 
 impl Counter {
     /// Number of slots in the `COUNTERS` array.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 6;
     /// All counters, in slot order.
-    pub const ALL: [Counter; 4] = [
+    pub const ALL: [Counter; 6] = [
         Counter::FramesSeen,
         Counter::Matched,
         Counter::Redirected,
         Counter::FallbackPassed,
+        Counter::ReversePathFailed,
+        Counter::NoNeighbour,
     ];
 
     /// Name used in `status` output and metrics.
@@ -150,6 +185,8 @@ impl Counter {
             Counter::Matched => "matched",
             Counter::Redirected => "redirected",
             Counter::FallbackPassed => "fallback_passed",
+            Counter::ReversePathFailed => "reverse_path_failed",
+            Counter::NoNeighbour => "no_neighbour",
         }
     }
 }

@@ -114,6 +114,25 @@ pub struct RunArgs {
     /// Drop a connection with no packets for this long [default: 15m].
     #[arg(long, value_parser = duration)]
     pub idle_timeout: Option<Duration>,
+    /// Connections one client address may have open at once, half-open ones included;
+    /// 0 = no limit [default: 128].
+    #[arg(long)]
+    pub max_conns_per_source: Option<u32>,
+    /// Connections one client address may have in their handshake at once; 0 = no limit
+    /// [default: 32].
+    #[arg(long)]
+    pub max_half_open_per_source: Option<u32>,
+    /// New connections per second one client address may open (bursts of as many);
+    /// 0 = no limit [default: 100].
+    #[arg(long)]
+    pub syn_rate_per_source: Option<u32>,
+    /// Also intercept private destinations (10/8, 100.64/10, 172.16/12, 192.168/16, fc00::/7).
+    #[arg(long)]
+    pub intercept_private: bool,
+    /// Reap a half-closed connection (CLOSE_WAIT, FIN_WAIT_2, ...) after this long, however
+    /// many keep-alive ACKs it gets [default: 60s].
+    #[arg(long, value_parser = duration)]
+    pub fin_timeout: Option<Duration>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9110 [default: off].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,

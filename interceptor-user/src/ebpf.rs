@@ -58,6 +58,10 @@ pub struct AttachOptions {
     pub ports: Vec<u16>,
     /// Mail-server prefixes; empty means any destination.
     pub servers: Vec<IpNet>,
+    /// Destinations never intercepted (see `dataplane::destinations`).
+    pub excluded: Vec<IpNet>,
+    /// `--max-conns`: `FLOWS` gets at least this many entries.
+    pub max_conns: u32,
     pub pin_dir: PathBuf,
     /// Capacity of the `USERS` mirror map.
     pub mirror_size: u32,
@@ -112,7 +116,12 @@ pub struct Attachment {
     ebpf: Ebpf,
     xsks: XskMap<aya::maps::MapData>,
     flows: HashMap<aya::maps::MapData, FlowKey, FlowValue>,
+    half_open: HashMap<aya::maps::MapData, FlowKey, FlowValue>,
     counters: PerCpuArray<aya::maps::MapData, u64>,
+    excluded_v4: LpmTrie<aya::maps::MapData, [u8; 4], u8>,
+    excluded_v6: LpmTrie<aya::maps::MapData, [u8; 16], u8>,
+    /// What the exclusion maps hold now.
+    excluded: Vec<IpNet>,
     pin_dir: PathBuf,
     keep_pins: bool,
 }
@@ -130,6 +139,7 @@ impl Attachment {
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::USERS, options.mirror_size)
+            .map_max_entries(map_names::FLOWS, options.max_conns.max(common::MAX_FLOWS))
             .load(&object)
             .map_err(EbpfError::Load)?;
         configure(&mut ebpf, options)?;
@@ -152,12 +162,19 @@ impl Attachment {
         write_info(&mut ebpf, options)?;
         let xsks = take_map(&mut ebpf, map_names::XSKS)?;
         let flows = take_map(&mut ebpf, map_names::FLOWS)?;
+        let half_open = take_map(&mut ebpf, map_names::HALF_OPEN)?;
         let counters = take_map(&mut ebpf, map_names::COUNTERS)?;
+        let excluded_v4 = take_map(&mut ebpf, map_names::EXCLUDED_V4)?;
+        let excluded_v6 = take_map(&mut ebpf, map_names::EXCLUDED_V6)?;
         Ok(Self {
             ebpf,
             xsks,
             flows,
+            half_open,
             counters,
+            excluded_v4,
+            excluded_v6,
+            excluded: options.excluded.clone(),
             pin_dir: options.pin_dir.clone(),
             keep_pins: false,
         })
@@ -175,15 +192,65 @@ impl Attachment {
             .map_err(map_err(map_names::XSKS))
     }
 
-    /// Forgets finished flows in `FLOWS`, so they do not crowd live ones out of the LRU
-    /// and a reused 4-tuple starts from its SYN again.
-    pub fn forget_flows(&mut self, closed: &[(std::net::SocketAddr, std::net::SocketAddr)]) {
-        for key in closed
-            .iter()
-            .filter_map(|&(client, server)| FlowKey::new(client, server))
-        {
-            let _ = self.flows.remove(&key);
+    /// Moves flows whose handshake completed from `HALF_OPEN` to `FLOWS`, where no SYN
+    /// flood can evict them. `FLOWS` holds at least `--max-conns` entries, so it has room.
+    pub fn adopt_flows(&mut self, established: &[(std::net::SocketAddr, std::net::SocketAddr)]) {
+        let value = FlowValue {
+            first_seen_ns: monotonic_ns(),
+        };
+        for key in flow_keys(established) {
+            if let Err(err) = self.flows.insert(key, value, 0) {
+                tracing::warn!(%err, "FLOWS: an established flow stays in HALF_OPEN");
+                continue;
+            }
+            let _ = self.half_open.remove(&key);
         }
+    }
+
+    /// Forgets finished flows, so a reused 4-tuple starts from its SYN again and its
+    /// segments go to the kernel.
+    pub fn forget_flows(&mut self, closed: &[(std::net::SocketAddr, std::net::SocketAddr)]) {
+        for key in flow_keys(closed) {
+            let _ = self.flows.remove(&key);
+            let _ = self.half_open.remove(&key);
+        }
+    }
+
+    /// Makes the exclusion maps hold exactly `wanted` (new prefixes first, then the stale
+    /// ones go), e.g. after the router's addresses changed.
+    pub fn update_excluded(&mut self, wanted: &[IpNet]) -> Result<(), EbpfError> {
+        for net in wanted.iter().filter(|n| !self.excluded.contains(n)) {
+            match net {
+                IpNet::V4(n) => self
+                    .excluded_v4
+                    .insert(
+                        &Key::new(u32::from(n.prefix_len()), n.network().octets()),
+                        1,
+                        0,
+                    )
+                    .map_err(map_err(map_names::EXCLUDED_V4))?,
+                IpNet::V6(n) => self
+                    .excluded_v6
+                    .insert(
+                        &Key::new(u32::from(n.prefix_len()), n.network().octets()),
+                        1,
+                        0,
+                    )
+                    .map_err(map_err(map_names::EXCLUDED_V6))?,
+            }
+        }
+        for net in self.excluded.iter().filter(|n| !wanted.contains(n)) {
+            let _ = match net {
+                IpNet::V4(n) => self
+                    .excluded_v4
+                    .remove(&Key::new(u32::from(n.prefix_len()), n.network().octets())),
+                IpNet::V6(n) => self
+                    .excluded_v6
+                    .remove(&Key::new(u32::from(n.prefix_len()), n.network().octets())),
+            };
+        }
+        self.excluded = wanted.to_vec();
+        Ok(())
     }
 
     /// The operator's `USERS` and `SESSIONS` maps, for the table mirror.
@@ -216,6 +283,25 @@ impl Drop for Attachment {
 }
 
 /// Sums a pinned or owned per-CPU counters map.
+fn flow_keys(
+    flows: &[(std::net::SocketAddr, std::net::SocketAddr)],
+) -> impl Iterator<Item = FlowKey> + '_ {
+    flows
+        .iter()
+        .filter_map(|&(client, server)| FlowKey::new(client, server))
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 pub fn read_counters(
     map: &PerCpuArray<aya::maps::MapData, u64>,
 ) -> Result<Vec<(Counter, u64)>, EbpfError> {
@@ -245,16 +331,16 @@ fn configure(ebpf: &mut Ebpf, options: &AttachOptions) -> Result<(), EbpfError> 
             .insert(port, 1, 0)
             .map_err(map_err(map_names::PORTS))?;
     }
-    let v4 = options.servers.iter().filter_map(|net| match net {
-        IpNet::V4(net) => Some((net.prefix_len(), net.network().octets())),
-        IpNet::V6(_) => None,
-    });
-    insert_prefixes(ebpf, map_names::SERVERS_V4, v4)?;
-    let v6 = options.servers.iter().filter_map(|net| match net {
-        IpNet::V6(net) => Some((net.prefix_len(), net.network().octets())),
-        IpNet::V4(_) => None,
-    });
-    insert_prefixes(ebpf, map_names::SERVERS_V6, v6)?;
+    insert_nets(
+        ebpf,
+        [map_names::SERVERS_V4, map_names::SERVERS_V6],
+        &options.servers,
+    )?;
+    insert_nets(
+        ebpf,
+        [map_names::EXCLUDED_V4, map_names::EXCLUDED_V6],
+        &options.excluded,
+    )?;
     let mut config: Array<_, Config> = map_mut(ebpf, map_names::CONFIG)?;
     let value = Config {
         server_filter: u32::from(!options.servers.is_empty()),
@@ -263,6 +349,20 @@ fn configure(ebpf: &mut Ebpf, options: &AttachOptions) -> Result<(), EbpfError> 
         .set(0, value, 0)
         .map_err(map_err(map_names::CONFIG))?;
     Ok(())
+}
+
+/// Puts each prefix of `nets` into the LPM trie of its family (`[v4 map, v6 map]`).
+fn insert_nets(ebpf: &mut Ebpf, names: [&'static str; 2], nets: &[IpNet]) -> Result<(), EbpfError> {
+    let v4 = nets.iter().filter_map(|net| match net {
+        IpNet::V4(net) => Some((net.prefix_len(), net.network().octets())),
+        IpNet::V6(_) => None,
+    });
+    insert_prefixes(ebpf, names[0], v4)?;
+    let v6 = nets.iter().filter_map(|net| match net {
+        IpNet::V6(net) => Some((net.prefix_len(), net.network().octets())),
+        IpNet::V4(_) => None,
+    });
+    insert_prefixes(ebpf, names[1], v6)
 }
 
 fn insert_prefixes<const N: usize>(

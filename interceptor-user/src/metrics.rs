@@ -101,6 +101,11 @@ pub struct Metrics {
     connections_accepted: U64Counter,
     connections_refused: U64Counter,
     connections_timed_out: U64Counter,
+    connections_fin_timed_out: U64Counter,
+    challenge_acks: U64Counter,
+    refused_source_conns: U64Counter,
+    refused_source_half_open: U64Counter,
+    refused_source_rate: U64Counter,
 }
 
 impl Default for Metrics {
@@ -182,6 +187,26 @@ impl Metrics {
             "connections_timed_out",
             "Intercepted connections dropped by the handshake or idle timeout",
         );
+        let connections_fin_timed_out = counter(
+            "connections_fin_timed_out",
+            "Half-closed connections (CLOSE_WAIT, FIN_WAIT_2, ...) reset by --fin-timeout",
+        );
+        let challenge_acks = counter(
+            "challenge_acks",
+            "Segments dropped by the RFC 5961 checks (inexact RST, SYN or bad ACK on a live connection)",
+        );
+        let refused_source_conns = counter(
+            "connections_refused_source_conns",
+            "SYNs refused with RST: their source had --max-conns-per-source connections",
+        );
+        let refused_source_half_open = counter(
+            "connections_refused_source_half_open",
+            "SYNs refused with RST: their source had --max-half-open-per-source handshakes open",
+        );
+        let refused_source_rate = counter(
+            "connections_refused_source_rate",
+            "SYNs refused with RST: their source exceeded --syn-rate-per-source",
+        );
         let notifications = Family::<Vec<(String, String)>, U64Counter>::default();
         registry.register(
             "notifications",
@@ -220,6 +245,11 @@ impl Metrics {
             connections_accepted,
             connections_refused,
             connections_timed_out,
+            connections_fin_timed_out,
+            challenge_acks,
+            refused_source_conns,
+            refused_source_half_open,
+            refused_source_rate,
         }
     }
 
@@ -252,6 +282,14 @@ impl Metrics {
         set(&self.connections_accepted, dp.conns_accepted);
         set(&self.connections_refused, dp.conns_refused_full);
         set(&self.connections_timed_out, dp.conns_timed_out);
+        set(&self.connections_fin_timed_out, dp.conns_fin_timed_out);
+        set(&self.challenge_acks, dp.challenge_acks);
+        set(&self.refused_source_conns, dp.conns_refused_source_conns);
+        set(
+            &self.refused_source_half_open,
+            dp.conns_refused_source_half_open,
+        );
+        set(&self.refused_source_rate, dp.conns_refused_source_rate);
         for (counter, metric) in &self.xdp {
             if let Some(&(_, v)) = snapshot.xdp.iter().find(|(c, _)| c == counter) {
                 set(metric, v);
@@ -282,8 +320,12 @@ fn xdp_help(counter: common::Counter) -> &'static str {
         common::Counter::FallbackPassed => {
             "matched frames with no AF_XDP socket on their queue, passed to the kernel (fail-open)"
         }
-        #[allow(unreachable_patterns)]
-        _ => "see common::Counter",
+        common::Counter::ReversePathFailed => {
+            "SYNs whose route back leaves through another interface (spoofed source), passed to the kernel"
+        }
+        common::Counter::NoNeighbour => {
+            "SYNs from clients without a neighbour entry on the router, passed to the kernel"
+        }
     }
 }
 
@@ -541,6 +583,11 @@ mod tests {
                 conns_accepted: 10,
                 conns_refused_full: 2,
                 conns_timed_out: 1,
+                conns_fin_timed_out: 4,
+                challenge_acks: 6,
+                conns_refused_source_conns: 7,
+                conns_refused_source_half_open: 8,
+                conns_refused_source_rate: 9,
                 conns_active: 3,
                 fill_ring_empty: 5,
             },
@@ -579,6 +626,8 @@ mod tests {
             ("pop3_interceptor_xdp_matched_total", 1001.0),
             ("pop3_interceptor_xdp_redirected_total", 1002.0),
             ("pop3_interceptor_xdp_fallback_passed_total", 1003.0),
+            ("pop3_interceptor_xdp_reverse_path_failed_total", 1004.0),
+            ("pop3_interceptor_xdp_no_neighbour_total", 1005.0),
             ("pop3_interceptor_afxdp_rx_frames_total", 100.0),
             ("pop3_interceptor_afxdp_tx_frames_total", 90.0),
             ("pop3_interceptor_afxdp_fill_ring_empty_total", 5.0),
@@ -587,6 +636,20 @@ mod tests {
             ("pop3_interceptor_connections_accepted_total", 10.0),
             ("pop3_interceptor_connections_refused_total", 2.0),
             ("pop3_interceptor_connections_timed_out_total", 1.0),
+            ("pop3_interceptor_connections_fin_timed_out_total", 4.0),
+            ("pop3_interceptor_challenge_acks_total", 6.0),
+            (
+                "pop3_interceptor_connections_refused_source_conns_total",
+                7.0,
+            ),
+            (
+                "pop3_interceptor_connections_refused_source_half_open_total",
+                8.0,
+            ),
+            (
+                "pop3_interceptor_connections_refused_source_rate_total",
+                9.0,
+            ),
         ];
         for (name, v) in expect {
             assert_eq!(value(&text, name), Some(v), "{name} in\n{text}");

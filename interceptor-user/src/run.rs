@@ -4,7 +4,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     cli::RunArgs,
-    dataplane::{Dataplane, DataplaneConfig},
+    dataplane::{Dataplane, DataplaneConfig, destinations},
     ebpf::{self, AttachOptions, Attachment},
     engine::Engine,
     metrics,
@@ -12,6 +12,9 @@ use crate::{
     settings::{FileSettings, Settings},
     signals::SignalFd,
 };
+
+/// How often the router's own addresses are looked up again for the exclusion maps.
+const EXCLUDED_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// SIGHUP: re-reads the opt-out list from the config file. Open sessions are kept.
 fn reload_opt_out(settings: &Settings, engine: &mut Engine) {
@@ -53,11 +56,20 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
     let mtu = ebpf::interface_mtu(iface)
         .unwrap_or(1500)
         .min(crate::dataplane::xsk::MAX_FRAME - crate::dataplane::frame::MAX_L2_LEN);
+    let excluded = || {
+        destinations::excluded(
+            &destinations::own_addresses(),
+            &settings.servers,
+            settings.intercept_private,
+        )
+    };
     let mut attachment = Attachment::attach(&AttachOptions {
         ifname: iface.clone(),
         mode: settings.xdp_mode,
         ports: settings.ports.clone(),
         servers: settings.servers.clone(),
+        excluded: excluded(),
+        max_conns: u32::try_from(settings.max_conns).unwrap_or(u32::MAX),
         pin_dir: settings.pin_dir.clone(),
         mirror_size: settings.mirror_size,
     })?;
@@ -70,6 +82,8 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         max_conns: settings.max_conns,
         handshake_timeout: std::time::Duration::from_secs(10),
         idle_timeout: settings.idle_timeout,
+        fin_timeout: settings.fin_timeout,
+        per_source: settings.per_source,
         connect_timeout: settings.connect_timeout,
         response_timeout: settings.response_timeout,
     };
@@ -104,8 +118,10 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         Some(_) => Some(attachment.mirror()?),
         None => None,
     };
+    let mut excluded_at = std::time::Instant::now();
     let signal = loop {
         let signal = dataplane.run(&signals, |dp| {
+            attachment.adopt_flows(dp.established_flows());
             attachment.forget_flows(dp.closed_flows());
             if let (Some(notifications), Some(engine)) =
                 (&notifications, dp.engine_mut().attenuation_mut())
@@ -115,6 +131,13 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
                     let ended = engine.new_mail(n.server, n.port, &n.user, now);
                     tracing::debug!(server = %n.server, ended, "new-mail notification");
                 });
+            }
+            // Addresses come and go on a router: keep excluding all of its own.
+            if excluded_at.elapsed() >= EXCLUDED_REFRESH {
+                excluded_at = std::time::Instant::now();
+                if let Err(err) = attachment.update_excluded(&excluded()) {
+                    tracing::warn!(%err, "updating the excluded destinations");
+                }
             }
             if let Some(mirror) = &mut mirror {
                 let closed = dp.closed_flows().to_vec();

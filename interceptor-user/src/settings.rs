@@ -16,7 +16,9 @@ use pop3_engine::{
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::{cli::RunArgs, ebpf::AttachMode, notify::NotifyConfig};
+use crate::{
+    cli::RunArgs, dataplane::sources::SourceLimits, ebpf::AttachMode, notify::NotifyConfig,
+};
 
 /// Which POP3 engine terminates the sessions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -49,6 +51,11 @@ pub struct FileSettings {
     pub response_timeout: Option<String>,
     pub max_conns: Option<usize>,
     pub idle_timeout: Option<String>,
+    pub intercept_private: Option<bool>,
+    pub fin_timeout: Option<String>,
+    pub max_conns_per_source: Option<u32>,
+    pub max_half_open_per_source: Option<u32>,
+    pub syn_rate_per_source: Option<u32>,
     pub metrics: Option<SocketAddr>,
     pub mirror_size: Option<u32>,
     pub notify_listen: Option<SocketAddr>,
@@ -74,6 +81,12 @@ pub struct Settings {
     pub response_timeout: Duration,
     pub max_conns: usize,
     pub idle_timeout: Duration,
+    /// Private destinations are intercepted too (they are excluded by default).
+    pub intercept_private: bool,
+    /// How long a half-closed connection may stay.
+    pub fin_timeout: Duration,
+    /// Per-subscriber limits on connections and SYNs.
+    pub per_source: SourceLimits,
     /// Where to serve Prometheus metrics (`None`: not served).
     pub metrics: Option<SocketAddr>,
     /// Capacity of the pinned `USERS` map (users beyond it are not mirrored).
@@ -218,6 +231,25 @@ impl Settings {
                 .idle_timeout
                 .or(file_duration("idle-timeout", file.idle_timeout)?)
                 .unwrap_or(Duration::from_secs(15 * 60)),
+            intercept_private: args.intercept_private || file.intercept_private.unwrap_or(false),
+            fin_timeout: args
+                .fin_timeout
+                .or(file_duration("fin-timeout", file.fin_timeout)?)
+                .unwrap_or(Duration::from_secs(60)),
+            per_source: SourceLimits {
+                max_conns: args
+                    .max_conns_per_source
+                    .or(file.max_conns_per_source)
+                    .unwrap_or(128),
+                max_half_open: args
+                    .max_half_open_per_source
+                    .or(file.max_half_open_per_source)
+                    .unwrap_or(32),
+                syn_rate: args
+                    .syn_rate_per_source
+                    .or(file.syn_rate_per_source)
+                    .unwrap_or(100),
+            },
             metrics: args.metrics.or(file.metrics),
             mirror_size: args
                 .mirror_size

@@ -143,9 +143,23 @@ pub fn read(pin_dir: &Path, sort: SortBy) -> anyhow::Result<Status> {
     })
 }
 
-/// Whether a process with this pid exists.
+/// Whether a process with this pid runs. A zombie (killed, not yet reaped by its parent)
+/// or a dead process still has a `/proc/PID` entry but runs nothing: it counts as gone.
 pub fn pid_alive(pid: u32) -> bool {
-    pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+    if pid == 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(proc_state(&stat), Some('Z' | 'X' | 'x')),
+        Err(_) => false,
+    }
+}
+
+/// The state letter of a `/proc/PID/stat` line: the field after the command name, which is
+/// in parentheses and may itself contain spaces and parentheses.
+fn proc_state(stat: &str) -> Option<char> {
+    let (_, after) = stat.rsplit_once(')')?;
+    after.trim_start().chars().next()
 }
 
 /// The table an operator reads.
@@ -254,5 +268,14 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00");
         assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(utc(1_796_212_800), "2026-12-02 12:00:00");
+    }
+
+    #[test]
+    fn a_zombie_is_not_a_running_daemon() {
+        assert_eq!(proc_state("42 (pop3-interceptor) Z 1 42"), Some('Z'));
+        assert_eq!(proc_state("42 (a) b) (c) R 1"), Some('R'));
+        assert_eq!(proc_state("garbage"), None);
+        assert!(pid_alive(std::process::id()));
+        assert!(!pid_alive(0));
     }
 }

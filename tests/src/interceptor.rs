@@ -236,6 +236,24 @@ impl Interceptor {
         self.child.take().and_then(|mut c| c.kill())
     }
 
+    /// `kill -9` without reaping: the daemon stays a zombie (its `/proc/PID` entry remains)
+    /// until the fixture is dropped. Waits until the kernel shows it as one.
+    pub fn kill9_leave_zombie(&mut self) -> Result<()> {
+        let pid = self.pid();
+        util::signal_pid(pid, libc::SIGKILL);
+        let stat = PathBuf::from(format!("/proc/{pid}/stat"));
+        wait_for(
+            "the killed daemon to become a zombie",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                let text = read_lossy(&stat);
+                let state = text.rsplit_once(')')?.1.trim_start().chars().next()?;
+                (state == 'Z').then_some(())
+            },
+        )
+    }
+
     /// SIGTERM and wait up to `timeout`: (status, exited by itself within the timeout).
     pub fn terminate(&mut self, timeout: Duration) -> (Option<ExitStatus>, bool) {
         match self.child.take() {

@@ -7,6 +7,7 @@
 //! - [`clients`]: curl, Python poplib, fetchmail, openssl and raw TCP sessions run from
 //!   the client namespace.
 //! - [`Interceptor`]: the daemon under test, attached to the router's `rc0`.
+//! - [`raw`]: crafted Ethernet frames sent and read on an `AF_PACKET` socket.
 //!
 //! Everything is bounded in time, started processes are killed by pid, and a new run removes
 //! what a killed run left behind. The tests must run as root, one at a time:
@@ -15,6 +16,7 @@
 pub mod clients;
 pub mod dovecot;
 pub mod interceptor;
+pub mod raw;
 pub mod topology;
 pub mod util;
 

@@ -187,6 +187,21 @@ fn detach_cleans_up_after_kill_9() {
     assert_eq!(last, CLIENT_V4.to_string(), "POP3 reaches Dovecot directly");
 }
 
+/// Issue 8 item 7: right after a `kill -9` the dead daemon is a zombie until its parent
+/// reaps it; it runs nothing, so `detach` must not refuse.
+#[test]
+fn detach_does_not_mistake_a_zombie_for_a_running_daemon() {
+    let topo = Topology::new().unwrap();
+    let mut ic = attenuating(&topo, &[]);
+    let pin_dir = ic.pin_dir().to_str().unwrap().to_owned();
+    ic.kill9_leave_zombie().unwrap();
+    let out = ic
+        .cli(&["detach", "--iface", "rc0", "--pin-dir", &pin_dir])
+        .unwrap();
+    assert!(out.success(), "{}{}", out.stdout_str(), out.stderr_str());
+    assert!(!std::path::Path::new(&pin_dir).exists(), "pins removed");
+}
+
 #[test]
 fn sighup_reloads_the_opt_out_list_without_dropping_sessions() {
     use pop3_interceptor_e2e::clients::RawSession;

@@ -273,6 +273,7 @@ impl Bench<'_> {
         out: &mut Vec<Measurement>,
     ) -> Result<AttenuationCheck> {
         let mut extra_args = vec!["--mode".to_string(), "attenuate".to_string()];
+        extra_args.extend(one_source_load());
         if !self.bin_args.iter().any(|a| a.starts_with("--interval")) {
             // Far longer than the run: every check after the warm-up may be attenuated.
             extra_args.extend(["--interval".to_string(), "15m".to_string()]);
@@ -396,6 +397,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     bench.run_path("direct", "", &mut ms)?;
     if let Some(bin) = &bin {
         let mut extra_args = vec!["--mode".to_string(), "relay".to_string()];
+        extra_args.extend(one_source_load());
         extra_args.extend(args.daemon_args.iter().cloned());
         let opts = InterceptorOptions {
             bin: Some(bin.clone()),
@@ -809,4 +811,18 @@ pub fn table_memory(users: usize) -> Result<TableMemory> {
     };
     drop(engine);
     Ok(r)
+}
+
+/// The load generator is one subscriber making thousands of sessions per second: the
+/// per-source limits (meant for real subscribers) are switched off for it.
+fn one_source_load() -> [String; 6] {
+    [
+        "--max-conns-per-source",
+        "0",
+        "--max-half-open-per-source",
+        "0",
+        "--syn-rate-per-source",
+        "0",
+    ]
+    .map(String::from)
 }

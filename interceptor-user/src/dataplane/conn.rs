@@ -6,6 +6,7 @@ use hashbrown::HashMap;
 use pop3_engine::session::ConnId;
 use smoltcp::iface::SocketHandle;
 
+use super::{frame::ReplyHeader, rfc5961::SeqTrack};
 use crate::upstream::UpstreamLink;
 
 /// A client connection and what is in flight on it.
@@ -28,6 +29,13 @@ pub struct Conn {
     pub upstream_waiting_since: Option<Instant>,
     pub created: Instant,
     pub last_activity: Instant,
+    /// Since when either side has sent FIN (or the client's FIN is waiting for the
+    /// server's answer): the FIN timer runs from here, whatever else arrives.
+    pub closing_since: Option<Instant>,
+    /// Link-layer header and queue for every packet to this client, fixed at the SYN.
+    pub reply: (ReplyHeader, usize),
+    /// The sequence space, for the RFC 5961 checks.
+    pub seq: SeqTrack,
 }
 
 /// Connections by id, by socket and by flow. Bounded by the caller (`max_conns`).
@@ -52,6 +60,7 @@ impl ConnTable {
         handle: SocketHandle,
         client: SocketAddr,
         server: SocketAddr,
+        reply: (ReplyHeader, usize),
         now: Instant,
     ) -> ConnId {
         self.next_id += 1;
@@ -71,6 +80,9 @@ impl ConnTable {
                 upstream_waiting_since: None,
                 created: now,
                 last_activity: now,
+                closing_since: None,
+                reply,
+                seq: SeqTrack::default(),
             },
         );
         self.by_flow.insert((client, server), id);
@@ -85,11 +97,6 @@ impl ConnTable {
         let conn = self.conns.remove(&id)?;
         self.by_flow.remove(&(conn.client, conn.server));
         Some(conn)
-    }
-
-    /// The client addresses with a connection.
-    pub fn client_ips(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
-        self.conns.values().map(|c| c.client.ip())
     }
 
     pub fn ids(&self) -> Vec<ConnId> {

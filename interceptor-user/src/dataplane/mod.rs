@@ -7,18 +7,20 @@
 //! actions -> stack -> frames.
 
 mod conn;
+pub mod destinations;
 pub mod frame;
+pub mod rfc5961;
+pub mod sources;
 pub mod stack;
 pub mod xsk;
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
-use hashbrown::HashMap;
 use pop3_engine::session::{Action, ConnId, ConnInfo, Event, Output, Pop3Engine};
 use smoltcp::socket::tcp::State;
 use thiserror::Error;
@@ -27,8 +29,10 @@ use crate::{
     signals::SignalFd,
     upstream::{Upstream, UpstreamEvent, Waker},
 };
-use conn::ConnTable;
+use conn::{Conn, ConnTable};
 use frame::ReplyHeader;
+use rfc5961::{ChallengeLimit, Verdict};
+use sources::{Refusal, SourceLimits, Sources};
 use stack::Stack;
 use xsk::{XskError, XskQueue};
 
@@ -47,6 +51,11 @@ pub struct DataplaneConfig {
     pub handshake_timeout: Duration,
     /// A connection without any traffic for this long is dropped.
     pub idle_timeout: Duration,
+    /// A half-closed connection (either side sent FIN) is dropped this long after that,
+    /// whatever keeps arriving on it.
+    pub fin_timeout: Duration,
+    /// Per-subscriber limits on connections and SYNs.
+    pub per_source: SourceLimits,
     /// How long to wait for the mail server's TCP handshake.
     pub connect_timeout: Duration,
     /// How long the mail server may stay silent when it owes an answer.
@@ -73,7 +82,17 @@ pub struct DataplaneStats {
     pub tx_ring_full: u64,
     pub conns_accepted: u64,
     pub conns_refused_full: u64,
+    /// SYNs refused because their source had `--max-conns-per-source` connections.
+    pub conns_refused_source_conns: u64,
+    /// SYNs refused because their source had `--max-half-open-per-source` handshakes open.
+    pub conns_refused_source_half_open: u64,
+    /// SYNs refused because their source exceeded `--syn-rate-per-source`.
+    pub conns_refused_source_rate: u64,
     pub conns_timed_out: u64,
+    /// Half-closed connections reaped by the FIN timer.
+    pub conns_fin_timed_out: u64,
+    /// Segments dropped by the RFC 5961 checks (a challenge ACK answers, rate limited).
+    pub challenge_acks: u64,
     pub conns_active: u64,
     /// Frames the kernel dropped for want of a free frame in a fill ring.
     pub fill_ring_empty: u64,
@@ -87,6 +106,11 @@ const CLIENT_READ_CHUNK: usize = 4096;
 const MAX_PENDING_TO_CLIENT: usize = 64 * 1024;
 /// Bytes queued for a server beyond which we stop reading from its client.
 const MAX_PENDING_TO_UPSTREAM: usize = 256 * 1024;
+/// RFC 5961 challenge ACKs sent per second at most, over all connections (Linux's
+/// default `tcp_challenge_ack_limit` is 1000).
+const CHALLENGE_ACKS_PER_SECOND: u32 = 1000;
+/// Connections at a peak worth trimming the heap after.
+const TRIM_AFTER_PEAK: usize = 256;
 /// How often idle and handshake timeouts are checked at the latest.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -96,17 +120,24 @@ pub struct Dataplane<E> {
     queues: Vec<XskQueue>,
     stack: Stack,
     conns: ConnTable,
-    /// Link-layer header and queue to use towards each client address.
-    replies: HashMap<IpAddr, (ReplyHeader, usize)>,
     engine: E,
     upstream: Upstream,
     upstream_events: mpsc::Receiver<UpstreamEvent>,
     waker: Arc<Waker>,
     outputs: Vec<Output>,
+    /// Segments we build ourselves (RSTs for refused SYNs, challenge ACKs): queue index,
+    /// link-layer header, IP packet. Sent with the next transmit.
+    control_tx: Vec<(usize, ReplyHeader, Vec<u8>)>,
+    challenges: ChallengeLimit,
+    sources: Sources,
+    /// Most connections since the heap was last trimmed.
+    peak_since_trim: usize,
     /// Connections touched since they were last serviced (packets, upstream events).
     dirty: hashbrown::HashSet<ConnId>,
     /// `(client, server)` of the connections reclaimed during the last pass.
     closed_flows: Vec<(SocketAddr, SocketAddr)>,
+    /// `(client, server)` of the connections whose handshake completed in the last pass.
+    established_flows: Vec<(SocketAddr, SocketAddr)>,
     scratch: Vec<u8>,
     stats: DataplaneStats,
     epoch: Instant,
@@ -126,17 +157,21 @@ impl<E: Pop3Engine> Dataplane<E> {
         let epoch = Instant::now();
         Ok(Self {
             stack: Stack::new(config.mtu, random_seed(), smoltcp::time::Instant::ZERO),
+            sources: Sources::new(config.per_source),
             config,
             queues,
             conns: ConnTable::default(),
-            replies: HashMap::new(),
+            challenges: ChallengeLimit::new(CHALLENGE_ACKS_PER_SECOND, epoch),
+            peak_since_trim: 0,
             engine,
             upstream,
             upstream_events,
             waker,
             outputs: Vec::new(),
+            control_tx: Vec::new(),
             dirty: hashbrown::HashSet::new(),
             closed_flows: Vec::new(),
+            established_flows: Vec::new(),
             scratch: vec![0; CLIENT_READ_CHUNK],
             stats: DataplaneStats::default(),
             epoch,
@@ -170,6 +205,12 @@ impl<E: Pop3Engine> Dataplane<E> {
     /// Intercepted connections open now.
     pub fn active_conns(&self) -> usize {
         self.conns.len()
+    }
+
+    /// `(client, server)` of the connections whose handshake completed during the last
+    /// pass (for `FLOWS`).
+    pub fn established_flows(&self) -> &[(SocketAddr, SocketAddr)] {
+        &self.established_flows
     }
 
     /// `(client, server)` of the connections that ended during the last pass.
@@ -229,6 +270,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             }
             self.waker.reset();
             self.closed_flows.clear();
+            self.established_flows.clear();
             let now = Instant::now();
             self.receive(now);
             self.upstream_events(now);
@@ -265,10 +307,12 @@ impl<E: Pop3Engine> Dataplane<E> {
             queues,
             stack,
             conns,
-            replies,
             stats,
             config,
             dirty,
+            control_tx,
+            challenges,
+            sources,
             ..
         } = self;
         for (index, queue) in queues.iter_mut().enumerate() {
@@ -281,32 +325,70 @@ impl<E: Pop3Engine> Dataplane<E> {
                         return;
                     }
                 };
-                let existing = conns.by_flow(segment.client, segment.server);
                 let mut opened = None;
-                match existing {
+                match conns.by_flow(segment.client, segment.server) {
                     Some(id) => {
-                        if let Some(conn) = conns.get_mut(id) {
-                            conn.last_activity = now;
+                        let Some(conn) = conns.get_mut(id) else {
+                            return;
+                        };
+                        let state = stack.socket(conn.handle).state();
+                        let synchronized = !matches!(
+                            state,
+                            State::Listen | State::SynReceived | State::SynSent | State::Closed
+                        );
+                        if rfc5961::check(&conn.seq, synchronized, &segment.tcp)
+                            == Verdict::ChallengeAck
+                        {
+                            // Dropped, and nothing refreshed: it may not be the client's.
+                            stats.challenge_acks += 1;
+                            if challenges.allow(now)
+                                && let Some(ack) = challenge_ack(conn)
+                            {
+                                control_tx.push((conn.reply.1, conn.reply.0, ack));
+                            }
+                            return;
                         }
+                        conn.seq.received(&segment.tcp);
+                        conn.last_activity = now;
                         dirty.insert(id);
                     }
                     None if segment.opens_connection => {
-                        if conns.len() >= config.max_conns {
-                            // No listener: smoltcp answers RST, a clear refusal.
-                            stats.conns_refused_full += 1;
+                        let refused = if conns.len() >= config.max_conns {
+                            Some(&mut stats.conns_refused_full)
                         } else {
-                            let handle = stack.listen(segment.server);
-                            opened = Some((
-                                handle,
-                                conns.insert(handle, segment.client, segment.server, now),
-                            ));
+                            match sources.admit(segment.client.ip(), now) {
+                                Ok(()) => None,
+                                Err(Refusal::Conns) => Some(&mut stats.conns_refused_source_conns),
+                                Err(Refusal::HalfOpen) => {
+                                    Some(&mut stats.conns_refused_source_half_open)
+                                }
+                                Err(Refusal::Rate) => Some(&mut stats.conns_refused_source_rate),
+                            }
+                        };
+                        if let Some(counter) = refused {
+                            // A clear refusal, built from the frame itself: the client
+                            // may have no connection (and so no reply header) yet.
+                            *counter += 1;
+                            if let Some(rst) = frame::reset_reply(&segment) {
+                                control_tx.push((index, segment.reply_header, rst));
+                            }
+                            return;
                         }
+                        let handle = stack.listen(segment.server);
+                        let id = conns.insert(
+                            handle,
+                            segment.client,
+                            segment.server,
+                            (segment.reply_header, index),
+                            now,
+                        );
+                        if let Some(conn) = conns.get_mut(id) {
+                            conn.seq.peer_shift = segment.tcp.window_shift.unwrap_or(0);
+                        }
+                        opened = Some((handle, id));
                     }
-                    None => {}
-                }
-                // Only flows we serve get a reply header: spoofed frames add nothing.
-                if existing.is_some() || opened.is_some() {
-                    replies.insert(segment.client.ip(), (segment.reply_header, index));
+                    // Not a flow of ours (it ended): nothing to answer.
+                    None => return,
                 }
                 stack.ingress(smol_now, segment.ip_packet);
                 if let Some((handle, id)) = opened {
@@ -314,6 +396,7 @@ impl<E: Pop3Engine> Dataplane<E> {
                     if stack.socket(handle).state() == State::Listen {
                         stack.remove(handle);
                         conns.remove(id);
+                        sources.closed(segment.client.ip(), true);
                     } else {
                         dirty.insert(id);
                         stats.conns_accepted += 1;
@@ -358,6 +441,8 @@ impl<E: Pop3Engine> Dataplane<E> {
         for id in ids {
             self.service(id, now);
             self.apply_outputs(now);
+            self.half_close(id, now);
+            self.apply_outputs(now);
             self.flush_to_client(id);
             self.reclaim_if_done(id, now);
         }
@@ -370,6 +455,8 @@ impl<E: Pop3Engine> Dataplane<E> {
         let socket = self.stack.socket(conn.handle);
         if !conn.opened && socket.may_send() {
             conn.opened = true;
+            self.established_flows.push((conn.client, conn.server));
+            self.sources.established(conn.client.ip());
             let info = ConnInfo {
                 client: conn.client,
                 server: conn.server,
@@ -398,8 +485,23 @@ impl<E: Pop3Engine> Dataplane<E> {
                 &mut self.outputs,
             );
         }
-        if !socket.may_recv() {
+    }
+
+    /// The client sent FIN (a half-close, RFC 9293 3.6) and everything before it was read:
+    /// an answer the server still owes goes out first, then our FIN. Runs after the
+    /// engine's actions for that data are applied, so a command just sent upstream counts
+    /// as owed. The FIN timer bounds the wait.
+    fn half_close(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if !conn.opened || conn.client_closed || self.stack.socket(conn.handle).may_recv() {
+            return;
+        }
+        conn.closing_since.get_or_insert(now);
+        if conn.upstream_waiting_since.is_none() {
             conn.client_closed = true;
+            conn.close_after_flush = true;
             self.engine
                 .handle(id, Event::ClientClosed, now, &mut self.outputs);
         }
@@ -469,17 +571,32 @@ impl<E: Pop3Engine> Dataplane<E> {
         };
         let socket = self.stack.socket(conn.handle);
         let state = socket.state();
+        // Once either side sent FIN the FIN timer runs, and keep-alive ACKs (which refresh
+        // `last_activity`) do not stop it: CLOSE_WAIT and FIN_WAIT_2 cannot leak a slot.
+        if !matches!(
+            state,
+            State::Listen | State::SynReceived | State::SynSent | State::Established
+        ) {
+            conn.closing_since.get_or_insert(now);
+        }
         let handshake_expired =
             !conn.opened && now.duration_since(conn.created) > self.config.handshake_timeout;
         let idle_expired = now.duration_since(conn.last_activity) > self.config.idle_timeout;
+        let fin_expired = conn
+            .closing_since
+            .is_some_and(|since| now.duration_since(since) > self.config.fin_timeout);
         // A listener that did not take its SYN (a bad segment) would steal the next one.
         let finished = matches!(state, State::Closed | State::TimeWait | State::Listen);
-        if !(finished || handshake_expired || idle_expired) {
+        if !(finished || handshake_expired || idle_expired || fin_expired) {
             return;
         }
         if !finished {
             socket.abort();
-            self.stats.conns_timed_out += 1;
+            if fin_expired {
+                self.stats.conns_fin_timed_out += 1;
+            } else {
+                self.stats.conns_timed_out += 1;
+            }
         }
         let handle = conn.handle;
         if conn.opened && !conn.client_closed {
@@ -488,11 +605,13 @@ impl<E: Pop3Engine> Dataplane<E> {
             self.outputs.clear();
         }
         if !finished {
-            // Let the RST go out before the socket disappears.
+            // Let the RST go out while the connection still has its reply header.
             self.stack.egress(self.smol_now(now));
+            self.send_stack_tx();
         }
         self.stack.remove(handle);
         if let Some(conn) = self.conns.remove(id) {
+            self.sources.closed(conn.client.ip(), !conn.opened);
             self.closed_flows.push((conn.client, conn.server));
         }
         self.engine.close(id, now);
@@ -506,11 +625,20 @@ impl<E: Pop3Engine> Dataplane<E> {
         if now.duration_since(self.last_housekeeping) >= HOUSEKEEPING {
             self.last_housekeeping = now;
             self.expire_silent_servers(now);
-            // Client addresses without a connection need no reply header.
-            if self.replies.len() > 2 * self.config.max_conns {
-                let live: hashbrown::HashSet<IpAddr> = self.conns.client_ips().collect();
-                self.replies.retain(|ip, _| live.contains(ip));
-            }
+            self.sources.sweep(now);
+            self.trim_heap();
+        }
+    }
+
+    /// Gives freed heap memory back to the kernel once the table has shrunk to half of
+    /// its peak (after a SYN flood, say): glibc keeps it otherwise.
+    fn trim_heap(&mut self) {
+        let now_conns = self.conns.len();
+        self.peak_since_trim = self.peak_since_trim.max(now_conns);
+        if self.peak_since_trim >= TRIM_AFTER_PEAK && now_conns <= self.peak_since_trim / 2 {
+            // SAFETY: malloc_trim has no preconditions.
+            unsafe { libc::malloc_trim(0) };
+            self.peak_since_trim = now_conns;
         }
     }
 
@@ -545,30 +673,57 @@ impl<E: Pop3Engine> Dataplane<E> {
         }
     }
 
-    /// Sends what the stack produced, each packet wrapped in its client's mirrored
-    /// link-layer header, on the queue that client's frames arrive on.
+    /// Sends what the stack produced and the segments we built, each packet wrapped in
+    /// its connection's link-layer header, on the queue that client's frames arrive on.
     fn transmit(&mut self, now: Instant) {
-        let smol_now = self.smol_now(now);
-        self.stack.egress(smol_now);
-        let Self {
-            stack,
-            queues,
-            replies,
-            ..
-        } = self;
-        stack.drain_tx(|packet| {
-            let Some(client) = stack::packet_client(packet) else {
-                return;
-            };
-            let Some((header, index)) = replies.get(&client.ip()) else {
-                return;
-            };
-            queues[*index].transmit(header.as_bytes(), packet);
-        });
+        self.stack.egress(self.smol_now(now));
+        self.send_stack_tx();
+        for (index, header, packet) in self.control_tx.drain(..) {
+            self.queues[index].transmit(header.as_bytes(), &packet);
+        }
         for queue in &mut self.queues {
             queue.flush();
         }
     }
+
+    /// Hands smoltcp's pending packets to the TX rings; the sequence tracker sees each.
+    /// Packets of flows that have no connection (any more) have nowhere to go.
+    fn send_stack_tx(&mut self) {
+        let Self {
+            stack,
+            queues,
+            conns,
+            ..
+        } = self;
+        stack.drain_tx(|packet| {
+            let Some((client, server, sent)) = stack::packet_meta(packet) else {
+                return;
+            };
+            let Some(conn) = conns
+                .by_flow(client, server)
+                .and_then(|id| conns.get_mut(id))
+            else {
+                return;
+            };
+            conn.seq.sent(&sent);
+            let (header, index) = &conn.reply;
+            queues[*index].transmit(header.as_bytes(), packet);
+        });
+    }
+}
+
+/// An RFC 5961 challenge ACK: our current SND.NXT and RCV.NXT and window.
+fn challenge_ack(conn: &Conn) -> Option<Vec<u8>> {
+    let t = &conn.seq;
+    let window = (t.rcv_wnd >> t.rcv_shift).min(u32::from(u16::MAX)) as u16;
+    frame::control_segment(
+        conn.server,
+        conn.client,
+        t.snd_nxt,
+        Some(t.rcv_nxt),
+        false,
+        window,
+    )
 }
 
 /// Seed for smoltcp's initial sequence numbers: unpredictable to off-path attackers.

@@ -9,8 +9,14 @@
 //! smoltcp scans its socket set linearly for every packet, so one `Stack` should hold a
 //! few hundred connections; more connections mean more `Stack` shards chosen by flow hash.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ptr::NonNull,
+};
 
+use hashbrown::HashMap;
+
+use super::rfc5961::Sent;
 use smoltcp::{
     iface::{Config, Interface, SocketHandle, SocketSet},
     phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium, RxToken, TxToken},
@@ -28,6 +34,55 @@ const OWN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
 /// Per-connection buffer sizes: clients send little, the server's answers can be large.
 pub const RX_BUFFER: usize = 16 * 1024;
 pub const TX_BUFFER: usize = 64 * 1024;
+
+/// The two buffers of one socket in one anonymous mapping of their own. The kernel maps
+/// zero pages lazily, so a half-open connection (buffers untouched) costs no buffer
+/// memory at all, and `munmap` gives the pages back the moment the socket goes: after a
+/// SYN flood the daemon shrinks again. (From the heap, every buffer's first page is
+/// touched by the allocator's header and freed memory stays with the process.)
+struct Buffers {
+    ptr: NonNull<u8>,
+}
+
+impl Buffers {
+    const LEN: usize = RX_BUFFER + TX_BUFFER;
+
+    fn new() -> Option<Self> {
+        // SAFETY: anonymous private mapping with no address hint; checked for MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return None;
+        }
+        NonNull::new(ptr.cast()).map(|ptr| Self { ptr })
+    }
+
+    /// The RX and TX halves.
+    ///
+    /// SAFETY: the slices must not outlive `self`; [`Stack`] drops a socket (which holds
+    /// them) before its `Buffers`.
+    unsafe fn halves(&self) -> (&'static mut [u8], &'static mut [u8]) {
+        // SAFETY: the mapping is LEN bytes, readable and writable, and these are the only
+        // references into it.
+        let all = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), Self::LEN) };
+        all.split_at_mut(RX_BUFFER)
+    }
+}
+
+impl Drop for Buffers {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping of LEN bytes, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), Self::LEN) };
+    }
+}
 
 /// Packets between the dataplane and smoltcp, one ingress packet at a time.
 struct PacketQueue {
@@ -74,8 +129,9 @@ impl Device for PacketQueue {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
         caps.max_transmission_unit = self.mtu;
-        // Frames from a veth peer carry CHECKSUM_PARTIAL TCP checksums: never verify on
-        // RX, always compute on TX.
+        // `frame::parse` already checked both checksums (and accepts a veth peer's
+        // CHECKSUM_PARTIAL form, which smoltcp would reject): never verify again on RX,
+        // always compute on TX.
         let mut checksum = ChecksumCapabilities::default();
         checksum.ipv4 = Checksum::Tx;
         checksum.tcp = Checksum::Tx;
@@ -89,7 +145,9 @@ impl Device for PacketQueue {
 /// One smoltcp interface and its sockets.
 pub struct Stack {
     iface: Interface,
+    // Declared before `buffers`: sockets borrow them and must go first.
     sockets: SocketSet<'static>,
+    buffers: HashMap<SocketHandle, Buffers>,
     device: PacketQueue,
 }
 
@@ -117,16 +175,25 @@ impl Stack {
         Self {
             iface,
             sockets: SocketSet::new(Vec::new()),
+            buffers: HashMap::new(),
             device,
         }
     }
 
     /// Adds a socket listening on exactly `server`, for the SYN about to be processed.
     pub fn listen(&mut self, server: SocketAddr) -> SocketHandle {
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; RX_BUFFER]),
-            tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
-        );
+        let buffers = Buffers::new();
+        let mut socket = match &buffers {
+            Some(buffers) => {
+                // SAFETY: the socket is dropped before `buffers` (see `remove`).
+                let (rx, tx) = unsafe { buffers.halves() };
+                tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx))
+            }
+            None => tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; RX_BUFFER]),
+                tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
+            ),
+        };
         // POP3 is a lock-step protocol: coalescing small writes only adds latency.
         socket.set_nagle_enabled(false);
         socket.set_keep_alive(Some(Duration::from_secs(60)));
@@ -137,7 +204,11 @@ impl Stack {
         socket
             .listen(endpoint)
             .expect("a fresh socket listens on a non-zero port");
-        self.sockets.add(socket)
+        let handle = self.sockets.add(socket);
+        if let Some(buffers) = buffers {
+            self.buffers.insert(handle, buffers);
+        }
+        handle
     }
 
     /// Processes one IP packet from a client.
@@ -174,7 +245,8 @@ impl Stack {
     }
 
     pub fn remove(&mut self, handle: SocketHandle) {
-        self.sockets.remove(handle);
+        drop(self.sockets.remove(handle));
+        self.buffers.remove(&handle);
     }
 
     /// How long until smoltcp has timers to run (retransmissions, delayed ACKs).
@@ -183,17 +255,40 @@ impl Stack {
     }
 }
 
-/// The client end of an outgoing IP packet: its destination address and TCP port.
-pub fn packet_client(ip_packet: &[u8]) -> Option<SocketAddr> {
+/// An outgoing packet's flow, `(client, server)`, and what the RFC 5961 tracker needs.
+pub fn packet_meta(ip_packet: &[u8]) -> Option<(SocketAddr, SocketAddr, Sent)> {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     let packet = SlicedPacket::from_ip(ip_packet).ok()?;
-    let addr = match packet.net? {
-        NetSlice::Ipv4(ip) => IpAddr::V4(ip.header().destination_addr()),
-        NetSlice::Ipv6(ip) => IpAddr::V6(ip.header().destination_addr()),
+    let (src, dst) = match packet.net? {
+        NetSlice::Ipv4(ip) => (
+            IpAddr::V4(ip.header().source_addr()),
+            IpAddr::V4(ip.header().destination_addr()),
+        ),
+        NetSlice::Ipv6(ip) => (
+            IpAddr::V6(ip.header().source_addr()),
+            IpAddr::V6(ip.header().destination_addr()),
+        ),
         NetSlice::Arp(_) => return None,
     };
-    match packet.transport? {
-        TransportSlice::Tcp(tcp) => Some(SocketAddr::new(addr, tcp.destination_port())),
-        _ => None,
-    }
+    let TransportSlice::Tcp(tcp) = packet.transport? else {
+        return None;
+    };
+    let sent = Sent {
+        seq: tcp.sequence_number(),
+        ack: tcp.ack().then(|| tcp.acknowledgment_number()),
+        syn: tcp.syn(),
+        fin: tcp.fin(),
+        window: tcp.window_size(),
+        payload_len: tcp.payload().len() as u32,
+        window_shift: if tcp.syn() {
+            super::frame::window_shift(tcp.options_iterator())
+        } else {
+            None
+        },
+    };
+    Some((
+        SocketAddr::new(dst, tcp.destination_port()),
+        SocketAddr::new(src, tcp.source_port()),
+        sent,
+    ))
 }
