@@ -525,6 +525,9 @@ impl Session {
                 true
             }
             (true, LoginMode::Behind) => {
+                // The login answered at the edge was not avoided after all.
+                sh.counters.upstream_logins_avoided =
+                    sh.counters.upstream_logins_avoided.saturating_sub(1);
                 self.login_at = Some(now);
                 self.state = State::Transaction { terminate: false };
                 true

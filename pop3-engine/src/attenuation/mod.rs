@@ -67,7 +67,8 @@ pub struct Counters {
     pub answered_locally: u64,
     /// Login attempts and tunnelled sessions that reached the server.
     pub passed_through: u64,
-    /// Logins the server did not have to do.
+    /// Logins the server did not have to do (a session answered at the edge that later
+    /// logs in behind the client, to fetch a message, is not counted).
     pub upstream_logins_avoided: u64,
     /// Times the user table was collected (expired entries dropped).
     pub gc_runs: u64,
