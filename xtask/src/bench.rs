@@ -24,7 +24,7 @@ use e2e::topology::server_pop3_v4;
 use e2e::{Dovecot, DovecotOptions, Interceptor, InterceptorOptions, Node, Topology};
 use serde::Serialize;
 
-use crate::loadgen::{LoadReport, parse_duration};
+use crate::loadgen::LoadReport;
 use crate::run;
 
 const BENCH_PASS: &str = "bench-pw";
@@ -40,7 +40,7 @@ pub struct BenchArgs {
     #[arg(long)]
     skip_build: bool,
     /// Duration of each check measurement (max 60s).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Number of check users (sessions go round-robin over them). Keep it well above the
     /// concurrency: two concurrent sessions of one user get `[IN-USE]` from the attenuator.

@@ -46,7 +46,7 @@ use std::{
 use hashbrown::HashMap;
 
 pub use caps::ServerCaps;
-pub use config::{BadDuration, Config, parse_duration};
+pub use config::Config;
 pub use fsm::State;
 pub use maildrop::{MAX_MAILDROP, Maildrop};
 pub use table::{Entry, UserKey, UserName, UserTable};
