@@ -691,14 +691,14 @@ pub struct TableMemory {
 
 /// Drives `users` check sessions through a fresh engine and measures the table's heap.
 pub fn table_memory(users: usize) -> Result<TableMemory> {
-    use pop3_engine::attenuation::{AttenuationEngine, Config};
+    use pop3_engine::attenuation::{AttenuationEngine, Config, Salt};
     use pop3_engine::session::{Action, ConnInfo, Event, Output, Pop3Engine};
     use std::time::Instant;
 
     let started = Instant::now();
     let server: std::net::SocketAddr = "203.0.113.2:110".parse().unwrap();
     let t0 = Instant::now();
-    let mut engine = AttenuationEngine::new(Config::default());
+    let mut engine = AttenuationEngine::with_salt(Config::default(), Salt::random());
     let mut out: Vec<Output> = Vec::with_capacity(64);
     let mut queue: std::collections::VecDeque<Output> =
         std::collections::VecDeque::with_capacity(64);
