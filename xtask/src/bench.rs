@@ -43,7 +43,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Number of check users (sessions go round-robin over them). Keep it well above the
-    /// concurrency: two concurrent sessions of one user get `[IN-USE]` from the attenuator.
+    /// concurrency: a user with a session open is never answered at the edge, so
+    /// concurrent sessions of one user would all reach Dovecot.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1000))]
     users: u64,
     /// Size of the RETR message in MB (10^6 bytes).
