@@ -151,6 +151,10 @@ pub struct RunArgs {
     /// A server that sent no notification for this long is treated as not notifying [default: 1h].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub notify_silence: Option<Duration>,
+    /// The patent's one-in-m rule: of M consecutive checks of a user that could be answered
+    /// at the edge, the M-th goes to the server anyway [default: off].
+    #[arg(long, value_name = "M")]
+    pub one_in_m: Option<NonZeroU32>,
     /// Most memory for the maildrop snapshots of clients that keep their mail on the
     /// server, in MiB; past it such users reach the server [default: 64].
     #[arg(long, value_name = "MIB")]

@@ -90,6 +90,7 @@ pub struct Metrics {
     gc_runs: U64Counter,
     notifications: Family<Vec<(String, String)>, U64Counter>,
     notifications_applied: U64Counter,
+    one_in_m_passed: U64Counter,
     sessions_active: U64Gauge,
     table_entries: U64Gauge,
     xdp: Vec<(common::Counter, U64Counter)>,
@@ -142,6 +143,10 @@ impl Metrics {
         let gc_runs = counter(
             "gc_runs",
             "Collections of expired entries from the attenuation table",
+        );
+        let one_in_m_passed = counter(
+            "one_in_m_passed",
+            "Checks that could have been answered at the edge, passed through by --one-in-m",
         );
         let notifications_applied = counter(
             "notifications_applied",
@@ -234,6 +239,7 @@ impl Metrics {
             gc_runs,
             notifications,
             notifications_applied,
+            one_in_m_passed,
             sessions_active,
             table_entries,
             xdp,
@@ -267,6 +273,7 @@ impl Metrics {
         );
         set(&self.gc_runs, engine.gc_runs);
         set(&self.notifications_applied, engine.notifications_applied);
+        set(&self.one_in_m_passed, engine.one_in_m_passed);
         for (outcome, count) in &snapshot.notifications {
             let labels = vec![("outcome".to_owned(), (*outcome).to_owned())];
             set(&self.notifications.get_or_create(&labels), *count);
@@ -573,6 +580,7 @@ mod tests {
                 gc_runs: 2,
                 notifications: 9,
                 notifications_applied: 8,
+                one_in_m_passed: 5,
             }),
             table_entries: 4,
             dataplane: DataplaneStats {
@@ -612,6 +620,7 @@ mod tests {
             ("pop3_interceptor_upstream_logins_avoided_total", 6.0),
             ("pop3_interceptor_gc_runs_total", 2.0),
             ("pop3_interceptor_notifications_applied_total", 8.0),
+            ("pop3_interceptor_one_in_m_passed_total", 5.0),
             (
                 "pop3_interceptor_notifications_total{outcome=\"accepted\"}",
                 9.0,

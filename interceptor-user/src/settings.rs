@@ -70,6 +70,7 @@ pub struct FileSettings {
     #[serde(default, with = "humantime_serde")]
     pub notify_silence: Option<Duration>,
     pub maildrop_budget_mb: Option<usize>,
+    pub one_in_m: Option<NonZeroU32>,
 }
 
 /// Everything `run` needs, defaults applied.
@@ -172,6 +173,7 @@ impl Settings {
                 .maildrop_budget_mb
                 .or(file.maildrop_budget_mb)
                 .map_or(defaults.maildrop_budget, |mb| mb << 20),
+            one_in_m: args.one_in_m.or(file.one_in_m),
         };
         let notify = match (
             args.notify_listen.or(file.notify_listen),

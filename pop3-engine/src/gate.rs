@@ -241,10 +241,15 @@ impl Gate {
     }
 
     fn refuse(&mut self, message: &[u8], out: &mut Vec<Action>) {
-        if !self.closed {
-            out.push(Action::ToClient(message.to_vec()));
-            self.close(out);
+        if self.closed {
+            return;
         }
+        // Only where a status line may start: never inside a body the client is still
+        // receiving (found by the engine fuzz target).
+        if !self.greeted || self.responses.at_boundary() {
+            out.push(Action::ToClient(message.to_vec()));
+        }
+        self.close(out);
     }
 
     /// Reads the client's complete lines and passes the accepted ones on, raw.

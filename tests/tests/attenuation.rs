@@ -714,3 +714,18 @@ fn malformed_pop3_gets_err_and_the_daemon_keeps_serving() {
     let c = final_counters(&mut ic);
     assert_eq!(c["upstream_logins_avoided"], 2, "{c:?}");
 }
+
+#[test]
+fn one_in_m_sends_every_mth_attenuable_check_to_dovecot() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let mut ic = attenuator(&topo, Duration::from_secs(30), &["--one-in-m", "3"]);
+    // The first check teaches the edge; of the next 9 that could be answered here, every
+    // third reaches Dovecot.
+    for _ in 0..10 {
+        empty_check(&topo, "alice", "alice-pw");
+    }
+    assert_eq!(logins(&dc, "alice", 4), 4);
+    let c = final_counters(&mut ic);
+    assert_eq!(c["one_in_m_passed"], 3, "{c:?}");
+}

@@ -29,6 +29,9 @@ pub struct Config {
     /// Most bytes of maildrop snapshots (for clients that leave mail on the server)
     /// held for all users together; past it, users get no snapshot and reach the server.
     pub maildrop_budget: usize,
+    /// The patent's one-in-m rule: of m consecutive checks of a user that could be
+    /// answered locally, the m-th goes to the server (`None`: off).
+    pub one_in_m: Option<std::num::NonZeroU32>,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             notify_interval: Duration::from_secs(60 * 60),
             notify_silence: Duration::from_secs(60 * 60),
             maildrop_budget: 64 << 20,
+            one_in_m: None,
         }
     }
 }

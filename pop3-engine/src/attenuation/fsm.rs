@@ -947,12 +947,23 @@ impl Session {
             server: self.server(),
             user,
         });
+        let one_in_m = sh.config.one_in_m;
+        let mut sampled = false;
         let local = key.as_ref().and_then(|key| {
             sh.table.update(key, now, |e| {
                 e.set_last_check(now);
-                let local = e.sessions == 0
+                let mut local = e.sessions == 0
                     && e.verifier.is_some_and(|v| v.matches(&verifier))
                     && e.fresh(now, interval);
+                // The patent's one-in-m rule: every m-th check that could be answered
+                // here goes to the server anyway.
+                if local && let Some(m) = one_in_m {
+                    e.local_streak = e.local_streak.saturating_add(1);
+                    if u32::from(e.local_streak) >= m.get() {
+                        e.local_streak = 0;
+                        (local, sampled) = (false, true);
+                    }
+                }
                 if local {
                     e.answered_locally = e.answered_locally.saturating_add(1);
                     e.sessions = 1;
@@ -984,6 +995,7 @@ impl Session {
             return;
         }
         sh.counters.passed_through += 1;
+        sh.counters.one_in_m_passed += u64::from(sampled);
         self.login_upstream(LoginMode::Relayed, out);
     }
 
@@ -1076,9 +1088,12 @@ impl Session {
         sh.table.update(self.entry.as_ref()?, now, f)
     }
 
-    /// Ends the session with an error line, closing both sides.
+    /// Ends the session with an error line, closing both sides. Inside a body the client
+    /// is still receiving, the line would corrupt it: then the session just closes.
     fn refuse(&mut self, message: &[u8], sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
-        out.push(Action::ToClient(message.to_vec()));
+        if self.responses.at_boundary() {
+            out.push(Action::ToClient(message.to_vec()));
+        }
         self.finish(sh, now, out, true);
     }
 

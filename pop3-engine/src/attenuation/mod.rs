@@ -76,6 +76,8 @@ pub struct Counters {
     pub notifications: u64,
     /// Notifications that ended the attenuation of a known user.
     pub notifications_applied: u64,
+    /// Checks that could have been answered locally, passed through by the one-in-m rule.
+    pub one_in_m_passed: u64,
 }
 
 /// A user whose table entry may have changed, for mirrors of the table (the pinned BPF

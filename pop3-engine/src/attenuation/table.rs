@@ -205,6 +205,8 @@ pub struct Entry {
     /// Sessions of this user in TRANSACTION now. While there is one, further sessions
     /// go to the server, which applies its own locking; such entries are never removed.
     pub sessions: u16,
+    /// Checks answered locally since the last one the one-in-m rule passed through.
+    pub local_streak: u16,
     /// The last login attempt (the operator's "last check").
     last_check: Stamp,
     /// Login attempts answered without the server.
@@ -416,6 +418,7 @@ impl UserTable {
                 maildrop: None,
                 notified: None,
                 sessions: 0,
+                local_streak: 0,
                 last_check: Stamp::new(now),
                 answered_locally: 0,
                 passed_through: 0,

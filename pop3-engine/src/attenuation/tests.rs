@@ -31,6 +31,7 @@ fn config() -> Config {
         notify_interval: NOTIFY_INTERVAL,
         notify_silence: Duration::from_secs(600),
         maildrop_budget: 1 << 20,
+        one_in_m: None,
     }
 }
 
@@ -1210,4 +1211,33 @@ fn snapshots_stay_within_their_memory_budget() {
     // A new-mail notification drops the snapshot and its bytes.
     notify(&mut h, b"alice");
     assert_eq!(h.engine.table().maildrop_bytes(), 0);
+}
+
+// ---- Issue 10: the patent's one-in-m rule ----
+
+#[test]
+fn one_in_m_passes_every_mth_local_check_through() {
+    let mut h = alice_verified_empty();
+    h.engine.shared.config.one_in_m = std::num::NonZeroU32::new(3);
+    let mut went = Vec::new();
+    for conn in 2..9 {
+        h.open(conn);
+        h.client(conn, b"USER alice\r\n");
+        let out = h.client(conn, b"PASS pw\r\n");
+        went.push(out == [ConnectUpstream]);
+        h.engine.close(conn, h.now);
+    }
+    assert_eq!(went, [false, false, true, false, false, true, false]);
+    assert_eq!(h.engine.counters().one_in_m_passed, 2);
+}
+
+#[test]
+fn a_flood_during_a_relayed_body_closes_without_corrupting_it() {
+    let mut h = alice_verified_empty();
+    h.now += INTERVAL;
+    relayed_login(&mut h, 2, false);
+    h.client(2, b"RETR 1\r\n");
+    h.server(2, b"+OK 100000 octets\r\nSubject: x\r\n");
+    let flood = b"NOOP\r\n".repeat(crate::gate::MAX_EARLY / 6 + 1);
+    assert_eq!(h.client(2, &flood), [CloseClient, CloseUpstream]);
 }

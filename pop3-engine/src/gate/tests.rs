@@ -508,3 +508,17 @@ fn commands_held_during_an_accepted_auth_go_on_as_commands() {
     assert_eq!(h.server(1, b"+OK 0 0\r\n"), [to_client(b"+OK 0 0\r\n")]);
     assert_eq!(h.server(1, b"+OK\r\n.\r\n"), [to_client(b"+OK\r\n.\r\n")]);
 }
+
+/// Found by the engine fuzz target (on the relay this gate replaced): a line refused while
+/// the client was still receiving a body got its -ERR spliced into that body.
+#[test]
+fn a_refusal_never_lands_inside_a_response() {
+    let mut h = greeted();
+    h.client(1, b"RETR 1\r\n");
+    h.server(1, b"+OK 100 octets\r\nhalf a bo");
+    assert_eq!(
+        h.client(1, b"XCLIENT ADDR=192.0.2.66\r\n"),
+        [Action::CloseClient, Action::CloseUpstream],
+        "no -ERR inside the body"
+    );
+}
