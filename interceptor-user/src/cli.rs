@@ -155,6 +155,14 @@ pub struct RunArgs {
     /// at the edge, the M-th goes to the server anyway [default: off].
     #[arg(long, value_name = "M")]
     pub one_in_m: Option<NonZeroU32>,
+    /// The patent's fast-check reward: K checks of a user within WINDOW, e.g. `3/20s`; the
+    /// K-th goes to the server, then fast checks stay at the edge for --fast-check-penalty
+    /// [default: off].
+    #[arg(long, value_name = "K/WINDOW", value_parser = fast_check_spec)]
+    pub fast_check: Option<FastCheckSpec>,
+    /// How long fast checks stay at the edge after a rewarded one [default: 5m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub fast_check_penalty: Option<Duration>,
     /// Most memory for the maildrop snapshots of clients that keep their mail on the
     /// server, in MiB; past it such users reach the server [default: 64].
     #[arg(long, value_name = "MIB")]
@@ -164,9 +172,48 @@ pub struct RunArgs {
     pub mirror_size: Option<u32>,
 }
 
+/// `K/WINDOW` of `--fast-check`: K checks within WINDOW.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastCheckSpec {
+    pub count: NonZeroU32,
+    pub window: Duration,
+}
+
+/// Reads `K/WINDOW`, e.g. `3/20s` (also the config file's form).
+pub fn fast_check_spec(text: &str) -> Result<FastCheckSpec, String> {
+    let (count, window) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?}: write K/WINDOW, e.g. 3/20s"))?;
+    let count = count
+        .trim()
+        .parse::<NonZeroU32>()
+        .map_err(|e| format!("{text:?}: K: {e}"))?;
+    if count.get() < 2 {
+        return Err(format!("{text:?}: K must be at least 2"));
+    }
+    let window = humantime::parse_duration(window.trim()).map_err(|e| format!("{text:?}: {e}"))?;
+    Ok(FastCheckSpec { count, window })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_fast_check_specs() {
+        let spec = fast_check_spec("3/20s").unwrap();
+        assert_eq!(
+            (spec.count.get(), spec.window),
+            (3, Duration::from_secs(20))
+        );
+        assert_eq!(
+            fast_check_spec(" 2 / 1m").unwrap().window,
+            Duration::from_secs(60)
+        );
+        for bad in ["3", "1/20s", "0/20s", "x/20s", "3/soon", ""] {
+            assert!(fast_check_spec(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_cli_is_well_formed() {

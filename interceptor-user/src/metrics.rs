@@ -91,6 +91,8 @@ pub struct Metrics {
     notifications: Family<Vec<(String, String)>, U64Counter>,
     notifications_applied: U64Counter,
     one_in_m_passed: U64Counter,
+    fast_checks_rewarded: U64Counter,
+    fast_checks_penalized: U64Counter,
     sessions_active: U64Gauge,
     table_entries: U64Gauge,
     xdp: Vec<(common::Counter, U64Counter)>,
@@ -143,6 +145,14 @@ impl Metrics {
         let gc_runs = counter(
             "gc_runs",
             "Collections of expired entries from the attenuation table",
+        );
+        let fast_checks_rewarded = counter(
+            "fast_checks_rewarded",
+            "Fast repeated checks passed to the mail server by --fast-check",
+        );
+        let fast_checks_penalized = counter(
+            "fast_checks_penalized",
+            "Checks answered at the edge during a --fast-check penalty",
         );
         let one_in_m_passed = counter(
             "one_in_m_passed",
@@ -240,6 +250,8 @@ impl Metrics {
             notifications,
             notifications_applied,
             one_in_m_passed,
+            fast_checks_rewarded,
+            fast_checks_penalized,
             sessions_active,
             table_entries,
             xdp,
@@ -274,6 +286,8 @@ impl Metrics {
         set(&self.gc_runs, engine.gc_runs);
         set(&self.notifications_applied, engine.notifications_applied);
         set(&self.one_in_m_passed, engine.one_in_m_passed);
+        set(&self.fast_checks_rewarded, engine.fast_checks_rewarded);
+        set(&self.fast_checks_penalized, engine.fast_checks_penalized);
         for (outcome, count) in &snapshot.notifications {
             let labels = vec![("outcome".to_owned(), (*outcome).to_owned())];
             set(&self.notifications.get_or_create(&labels), *count);
@@ -581,6 +595,8 @@ mod tests {
                 notifications: 9,
                 notifications_applied: 8,
                 one_in_m_passed: 5,
+                fast_checks_rewarded: 6,
+                fast_checks_penalized: 7,
             }),
             table_entries: 4,
             dataplane: DataplaneStats {
@@ -621,6 +637,8 @@ mod tests {
             ("pop3_interceptor_gc_runs_total", 2.0),
             ("pop3_interceptor_notifications_applied_total", 8.0),
             ("pop3_interceptor_one_in_m_passed_total", 5.0),
+            ("pop3_interceptor_fast_checks_rewarded_total", 6.0),
+            ("pop3_interceptor_fast_checks_penalized_total", 7.0),
             (
                 "pop3_interceptor_notifications_total{outcome=\"accepted\"}",
                 9.0,

@@ -71,6 +71,9 @@ pub struct FileSettings {
     pub notify_silence: Option<Duration>,
     pub maildrop_budget_mb: Option<usize>,
     pub one_in_m: Option<NonZeroU32>,
+    pub fast_check: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub fast_check_penalty: Option<Duration>,
 }
 
 /// Everything `run` needs, defaults applied.
@@ -174,6 +177,22 @@ impl Settings {
                 .or(file.maildrop_budget_mb)
                 .map_or(defaults.maildrop_budget, |mb| mb << 20),
             one_in_m: args.one_in_m.or(file.one_in_m),
+            fast_check: match args
+                .fast_check
+                .map(Ok)
+                .or(file.fast_check.as_deref().map(crate::cli::fast_check_spec))
+            {
+                None => None,
+                Some(Err(message)) => return Err(invalid("fast-check", &message)),
+                Some(Ok(spec)) => Some(attenuation::FastCheck {
+                    count: spec.count,
+                    window: spec.window,
+                    penalty: args
+                        .fast_check_penalty
+                        .or(file.fast_check_penalty)
+                        .unwrap_or(Duration::from_secs(300)),
+                }),
+            },
         };
         let notify = match (
             args.notify_listen.or(file.notify_listen),

@@ -729,3 +729,27 @@ fn one_in_m_sends_every_mth_attenuable_check_to_dovecot() {
     let c = final_counters(&mut ic);
     assert_eq!(c["one_in_m_passed"], 3, "{c:?}");
 }
+
+#[test]
+fn a_fast_third_check_is_rewarded_and_fast_polling_then_stays_at_the_edge() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let mut ic = attenuator(&topo, Duration::from_secs(30), &["--fast-check", "3/20s"]);
+    empty_check(&topo, "alice", "alice-pw");
+    // Three quick checks: the third is a person pressing "check" again.
+    for _ in 0..3 {
+        empty_check(&topo, "alice", "alice-pw");
+    }
+    assert_eq!(
+        logins(&dc, "alice", 2),
+        2,
+        "the third fast check reached Dovecot"
+    );
+    // Polling on that fast: answered at the edge for the penalty.
+    for _ in 0..6 {
+        empty_check(&topo, "alice", "alice-pw");
+    }
+    assert_eq!(logins(&dc, "alice", 2), 2);
+    let c = final_counters(&mut ic);
+    assert_eq!(c["fast_checks_rewarded"], 1, "{c:?}");
+}

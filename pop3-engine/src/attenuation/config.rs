@@ -32,6 +32,22 @@ pub struct Config {
     /// The patent's one-in-m rule: of m consecutive checks of a user that could be
     /// answered locally, the m-th goes to the server (`None`: off).
     pub one_in_m: Option<std::num::NonZeroU32>,
+    /// The patent's fast-check reward (`None`: off).
+    pub fast_check: Option<FastCheck>,
+}
+
+/// The patent's fast-check reward: a person who presses "check" again soon after a
+/// check wants the server's answer; a client that polls that fast automatically does
+/// not deserve it every time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastCheck {
+    /// `count` checks of a user within `window`: the last of them goes to the server.
+    pub count: std::num::NonZeroU32,
+    /// How close together the checks must be.
+    pub window: Duration,
+    /// After a rewarded check, further checks of the user are answered at the edge for
+    /// this long, even when its view is older than n ("ruthlessly", the patent says).
+    pub penalty: Duration,
 }
 
 impl Default for Config {
@@ -47,6 +63,7 @@ impl Default for Config {
             notify_silence: Duration::from_secs(60 * 60),
             maildrop_budget: 64 << 20,
             one_in_m: None,
+            fast_check: None,
         }
     }
 }

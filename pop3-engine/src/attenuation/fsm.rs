@@ -14,7 +14,7 @@ use super::{
     Shared,
     caps::{ServerCaps, has_apop_timestamp},
     maildrop::{MAX_MAILDROP, Maildrop},
-    table::{UserKey, UserName},
+    table::{FastCheckVerdict, UserKey, UserName},
     verifier::Verifier,
 };
 use crate::{
@@ -178,6 +178,8 @@ pub struct Session {
     /// The snapshot this session was answered from locally (the maildrop the client
     /// was shown at its login), to check the server's numbering against.
     shown: Option<Arc<Maildrop>>,
+    /// Answered locally by the fast-check penalty: its view counts as fresh.
+    penalized: bool,
     /// The pass-through of [`State::Tunnel`].
     gate: Option<Box<Gate>>,
     /// The client closed its side: what it sent is still answered, then the session ends.
@@ -209,6 +211,7 @@ impl Session {
             observed: None,
             deleted: false,
             shown: None,
+            penalized: false,
             gate: None,
             client_eof: false,
             deadline,
@@ -947,17 +950,27 @@ impl Session {
             server: self.server(),
             user,
         });
-        let one_in_m = sh.config.one_in_m;
-        let mut sampled = false;
+        let (one_in_m, fast_check) = (sh.config.one_in_m, sh.config.fast_check);
+        let (mut sampled, mut verdict) = (false, FastCheckVerdict::AsUsual);
         let local = key.as_ref().and_then(|key| {
             sh.table.update(key, now, |e| {
                 e.set_last_check(now);
-                let mut local = e.sessions == 0
-                    && e.verifier.is_some_and(|v| v.matches(&verifier))
-                    && e.fresh(now, interval);
+                let known = e.sessions == 0 && e.verifier.is_some_and(|v| v.matches(&verifier));
+                let fresh = known && e.fresh(now, interval);
+                if known && let Some(rule) = &fast_check {
+                    verdict = e.fast_check(rule, now, fresh);
+                }
+                let mut local = match verdict {
+                    FastCheckVerdict::AsUsual => fresh,
+                    FastCheckVerdict::Rewarded => false,
+                    FastCheckVerdict::Penalized => true,
+                };
                 // The patent's one-in-m rule: every m-th check that could be answered
                 // here goes to the server anyway.
-                if local && let Some(m) = one_in_m {
+                if local
+                    && verdict == FastCheckVerdict::AsUsual
+                    && let Some(m) = one_in_m
+                {
                     e.local_streak = e.local_streak.saturating_add(1);
                     if u32::from(e.local_streak) >= m.get() {
                         e.local_streak = 0;
@@ -979,9 +992,12 @@ impl Session {
             login_line,
             verifier,
         });
+        sh.counters.fast_checks_rewarded += u64::from(verdict == FastCheckVerdict::Rewarded);
+        sh.counters.fast_checks_penalized += u64::from(verdict == FastCheckVerdict::Penalized);
         if local == Some(true) {
             sh.counters.answered_locally += 1;
             sh.counters.upstream_logins_avoided += 1;
+            self.penalized = verdict == FastCheckVerdict::Penalized;
             // The maildrop this session shows, fixed at login as POP3's own is.
             self.shown = key
                 .as_ref()
@@ -1017,11 +1033,12 @@ impl Session {
             Verb::Stat | Verb::List | Verb::Uidl | Verb::Retr | Verb::Top | Verb::Dele
         );
         let interval = sh.interval_for(self.server(), now);
-        let still_fresh = self
-            .entry
-            .as_ref()
-            .and_then(|k| sh.table.get(k))
-            .is_some_and(|e| e.fresh(now, interval));
+        let still_fresh = self.penalized
+            || self
+                .entry
+                .as_ref()
+                .and_then(|k| sh.table.get(k))
+                .is_some_and(|e| e.fresh(now, interval));
         let arg = cmd.args().next().unwrap_or_default();
         let message_known = self
             .shown

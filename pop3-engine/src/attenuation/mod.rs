@@ -46,7 +46,7 @@ use std::{
 use hashbrown::HashMap;
 
 pub use caps::ServerCaps;
-pub use config::Config;
+pub use config::{Config, FastCheck};
 pub use fsm::State;
 pub use maildrop::{MAX_MAILDROP, Maildrop};
 pub use table::{Entry, UserKey, UserName, UserTable};
@@ -78,6 +78,10 @@ pub struct Counters {
     pub notifications_applied: u64,
     /// Checks that could have been answered locally, passed through by the one-in-m rule.
     pub one_in_m_passed: u64,
+    /// Fast repeated checks passed through by the fast-check reward.
+    pub fast_checks_rewarded: u64,
+    /// Checks answered locally during a fast-check penalty (fresh view or not).
+    pub fast_checks_penalized: u64,
 }
 
 /// A user whose table entry may have changed, for mirrors of the table (the pinned BPF

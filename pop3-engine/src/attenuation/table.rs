@@ -17,15 +17,13 @@
 //!
 //! Memory per entry: the key (server address and username, shared by the map and the
 //! timer list through one `Arc`; usernames of up to 22 bytes are stored inside the key,
-//! longer ones get an allocation of their own), an optional 16-byte verifier, three
-//! timestamps of 8 bytes each (nanoseconds from a process-wide epoch), the time of the last
-//! new-mail notification, an optional boxed maildrop snapshot (its bytes counted against a
-//! budget of their own), a session count and two check counters (80 bytes of entry, 56 of
-//! key: a 72-byte `Arc` allocation), plus the
-//! map's slots (8-byte `Arc` + entry + a control byte, at most 7/8 full) and the timer
-//! list's B-tree of 16-byte (expiry, key) pairs. With 100,000 users and short usernames
-//! that is about 200 bytes per user requested, about 215 as glibc malloc counts it
-//! (`cargo xtask bench --table-only`).
+//! longer ones get an allocation of their own; 56 bytes, a 72-byte `Arc` allocation), and
+//! the 96-byte entry: an optional 16-byte verifier, the check, view, notification,
+//! fast-check and expiry times as 8-byte stamps (nanoseconds from a process-wide epoch),
+//! an optional shared maildrop snapshot (its bytes counted against a budget of their
+//! own), a session count and check counters; plus the map's slots (8-byte `Arc` + entry +
+//! a control byte, at most 7/8 full) and the timer list's B-tree of 16-byte (expiry, key)
+//! pairs. `cargo xtask bench --table-only` measures it with 100,000 users.
 
 use std::{
     collections::BTreeSet,
@@ -40,7 +38,18 @@ use std::{
 
 use hashbrown::HashMap;
 
-use super::{maildrop::Maildrop, verifier::Verifier};
+use super::{config::FastCheck, maildrop::Maildrop, verifier::Verifier};
+
+/// What the fast-check reward makes of a check (see [`Entry::fast_check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastCheckVerdict {
+    /// Nothing: the usual rules decide.
+    AsUsual,
+    /// The k-th fast check: to the server.
+    Rewarded,
+    /// Inside the penalty after a reward: answered locally from the view held.
+    Penalized,
+}
 
 /// Who an entry is about: a username on one mail server.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -207,6 +216,11 @@ pub struct Entry {
     pub sessions: u16,
     /// Checks answered locally since the last one the one-in-m rule passed through.
     pub local_streak: u16,
+    /// Checks in the current fast-check window, and when it opened.
+    pub fast_count: u16,
+    fast_since: Option<Stamp>,
+    /// Until when the fast-check penalty holds.
+    penalty_until: Option<Stamp>,
     /// The last login attempt (the operator's "last check").
     last_check: Stamp,
     /// Login attempts answered without the server.
@@ -251,6 +265,40 @@ impl Entry {
     /// Records a login attempt at `at`.
     pub fn set_last_check(&mut self, at: Instant) {
         self.last_check = Stamp::new(at);
+    }
+
+    /// The fast-check reward for a check at `now` that could be answered locally
+    /// (`fresh`: inside n): whether it goes to the server (the rewarded one), and
+    /// whether it is answered locally by the penalty although its view is old.
+    pub fn fast_check(&mut self, rule: &FastCheck, now: Instant, fresh: bool) -> FastCheckVerdict {
+        if self
+            .penalty_until
+            .is_some_and(|until| now < until.instant())
+        {
+            return if self.verified.is_some() {
+                FastCheckVerdict::Penalized
+            } else {
+                FastCheckVerdict::AsUsual
+            };
+        }
+        if !fresh {
+            return FastCheckVerdict::AsUsual;
+        }
+        let in_window = self
+            .fast_since
+            .is_some_and(|t| now.saturating_duration_since(t.instant()) <= rule.window);
+        if in_window {
+            self.fast_count = self.fast_count.saturating_add(1);
+        } else {
+            (self.fast_count, self.fast_since) = (1, Some(Stamp::new(now)));
+        }
+        if u32::from(self.fast_count) >= rule.count.get() {
+            (self.fast_count, self.fast_since) = (0, None);
+            self.penalty_until = Some(Stamp::new(now + rule.penalty));
+            FastCheckVerdict::Rewarded
+        } else {
+            FastCheckVerdict::AsUsual
+        }
     }
 
     /// Whether the view was taken less than `interval` before `now`.
@@ -419,6 +467,9 @@ impl UserTable {
                 notified: None,
                 sessions: 0,
                 local_streak: 0,
+                fast_count: 0,
+                fast_since: None,
+                penalty_until: None,
                 last_check: Stamp::new(now),
                 answered_locally: 0,
                 passed_through: 0,
@@ -583,7 +634,7 @@ mod tests {
 
     #[test]
     fn entry_and_key_sizes_match_the_docs() {
-        assert_eq!(std::mem::size_of::<Entry>(), 80);
+        assert_eq!(std::mem::size_of::<Entry>(), 96);
         assert_eq!(std::mem::size_of::<UserKey>(), 56);
     }
 }

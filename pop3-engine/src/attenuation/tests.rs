@@ -32,6 +32,7 @@ fn config() -> Config {
         notify_silence: Duration::from_secs(600),
         maildrop_budget: 1 << 20,
         one_in_m: None,
+        fast_check: None,
     }
 }
 
@@ -1240,4 +1241,62 @@ fn a_flood_during_a_relayed_body_closes_without_corrupting_it() {
     h.server(2, b"+OK 100000 octets\r\nSubject: x\r\n");
     let flood = b"NOOP\r\n".repeat(crate::gate::MAX_EARLY / 6 + 1);
     assert_eq!(h.client(2, &flood), [CloseClient, CloseUpstream]);
+}
+
+// ---- Issue 10: the patent's fast-check reward ----
+
+/// One check of alice on `conn`: whether its PASS went to the server.
+fn passes_through(h: &mut Harness<AttenuationEngine>, conn: ConnId) -> bool {
+    h.open(conn);
+    h.client(conn, b"USER alice\r\n");
+    let out = h.client(conn, b"PASS pw\r\n");
+    let through = out == [ConnectUpstream];
+    if !through {
+        assert_eq!(h.client(conn, b"STAT\r\n"), [to_client(b"+OK 0 0\r\n")]);
+    }
+    h.engine.close(conn, h.now);
+    through
+}
+
+#[test]
+fn the_third_fast_check_is_rewarded_then_fast_polling_is_answered_at_the_edge() {
+    let mut h = alice_verified_empty();
+    h.engine.shared.config.fast_check = Some(FastCheck {
+        count: std::num::NonZeroU32::new(3).unwrap(),
+        window: Duration::from_secs(20),
+        penalty: Duration::from_secs(300),
+    });
+    let mut went = Vec::new();
+    for conn in 2..5 {
+        h.now += Duration::from_secs(5);
+        went.push(passes_through(&mut h, conn));
+    }
+    assert_eq!(
+        went,
+        [false, false, true],
+        "the third within 20 s is rewarded"
+    );
+    // Within the penalty, checks stay at the edge even once n (60 s) has passed.
+    let mut h = alice_verified_empty();
+    h.engine.shared.config.fast_check = Some(FastCheck {
+        count: std::num::NonZeroU32::new(2).unwrap(),
+        window: Duration::from_secs(20),
+        penalty: Duration::from_secs(300),
+    });
+    h.now += Duration::from_secs(5);
+    assert!(!passes_through(&mut h, 2));
+    h.now += Duration::from_secs(5);
+    assert!(passes_through(&mut h, 3), "rewarded");
+    h.now += INTERVAL * 2;
+    assert!(
+        !passes_through(&mut h, 4),
+        "penalized: answered from the old view"
+    );
+    h.now += Duration::from_secs(300);
+    assert!(
+        passes_through(&mut h, 5),
+        "penalty over, view old: the server answers"
+    );
+    let c = *h.engine.counters();
+    assert_eq!((c.fast_checks_rewarded, c.fast_checks_penalized), (1, 1));
 }
