@@ -269,6 +269,8 @@ pub struct FetchmailOptions {
     pub fetchall: bool,
     /// Use STLS (`sslproto ''` is omitted, certificate not checked) instead of plain POP3.
     pub stls: bool,
+    /// `uidl`: remember fetched messages by UIDL (with `keep`, only new ones are fetched).
+    pub uidl: bool,
 }
 
 impl Default for FetchmailOptions {
@@ -277,6 +279,7 @@ impl Default for FetchmailOptions {
             keep: true,
             fetchall: true,
             stls: false,
+            uidl: false,
         }
     }
 }
@@ -330,9 +333,10 @@ pub fn fetchmail_in(
     let mut s = String::new();
     s.push_str("set no syslog\nset no bouncemail\nset invisible\n");
     s.push_str(&format!(
-        "poll \"{}\" protocol pop3 port {} timeout 15\n",
+        "poll \"{}\" protocol pop3 port {}{} timeout 15\n",
         addr.ip(),
-        addr.port()
+        addr.port(),
+        if opts.uidl { " uidl" } else { "" }
     ));
     s.push_str(&format!(
         "  user \"{user}\" there with password \"{pass}\" is \"root\" here\n"

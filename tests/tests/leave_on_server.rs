@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use pop3_interceptor_e2e::clients::RawSession;
+use pop3_interceptor_e2e::clients::{self, FetchmailOptions, RawSession};
 use pop3_interceptor_e2e::dovecot::make_message;
 use pop3_interceptor_e2e::topology::server_pop3_v4;
 use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
@@ -130,5 +130,49 @@ fn a_message_deleted_behind_the_edge_is_never_fetched_by_a_stale_number() {
     assert!(
         String::from_utf8_lossy(&after.fetched.concat()).contains("two"),
         "the right messages"
+    );
+}
+
+#[test]
+fn fetchmail_keeping_mail_by_uidl_gets_the_same_mail_and_spares_the_server() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    for subject in ["one", "two"] {
+        deliver(&dc, subject);
+    }
+    let keep = FetchmailOptions {
+        keep: true,
+        fetchall: false,
+        uidl: true,
+        ..Default::default()
+    };
+    let addr = server_pop3_v4();
+    let fetch = |home: &str| {
+        let home = topo.dir().join(home);
+        clients::fetchmail_in(&topo, &home, addr, "alice", "alice-pw", &keep).unwrap()
+    };
+    let direct = fetch("direct");
+    assert_eq!(direct.code, Some(0), "{}", direct.output);
+    let _ic = Interceptor::start(&topo, &["--interval", "30s"]).unwrap();
+    let logins_before = dc.login_count("alice");
+    let first = fetch("through");
+    assert_eq!(first.code, Some(0), "{}", first.output);
+    assert_eq!(first.delivered, direct.delivered, "the same two messages");
+    let logins_after_first = dc
+        .wait_login_count("alice", logins_before + 1, Duration::from_secs(5))
+        .unwrap();
+    for _ in 0..3 {
+        let again = fetch("through");
+        assert_eq!(again.code, Some(1), "nothing new: {}", again.output);
+    }
+    assert_eq!(
+        first.delivered,
+        fetch("through").delivered,
+        "nothing fetched twice"
+    );
+    assert_eq!(
+        dc.login_count("alice"),
+        logins_after_first,
+        "the checks that found nothing new never reached Dovecot"
     );
 }
