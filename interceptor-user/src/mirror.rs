@@ -170,8 +170,8 @@ impl Mirror {
             let _ = self.users.remove(&map_key);
             return;
         };
-        let interval = engine.interval_for(key.server, now);
-        let attenuated = entry.verifier.is_some() && entry.fresh(now, interval);
+        let interval = engine.interval_for(key, now);
+        let attenuated = entry.fresh(now, interval);
         let until = entry.verified().map(|t| t + interval);
         if attenuated && let Some(until) = until {
             self.expiries.insert((until, key.clone()));

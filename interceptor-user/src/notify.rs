@@ -203,13 +203,14 @@ async fn notify(
 ) -> StatusCode {
     let stats = &endpoint.stats;
     let count = |c: &AtomicU64| c.fetch_add(1, Ordering::Relaxed);
-    if endpoint.limiter.check().is_err() {
-        count(&stats.rate_limited);
-        return StatusCode::TOO_MANY_REQUESTS;
-    }
+    // The secret first: requests without it must not use up the genuine server's rate.
     if !authorized(&headers, endpoint.secret.expose()) {
         count(&stats.unauthorized);
         return StatusCode::UNAUTHORIZED;
+    }
+    if endpoint.limiter.check().is_err() {
+        count(&stats.rate_limited);
+        return StatusCode::TOO_MANY_REQUESTS;
     }
     let Some(notification) = parse(&body, peer.ip()) else {
         count(&stats.malformed);

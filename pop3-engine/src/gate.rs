@@ -62,6 +62,8 @@ pub const SERVER_UNAVAILABLE: &[u8] = b"-ERR [SYS/TEMP] mail server unavailable\
 pub const XCLIENT_REFUSED: &[u8] = b"-ERR XCLIENT is not allowed\r\n";
 /// Sent to a client whose line or SASL data holds NUL, CR or LF where none belongs.
 pub const BAD_CHARACTERS: &[u8] = b"-ERR invalid characters in command\r\n";
+/// Sent to a client whose SASL PLAIN data does not decode: it cannot be checked.
+pub const BAD_SASL: &[u8] = b"-ERR [AUTH] invalid SASL PLAIN data\r\n";
 
 /// Dovecot's greeting code telling a trusted peer (the router) it may send XCLIENT.
 const XCLIENT_CODE: &[u8] = b"[XCLIENT] ";
@@ -79,13 +81,19 @@ pub fn check_command(line: &[u8]) -> Result<(), &'static [u8]> {
 }
 
 /// Whether a client line inside a SASL exchange may go to the server. With `plain`,
-/// the line is a PLAIN response (or `*`, the cancel) whose fields are checked too.
+/// the line is a PLAIN response (or `*`, the cancel, or `=`, empty) whose fields are
+/// checked too: what does not decode strictly cannot be checked, so it does not go on
+/// (a lenient server decoder might find line ends in it).
 pub fn check_sasl_line(line: &[u8], plain: bool) -> Result<(), &'static [u8]> {
     check_command(line)?;
     let text = trim_eol(line);
+    if !plain || text == b"*" || text == b"=" {
+        return Ok(());
+    }
     match parse_plain(text) {
-        Err(PlainError::ControlCharacter) if plain => Err(BAD_CHARACTERS),
-        _ => Ok(()),
+        Ok(_) | Err(PlainError::ActsAsOther) => Ok(()),
+        Err(PlainError::ControlCharacter) => Err(BAD_CHARACTERS),
+        Err(PlainError::Malformed) => Err(BAD_SASL),
     }
 }
 

@@ -40,6 +40,9 @@ pub const LOGGING_OUT: &[u8] = b"+OK Logging out.\r\n";
 pub const NO_SUCH_MESSAGE: &[u8] = b"-ERR no such message\r\n";
 /// Longest CAPA body kept while learning a server's capabilities.
 const MAX_CAPA_BODY: usize = 4096;
+/// Most bytes of local answers one batch of client input may produce: a client that
+/// pipelines listings of a large snapshot without reading them is flooding.
+pub const MAX_LOCAL_ANSWERS: usize = 256 * 1024;
 
 /// The patent's session states, plus the two ends a proxy needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -300,7 +303,10 @@ impl Session {
             return self.through_gate(sh, now, out, |g, o| g.upstream_failed(o));
         }
         if self.upstream_needed() {
-            out.push(Action::ToClient(SERVER_UNAVAILABLE.to_vec()));
+            // Not inside a body the client is still receiving: it would corrupt it.
+            if self.responses.at_boundary() {
+                out.push(Action::ToClient(SERVER_UNAVAILABLE.to_vec()));
+            }
             self.finish(sh, now, out, true);
         } else {
             // An idle upstream (opened for CAPA): the session goes on without it.
@@ -515,10 +521,10 @@ impl Session {
                     user: user.clone(),
                 };
                 let new = sh.table.get(&key).is_none();
-                self.entry = sh.table.entry(key, now);
+                self.entry = sh.table.entry(key, now, credentials.verifier);
                 // The password-change case: the server's word replaces the verifier.
                 self.with_entry(sh, now, |e| {
-                    e.verifier = Some(credentials.verifier);
+                    e.verifier = credentials.verifier;
                     e.sessions = e.sessions.saturating_add(1);
                     if new {
                         e.set_last_check(now);
@@ -638,7 +644,18 @@ impl Session {
 
     /// Runs steps and client commands until something must be waited for.
     fn pump(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
+        let first = out.len();
         loop {
+            let answered: usize = out[first..]
+                .iter()
+                .map(|a| match a {
+                    Action::ToClient(bytes) => bytes.len(),
+                    _ => 0,
+                })
+                .sum();
+            if answered > MAX_LOCAL_ANSWERS {
+                return self.refuse(TOO_MANY_PENDING, sh, now, out);
+            }
             if matches!(self.state, State::Closed | State::Tunnel) || self.in_flight {
                 return;
             }
@@ -924,7 +941,9 @@ impl Session {
             Err(PlainError::ControlCharacter) => {
                 out.push(Action::ToClient(gate::BAD_CHARACTERS.to_vec()))
             }
-            // The server's to judge: opted-out users, master-user logins, garbage.
+            // Undecodable: whatever it hides must not reach the server.
+            Err(PlainError::Malformed) => out.push(Action::ToClient(gate::BAD_SASL.to_vec())),
+            // The server's to judge: opted-out users, master-user logins.
             _ => self.tunnel(line.expose(), sh, out),
         }
     }
@@ -945,17 +964,18 @@ impl Session {
         sh.counters.checks_seen += 1;
         let user = self.user.clone().unwrap_or_else(|| UserName::from(""));
         let verifier = sh.salt.verifier(self.server(), &user, password);
-        let interval = sh.interval_for(self.server(), now);
-        let key = sh.table.key(&UserKey {
+        let lookup = UserKey {
             server: self.server(),
             user,
-        });
+        };
+        let interval = sh.interval_for(&lookup, now);
+        let key = sh.table.key(&lookup);
         let (one_in_m, fast_check) = (sh.config.one_in_m, sh.config.fast_check);
         let (mut sampled, mut verdict) = (false, FastCheckVerdict::AsUsual);
         let local = key.as_ref().and_then(|key| {
             sh.table.update(key, now, |e| {
                 e.set_last_check(now);
-                let known = e.sessions == 0 && e.verifier.is_some_and(|v| v.matches(&verifier));
+                let known = e.sessions == 0 && e.verifier.matches(&verifier);
                 let fresh = known && e.fresh(now, interval);
                 if known && let Some(rule) = &fast_check {
                     verdict = e.fast_check(rule, now, fresh);
@@ -1032,7 +1052,10 @@ impl Session {
             verb,
             Verb::Stat | Verb::List | Verb::Uidl | Verb::Retr | Verb::Top | Verb::Dele
         );
-        let interval = sh.interval_for(self.server(), now);
+        let interval = self
+            .entry
+            .as_ref()
+            .map_or(sh.config.interval, |k| sh.interval_for(k, now));
         let still_fresh = self.penalized
             || self
                 .entry

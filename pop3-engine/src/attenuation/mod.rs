@@ -157,15 +157,17 @@ impl Shared {
         self.record(server).caps = Some((caps, now));
     }
 
-    /// The patent's n for users of `server`: [`Config::notify_interval`] while the
-    /// server sends new-mail notifications, [`Config::interval`] otherwise.
-    fn interval_for(&self, server: SocketAddr, now: Instant) -> std::time::Duration {
+    /// The patent's n for `key`: [`Config::notify_interval`] while its server sends
+    /// new-mail notifications and one has reached this very user (so the server names
+    /// the user as the client does), [`Config::interval`] otherwise.
+    fn interval_for(&self, key: &UserKey, now: Instant) -> std::time::Duration {
         let notifying = self
             .servers
-            .get(&server)
+            .get(&key.server)
             .and_then(|r| r.last_notification)
             .is_some_and(|t| now.saturating_duration_since(t) < self.config.notify_silence);
-        if notifying {
+        let reachable = self.table.get(key).is_some_and(|e| e.notified().is_some());
+        if notifying && reachable {
             self.config.notify_interval
         } else {
             self.config.interval
@@ -262,7 +264,6 @@ impl AttenuationEngine {
             .collect();
         let mut ended = 0;
         for server in servers {
-            self.shared.record(server).last_notification = Some(now);
             let key = UserKey {
                 server,
                 user: UserName::from(user),
@@ -270,6 +271,9 @@ impl AttenuationEngine {
             let Some(key) = self.shared.table.key(&key) else {
                 continue;
             };
+            // Only a notification that reached a known user shows the server notifies
+            // in the names its clients use.
+            self.shared.record(server).last_notification = Some(now);
             self.shared.table.new_mail(&key, now);
             if self.changes.len() < self.shared.config.table_size {
                 self.changes.push(UserChange { key, session: None });
@@ -280,9 +284,9 @@ impl AttenuationEngine {
         ended
     }
 
-    /// The n in force for users of `server` now (see [`Config::notify_interval`]).
-    pub fn interval_for(&self, server: SocketAddr, now: Instant) -> std::time::Duration {
-        self.shared.interval_for(server, now)
+    /// The n in force for `key` now (see [`Config::notify_interval`]).
+    pub fn interval_for(&self, key: &UserKey, now: Instant) -> std::time::Duration {
+        self.shared.interval_for(key, now)
     }
 
     /// The entries touched and removed since the last call, oldest first. A mirror

@@ -18,7 +18,7 @@
 //! Memory per entry: the key (server address and username, shared by the map and the
 //! timer list through one `Arc`; usernames of up to 22 bytes are stored inside the key,
 //! longer ones get an allocation of their own; 56 bytes, a 72-byte `Arc` allocation), and
-//! the 96-byte entry: an optional 16-byte verifier, the check, view, notification,
+//! the 96-byte entry: a 16-byte verifier, the check, view, notification, not-before,
 //! fast-check and expiry times as 8-byte stamps (nanoseconds from a process-wide epoch),
 //! an optional shared maildrop snapshot (its bytes counted against a budget of their
 //! own), a session count and check counters; plus the map's slots (8-byte `Arc` + entry +
@@ -201,16 +201,20 @@ impl fmt::Debug for Stamp {
 /// What the proxy has learnt about one user.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    /// The last password the server accepted, as a verifier; `None` until one did.
-    pub verifier: Option<Verifier>,
+    /// The last password the server accepted, as a verifier (an entry exists only once
+    /// the server accepted one).
+    pub verifier: Verifier,
     /// When the server's view of the maildrop held here was taken: the login of the
     /// session that saw it (`NULL` in the patent: no view).
     verified: Option<Stamp>,
     /// That view: `None` is an empty maildrop, otherwise the server's answers (for
     /// clients that leave their mail on the server).
     maildrop: Option<Arc<Maildrop>>,
-    /// When the mail server last said new mail arrived (the patent's demand rule).
+    /// When the mail server last said new mail arrived for this user (the demand rule).
     notified: Option<Stamp>,
+    /// No view from a session that logged in before this may be recorded: something
+    /// newer (new mail, a session that saw mail or deleted some) is known.
+    not_before: Option<Stamp>,
     /// Sessions of this user in TRANSACTION now. While there is one, further sessions
     /// go to the server, which applies its own locking; such entries are never removed.
     pub sessions: u16,
@@ -354,30 +358,37 @@ impl UserTable {
         login: Instant,
         maildrop: Option<Maildrop>,
     ) -> bool {
-        let held = self.entries.get(&**key).map_or(0, |e| e.maildrop_len());
+        let Some(entry) = self.entries.get(&**key) else {
+            return false;
+        };
+        let held = entry.maildrop_len();
         let room = (self.maildrop_budget + held).saturating_sub(self.maildrop_bytes);
         let fits = maildrop.as_ref().is_none_or(|m| m.bytes() <= room);
-        let announced = self
-            .entries
-            .get(&**key)
-            .and_then(Entry::notified)
-            .is_some_and(|n| n >= login);
-        let view = (fits && !announced).then_some(maildrop);
+        // Never older than what is known: a newer view held, new mail announced, or a
+        // newer session that saw the maildrop change.
+        let stale = entry.verified.is_some_and(|v| v.instant() > login)
+            || entry.not_before.is_some_and(|t| t.instant() >= login);
+        if stale {
+            return entry.verified.is_some();
+        }
+        let view = fits.then_some(maildrop);
         self.replace_view(key, now, view.map(|m| (login, m)));
         self.entries
             .get(&**key)
             .is_some_and(|e| e.verified.is_some())
     }
 
-    /// Drops the user's view: the server answers the next check.
+    /// Drops the user's view: the server answers the next check, and no session that
+    /// logged in before `now` may bring a view back.
     pub fn clear_view(&mut self, key: &Arc<UserKey>, now: Instant) {
         self.replace_view(key, now, None);
+        self.update(key, now, |e| e.not_before = Some(Stamp::new(now)));
     }
 
     /// New mail arrived at `now` (the demand rule): the view goes, and no session that
     /// logged in before may bring one back.
     pub fn new_mail(&mut self, key: &Arc<UserKey>, now: Instant) {
-        self.replace_view(key, now, None);
+        self.clear_view(key, now);
         self.update(key, now, |e| e.notified = Some(Stamp::new(now)));
     }
 
@@ -444,7 +455,12 @@ impl UserTable {
 
     /// The entry of `key`, created if missing; `None` if the table is full of entries
     /// in session. Returns the shared key to hold while a session uses the entry.
-    pub fn entry(&mut self, key: UserKey, now: Instant) -> Option<Arc<UserKey>> {
+    pub fn entry(
+        &mut self,
+        key: UserKey,
+        now: Instant,
+        verifier: Verifier,
+    ) -> Option<Arc<UserKey>> {
         if let Some((k, _)) = self.entries.get_key_value(&key) {
             return Some(k.clone());
         }
@@ -461,10 +477,11 @@ impl UserTable {
         self.entries.insert(
             key.clone(),
             Entry {
-                verifier: None,
+                verifier,
                 verified: None,
                 maildrop: None,
                 notified: None,
+                not_before: None,
                 sessions: 0,
                 local_streak: 0,
                 fast_count: 0,
@@ -535,6 +552,14 @@ impl UserTable {
 mod tests {
     use super::*;
 
+    fn verifier() -> Verifier {
+        super::super::Salt::fixed([1, 2, 3, 4]).verifier(
+            "203.0.113.5:110".parse().unwrap(),
+            b"u",
+            b"p",
+        )
+    }
+
     fn key(user: &str) -> UserKey {
         UserKey {
             server: "203.0.113.5:110".parse().unwrap(),
@@ -546,8 +571,10 @@ mod tests {
     fn collects_only_expired_entries_not_in_session() {
         let t0 = Instant::now();
         let mut table = UserTable::new(10, Duration::from_secs(60), 1 << 20);
-        let a = table.entry(key("a"), t0).unwrap();
-        let b = table.entry(key("b"), t0 + Duration::from_secs(30)).unwrap();
+        let a = table.entry(key("a"), t0, verifier()).unwrap();
+        let b = table
+            .entry(key("b"), t0 + Duration::from_secs(30), verifier())
+            .unwrap();
         table.update(&a, t0, |e| e.sessions = 1);
         assert_eq!(
             table.collect(t0 + Duration::from_secs(61)),
@@ -567,16 +594,20 @@ mod tests {
     fn a_full_table_evicts_the_oldest_entry_not_in_session() {
         let t0 = Instant::now();
         let mut table = UserTable::new(2, Duration::from_secs(60), 1 << 20);
-        let a = table.entry(key("a"), t0).unwrap();
+        let a = table.entry(key("a"), t0, verifier()).unwrap();
         table.update(&a, t0, |e| e.sessions = 1);
-        table.entry(key("b"), t0 + Duration::from_secs(1)).unwrap();
-        table.entry(key("c"), t0 + Duration::from_secs(2)).unwrap();
+        table
+            .entry(key("b"), t0 + Duration::from_secs(1), verifier())
+            .unwrap();
+        table
+            .entry(key("c"), t0 + Duration::from_secs(2), verifier())
+            .unwrap();
         assert_eq!(table.len(), 2);
         assert!(table.get(&key("b")).is_none());
         let c = Arc::new(key("c"));
         table.update(&c, t0, |e| e.sessions = 1);
         assert!(
-            table.entry(key("d"), t0).is_none(),
+            table.entry(key("d"), t0, verifier()).is_none(),
             "all in session: no room"
         );
     }

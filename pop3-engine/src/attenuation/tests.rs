@@ -1072,21 +1072,30 @@ fn a_notification_ends_the_attenuation_at_once() {
 }
 
 #[test]
-fn a_notifying_server_gets_the_longer_interval_until_it_falls_silent() {
+fn a_notified_user_gets_the_longer_interval_until_the_server_falls_silent() {
     let mut h = alice_verified_empty();
-    assert_eq!(h.engine.interval_for(info().server, h.now), INTERVAL);
-    // Any notification (here for someone else) shows the server notifies.
-    notify(&mut h, b"carol");
-    assert_eq!(h.engine.interval_for(info().server, h.now), NOTIFY_INTERVAL);
+    let alice = UserKey {
+        server: info().server,
+        user: "alice".into(),
+    };
+    assert_eq!(h.engine.interval_for(&alice, h.now), INTERVAL);
+    // A notification for a name the edge does not know proves nothing about alice.
+    assert_eq!(notify(&mut h, b"alice@example.org"), 0);
+    assert_eq!(h.engine.interval_for(&alice, h.now), INTERVAL);
+    // One that reaches her does; her next passed-through check is trusted longer.
+    assert_eq!(notify(&mut h, b"alice"), 1);
+    h.now += Duration::from_secs(1);
+    passed_through_check(&mut h, 2, "pw", 0);
+    assert_eq!(h.engine.interval_for(&alice, h.now), NOTIFY_INTERVAL);
     h.now += INTERVAL * 3;
-    attenuated_login(&mut h, 2, "pw");
-    h.client(2, b"QUIT\r\n");
+    attenuated_login(&mut h, 3, "pw");
+    h.client(3, b"QUIT\r\n");
     // Silent for notify_silence: back to the time rule, and alice's stamp is old.
     h.now += Duration::from_secs(600);
-    assert_eq!(h.engine.interval_for(info().server, h.now), INTERVAL);
-    h.open(3);
-    h.client(3, b"USER alice\r\n");
-    assert_eq!(h.client(3, b"PASS pw\r\n"), [ConnectUpstream]);
+    assert_eq!(h.engine.interval_for(&alice, h.now), INTERVAL);
+    h.open(4);
+    h.client(4, b"USER alice\r\n");
+    assert_eq!(h.client(4, b"PASS pw\r\n"), [ConnectUpstream]);
 }
 
 #[test]
@@ -1299,4 +1308,84 @@ fn the_third_fast_check_is_rewarded_then_fast_polling_is_answered_at_the_edge() 
     );
     let c = *h.engine.counters();
     assert_eq!((c.fast_checks_rewarded, c.fast_checks_penalized), (1, 1));
+}
+
+// ---- Found by review ----
+
+#[test]
+fn an_older_sessions_view_never_replaces_what_a_newer_session_saw() {
+    let mut h = engine();
+    relayed_login(&mut h, 1, true);
+    h.now += Duration::from_secs(10);
+    relayed_login(&mut h, 2, false);
+    assert_eq!(entry(&h, "alice").unwrap().sessions, 2);
+    // The newer session sees a message (mail arrived in between)...
+    h.client(2, b"QUIT\r\n");
+    h.server(2, b"+OK 1 100\r\n");
+    h.server(2, b"+OK bye\r\n");
+    h.engine.close(2, h.now);
+    // ...the older one, from its login's snapshot, says empty: not recorded.
+    h.now += Duration::from_secs(5);
+    h.client(1, b"QUIT\r\n");
+    h.server(1, b"+OK 0 0\r\n");
+    h.server(1, b"+OK bye\r\n");
+    h.engine.close(1, h.now);
+    assert_eq!(entry(&h, "alice").unwrap().verified(), None);
+    h.open(3);
+    h.client(3, b"USER alice\r\n");
+    assert_eq!(h.client(3, b"PASS pw\r\n"), [ConnectUpstream]);
+}
+
+#[test]
+fn a_server_lost_inside_a_relayed_body_adds_no_error_line() {
+    let mut h = engine();
+    relayed_login(&mut h, 1, true);
+    assert_eq!(h.client(1, b"RETR 1\r\n"), [to_upstream(b"RETR 1\r\n")]);
+    h.server(1, b"+OK 100 octets\r\nhalf a bo");
+    assert_eq!(
+        h.event(1, Event::UpstreamClosed),
+        [CloseClient, CloseUpstream]
+    );
+}
+
+#[test]
+fn pipelined_listings_of_a_snapshot_are_bounded() {
+    let mut h = engine();
+    let caps = ServerCaps::parse(b"USER\r\nUIDL\r\nTOP\r\nXCLIENT\r\n");
+    let now = h.now;
+    h.engine.shared.learn_caps(info().server, caps, now);
+    relayed_login(&mut h, 1, false);
+    let n = 1500;
+    let stat = format!("+OK {n} {}\r\n", n * 1000);
+    let mut list = format!("+OK {n} messages:\r\n");
+    let mut uidl = "+OK\r\n".to_string();
+    for i in 1..=n {
+        list.push_str(&format!("{i} 1000\r\n"));
+        uidl.push_str(&format!("{i} {i:016x}\r\n"));
+    }
+    list.push_str(".\r\n");
+    uidl.push_str(".\r\n");
+    h.client(1, b"QUIT\r\n");
+    h.server(1, stat.as_bytes());
+    h.server(1, list.as_bytes());
+    h.server(1, uidl.as_bytes());
+    h.server(1, b"+OK bye\r\n");
+    h.engine.close(1, h.now);
+    attenuated_login(&mut h, 2, "pw");
+    let out = h.client(2, &b"UIDL\r\n".repeat(4096 / 6));
+    let bytes = to_client_bytes(&out).len();
+    assert!(
+        bytes <= fsm::MAX_LOCAL_ANSWERS + MAX_MAILDROP,
+        "{bytes} bytes queued for one 4 KB read"
+    );
+    assert_eq!(out.last(), Some(&CloseClient), "a flood is refused");
+}
+
+#[test]
+fn undecodable_auth_plain_data_never_reaches_the_server() {
+    // "\0alice\0p\nw" without its padding: a lenient decoder would find the LF.
+    let mut h = alice_verified_empty();
+    h.open(2);
+    let out = h.client(2, b"AUTH PLAIN AGFsaWNlAHAKdw\r\n");
+    assert_eq!(out, [to_client(crate::gate::BAD_SASL)]);
 }

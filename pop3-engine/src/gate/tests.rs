@@ -475,12 +475,15 @@ fn a_server_breaking_framing_ends_the_session() {
 fn lines_pipelined_behind_a_sasl_response_wait_for_the_servers_answer() {
     let mut h = greeted();
     assert_eq!(
-        h.client(1, b"AUTH PLAIN\r\nbogus\r\nXCLIENT ADDR=192.0.2.66\r\n"),
+        h.client(
+            1,
+            b"AUTH PLAIN\r\nAGFsaWNlAHdyb25n\r\nXCLIENT ADDR=192.0.2.66\r\n"
+        ),
         [to_upstream(b"AUTH PLAIN\r\n")]
     );
     assert_eq!(
         h.server(1, b"+ \r\n"),
-        [to_client(b"+ \r\n"), to_upstream(b"bogus\r\n")]
+        [to_client(b"+ \r\n"), to_upstream(b"AGFsaWNlAHdyb25n\r\n")]
     );
     assert_eq!(
         h.server(1, b"-ERR [AUTH] Authentication failed.\r\n"),
@@ -521,4 +524,37 @@ fn a_refusal_never_lands_inside_a_response() {
         [Action::CloseClient, Action::CloseUpstream],
         "no -ERR inside the body"
     );
+}
+
+/// Found by review: PLAIN data the strict decoder refuses went on unchecked, and a
+/// lenient server decoder would find the line end in it.
+#[test]
+fn plain_data_that_does_not_decode_is_refused() {
+    // "\0alice\0p\nw" is AGFsaWNlAHAKdw==
+    for b64 in [
+        "AGFsaWNlAHAKdw",
+        "AGFsaWNlAHAKdw=",
+        "AGFsaWNlAHAKdw==\t",
+        " AGFsaWNlAHAKdw==",
+    ] {
+        let mut h = greeted();
+        let out = h.client(1, format!("AUTH PLAIN {b64}\r\n").as_bytes());
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::ToUpstream(_))),
+            "{b64:?}: {out:?}"
+        );
+        let mut h = greeted();
+        h.client(1, b"AUTH PLAIN\r\n");
+        h.server(1, b"+ \r\n");
+        let out = h.client(1, format!("{b64}\r\n").as_bytes());
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::ToUpstream(_))),
+            "{b64:?}: {out:?}"
+        );
+    }
+    // The cancel still goes on.
+    let mut h = greeted();
+    h.client(1, b"AUTH PLAIN\r\n");
+    h.server(1, b"+ \r\n");
+    assert_eq!(h.client(1, b"*\r\n"), [to_upstream(b"*\r\n")]);
 }
