@@ -15,5 +15,5 @@ pub mod codec;
 pub mod relay;
 pub mod session;
 
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

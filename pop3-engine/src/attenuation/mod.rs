@@ -24,7 +24,7 @@
 mod caps;
 mod config;
 mod fsm;
-mod sasl;
+pub(crate) mod sasl;
 mod table;
 mod verifier;
 

@@ -1,191 +1,17 @@
 //! Property tests: random check sessions, password changes, new mail and clock jumps,
-//! against a fake mail server that keeps the facts the properties are judged by.
+//! against the model mail server of [`crate::testing::model`], whose world judges every
+//! step (the engine fuzz target drives the same world with finer moves).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hashbrown::HashMap;
 use proptest::prelude::*;
 
 use super::{INTERVAL, engine};
 use crate::{
-    attenuation::{AttenuationEngine, State, fsm::LOGGED_IN},
-    codec::{Command, Verb, trim_eol},
-    session::{Action, ConnId, Event, Pop3Engine},
-    testing::Harness,
+    attenuation::{AttenuationEngine, State},
+    session::ConnId,
+    testing::model::{COMMANDS, PASSWORDS, USERS, World},
 };
-
-const USERS: [&str; 2] = ["alice", "carol"];
-const PASSWORDS: [&str; 3] = ["pw0", "pw1", "pw2"];
-const COMMANDS: [&str; 10] = [
-    "STAT", "LIST", "LIST 1", "UIDL", "RETR 1", "DELE 1", "TOP 1 0", "NOOP", "RSET", "CAPA",
-];
-
-/// One upstream connection as the fake server sees it.
-#[derive(Default)]
-struct ServerConn {
-    buf: Vec<u8>,
-    user: Option<String>,
-    authed: Option<String>,
-    deleted: u32,
-    deles: u32,
-}
-
-/// A mail server with the facts the properties need.
-#[derive(Default)]
-struct FakeServer {
-    passwords: HashMap<String, String>,
-    messages: HashMap<String, u32>,
-    conns: HashMap<ConnId, ServerConn>,
-    /// Per user: the password the server last accepted.
-    accepted: HashMap<String, String>,
-    /// Per user: when the server last said the maildrop has no message.
-    said_empty: HashMap<String, Instant>,
-}
-
-impl FakeServer {
-    /// Answers the complete lines of `bytes`; `true` when the server hangs up after.
-    fn receive(&mut self, conn: ConnId, bytes: &[u8], now: Instant) -> (Vec<u8>, bool) {
-        let mut reply = Vec::new();
-        let mut hang_up = false;
-        let c = self.conns.get_mut(&conn).expect("upstream connected");
-        c.buf.extend_from_slice(bytes);
-        while let Some(nl) = c.buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = c.buf.drain(..=nl).collect();
-            let cmd = Command::parse(&line);
-            let arg = String::from_utf8_lossy(cmd.rest).into_owned();
-            let user = c.authed.clone().unwrap_or_default();
-            let count = self.messages.get(&user).copied().unwrap_or(0) - c.deleted;
-            let answer = match (cmd.verb, &c.authed) {
-                (Verb::Capa, _) => "+OK\r\nUSER\r\nTOP\r\nUIDL\r\nXCLIENT\r\n.\r\n".to_owned(),
-                (Verb::Other, None) => "+OK\r\n".to_owned(),
-                (Verb::User, None) => {
-                    c.user = Some(arg);
-                    "+OK\r\n".to_owned()
-                }
-                (Verb::Pass, None) => match c.user.take() {
-                    Some(u) if self.passwords.get(&u) == Some(&arg) => {
-                        self.accepted.insert(u.clone(), arg);
-                        c.authed = Some(u);
-                        "+OK srv welcome\r\n".to_owned()
-                    }
-                    _ => "-ERR [AUTH] srv refused\r\n".to_owned(),
-                },
-                (Verb::Stat, Some(u)) => {
-                    if count == 0 {
-                        self.said_empty.insert(u.clone(), now);
-                    }
-                    format!("+OK {count} {} srv\r\n", count * 10)
-                }
-                (Verb::List | Verb::Uidl, Some(_)) if !cmd.has_args() => {
-                    let lines: String = (1..=count).map(|i| format!("{i} 10\r\n")).collect();
-                    format!("+OK srv\r\n{lines}.\r\n")
-                }
-                (Verb::Retr | Verb::Top, Some(_)) if count > 0 => {
-                    "+OK srv\r\n..x\r\n.\r\n".to_owned()
-                }
-                (Verb::Dele, Some(_)) if count > 0 => {
-                    c.deleted += 1;
-                    c.deles += 1;
-                    "+OK srv\r\n".to_owned()
-                }
-                (Verb::Noop, Some(_)) => "+OK srv\r\n".to_owned(),
-                (Verb::Rset, Some(_)) => {
-                    c.deleted = 0;
-                    "+OK srv\r\n".to_owned()
-                }
-                (Verb::Quit, _) => {
-                    hang_up = true;
-                    if let Some(u) = &c.authed {
-                        *self.messages.entry(u.clone()).or_default() -= c.deleted;
-                    }
-                    "+OK srv bye\r\n".to_owned()
-                }
-                _ => "-ERR srv no\r\n".to_owned(),
-            };
-            reply.extend_from_slice(answer.as_bytes());
-        }
-        (reply, hang_up)
-    }
-}
-
-/// The engine, the fake server, and what the properties watch.
-struct World {
-    h: Harness<AttenuationEngine>,
-    server: FakeServer,
-    /// Per connection: user and password the client logged in with.
-    logins: HashMap<ConnId, (String, String)>,
-    client_deles: HashMap<ConnId, u32>,
-}
-
-impl World {
-    /// Carries out the engine's actions the way the dataplane would, at once.
-    fn carry_out(&mut self, conn: ConnId, actions: Vec<Action>) {
-        for action in actions {
-            match action {
-                Action::ToClient(bytes) => self.client_sees(conn, &bytes),
-                Action::ConnectUpstream => {
-                    self.server.conns.insert(conn, ServerConn::default());
-                    let more = self.h.event(conn, Event::UpstreamConnected);
-                    self.carry_out(conn, more);
-                    let more = self.h.server(conn, b"+OK srv ready\r\n");
-                    self.carry_out(conn, more);
-                }
-                Action::ToUpstream(bytes) => {
-                    if self.server.conns.contains_key(&conn) {
-                        let (reply, hang_up) = self.server.receive(conn, &bytes, self.h.now);
-                        let more = self.h.server(conn, &reply);
-                        self.carry_out(conn, more);
-                        if hang_up {
-                            self.server.conns.remove(&conn);
-                            let more = self.h.event(conn, Event::UpstreamClosed);
-                            self.carry_out(conn, more);
-                        }
-                    }
-                }
-                Action::CloseUpstream => {
-                    // No QUIT: the fake server drops the session without UPDATE.
-                    self.server.conns.remove(&conn);
-                }
-                Action::CloseClient => {}
-            }
-        }
-    }
-
-    /// The properties about what the client is told.
-    fn client_sees(&mut self, conn: ConnId, bytes: &[u8]) {
-        for line in bytes.split_inclusive(|&b| b == b'\n') {
-            let (user, pw) = self.logins.get(&conn).cloned().unwrap_or_default();
-            if line == LOGGED_IN {
-                assert_eq!(
-                    self.server.accepted.get(&user),
-                    Some(&pw),
-                    "local +OK for a password the server did not accept last"
-                );
-            }
-            if trim_eol(line) == b"+OK 0 0" {
-                let said = self.server.said_empty.get(&user).copied();
-                assert!(
-                    said.is_some_and(|t| self.h.now.duration_since(t) < INTERVAL),
-                    "local +OK 0 0 without the server saying 0 less than n ago"
-                );
-            }
-        }
-    }
-
-    fn client(&mut self, conn: ConnId, line: &str) {
-        if Command::parse(line.as_bytes()).verb == Verb::Dele {
-            *self.client_deles.entry(conn).or_default() += 1;
-        }
-        let actions = self.h.client(conn, format!("{line}\r\n").as_bytes());
-        self.carry_out(conn, actions);
-    }
-
-    fn check_deles(&self, conn: ConnId) {
-        let sent = self.client_deles.get(&conn).copied().unwrap_or(0);
-        let seen = self.server.conns.get(&conn).map_or(0, |c| c.deles);
-        assert!(seen <= sent, "the engine sent DELE the client did not send");
-    }
-}
 
 /// One step of a random scenario.
 #[derive(Clone, Debug)]
@@ -216,48 +42,45 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The client sends one command line; the network carries everything out at once.
+fn say(w: &mut World<AttenuationEngine>, conn: ConnId, line: &str) {
+    w.client(conn, format!("{line}\r\n").as_bytes());
+    w.settle();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn attenuation_never_lies(ops in prop::collection::vec(op(), 1..30)) {
-        let mut w = World {
-            h: engine(),
-            server: FakeServer::default(),
-            logins: HashMap::new(),
-            client_deles: HashMap::new(),
-        };
-        for user in USERS {
-            w.server.passwords.insert(user.to_owned(), PASSWORDS[0].to_owned());
-        }
+        let mut w = World::new(engine().engine, INTERVAL);
         for (conn, op) in (1..).zip(ops) {
             match op {
-                Op::Wait(secs) => { w.h.advance(Duration::from_secs(secs)); }
+                Op::Wait(secs) => {
+                    w.wait(Duration::from_secs(secs));
+                    w.settle();
+                }
                 Op::ChangePassword { user, pw } => {
                     w.server.passwords.insert(USERS[user].to_owned(), PASSWORDS[pw].to_owned());
                 }
                 Op::NewMail { user } => *w.server.messages.entry(USERS[user].to_owned()).or_default() += 1,
                 Op::Check { user, pw, commands, quit } => {
-                    let actions = w.h.open(conn);
-                    w.carry_out(conn, actions);
-                    w.logins.insert(conn, (USERS[user].to_owned(), PASSWORDS[pw].to_owned()));
-                    w.client(conn, &format!("USER {}", USERS[user]));
-                    w.client(conn, &format!("PASS {}", PASSWORDS[pw]));
+                    w.open(conn);
+                    say(&mut w, conn, &format!("USER {}", USERS[user]));
+                    say(&mut w, conn, &format!("PASS {}", PASSWORDS[pw]));
                     if matches!(w.h.engine.state(conn), Some(State::Transaction { .. })) {
                         for (command, wait) in commands {
-                            w.h.advance(Duration::from_secs(wait));
-                            w.client(conn, COMMANDS[command]);
-                            w.check_deles(conn);
+                            w.wait(Duration::from_secs(wait));
+                            say(&mut w, conn, COMMANDS[command]);
                         }
                     }
                     if quit {
-                        w.client(conn, "QUIT");
+                        say(&mut w, conn, "QUIT");
                     } else {
-                        let actions = w.h.event(conn, Event::ClientClosed);
-                        w.carry_out(conn, actions);
+                        w.client_close(conn);
+                        w.settle();
                     }
-                    w.check_deles(conn);
-                    w.h.engine.close(conn, w.h.now);
+                    w.release(conn);
                 }
             }
         }
