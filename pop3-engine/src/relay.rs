@@ -50,8 +50,9 @@ const XCLIENT_CODE: &[u8] = b"[XCLIENT] ";
 enum Tracking {
     /// Both directions are POP3.
     Pop3,
-    /// An AUTH exchange is under way: the client's lines are SASL responses, passed on
-    /// but not read as commands, until the server's final answer.
+    /// An AUTH exchange is under way: the client's lines are SASL responses, not read as
+    /// commands, passed on one per server challenge (`+ `) and held otherwise: after the
+    /// server's final answer they may be commands again.
     Sasl,
     /// STLS was sent: the client's bytes are held (not parsed, not passed on) until the
     /// answer says whether they are TLS (`+OK`) or commands again (`-ERR`).
@@ -90,8 +91,11 @@ struct Relay {
     pending: VecDeque<Pending>,
     /// Client bytes waiting for the upstream connection.
     early: Vec<u8>,
-    /// Client bytes sent after STLS, waiting for its answer (at most [`MAX_EARLY`]).
+    /// Client bytes sent after STLS, or during AUTH beyond the line the server asked
+    /// for, waiting for its answer (at most [`MAX_EARLY`]).
     held: Vec<u8>,
+    /// The server's last SASL challenge is unanswered: one client line may go on.
+    sasl_line_owed: bool,
 }
 
 /// The transparent relay of issue 2 as a [`Pop3Engine`]: no attenuation, no local answers.
@@ -128,6 +132,7 @@ impl Pop3Engine for RelayEngine {
             }]),
             early: Vec::new(),
             held: Vec::new(),
+            sasl_line_owed: false,
         };
         self.conns.insert(conn, relay);
         out.push(Output {
@@ -193,7 +198,9 @@ impl Relay {
         let mut input = data;
         let mut forward = Vec::new();
         let mut refusal = None;
-        while matches!(self.tracking, Tracking::Pop3 | Tracking::Sasl) {
+        while self.tracking == Tracking::Pop3
+            || (self.tracking == Tracking::Sasl && self.sasl_line_owed)
+        {
             let line = match self.commands.decode(&mut input) {
                 Ok(Some(line)) => line,
                 Ok(None) => break,
@@ -204,6 +211,7 @@ impl Relay {
             };
             if self.tracking == Tracking::Sasl {
                 forward.extend_from_slice(line);
+                self.sasl_line_owed = false;
                 continue;
             }
             if self.pending.len() >= MAX_PENDING {
@@ -238,12 +246,12 @@ impl Relay {
         }
         match self.tracking {
             _ if refusal.is_some() => {}
-            Tracking::AwaitStls if self.held.len() + input.len() > MAX_EARLY => {
+            Tracking::AwaitStls | Tracking::Sasl if self.held.len() + input.len() > MAX_EARLY => {
                 refusal = Some(TOO_MANY_PENDING);
             }
-            Tracking::AwaitStls => self.held.extend_from_slice(input),
+            Tracking::AwaitStls | Tracking::Sasl => self.held.extend_from_slice(input),
             Tracking::Tunnel => forward.extend_from_slice(input),
-            Tracking::Pop3 | Tracking::Sasl => {}
+            Tracking::Pop3 => {}
         }
         if !forward.is_empty() {
             if self.upstream_up {
@@ -304,7 +312,12 @@ impl Relay {
                     break;
                 }
             };
-            // A SASL challenge (`+ `) leaves the AUTH unanswered.
+            // A SASL challenge (`+ `) leaves the AUTH unanswered and asks for one line.
+            if kind == Some(StatusKind::Continue) && self.tracking == Tracking::Sasl {
+                self.sasl_line_owed = true;
+                let held = std::mem::take(&mut self.held);
+                self.on_client_data(&held, actions);
+            }
             if !done || kind == Some(StatusKind::Continue) {
                 continue;
             }
@@ -325,11 +338,17 @@ impl Relay {
                 }
                 Some(Turn::Sasl) => {
                     self.commands.set_sasl(false);
-                    self.tracking = if accepted {
-                        Tracking::Tunnel
+                    self.sasl_line_owed = false;
+                    let held = std::mem::take(&mut self.held);
+                    if accepted {
+                        self.tracking = Tracking::Tunnel;
+                        if !held.is_empty() {
+                            actions.push(Action::ToUpstream(held));
+                        }
                     } else {
-                        Tracking::Pop3
-                    };
+                        self.tracking = Tracking::Pop3;
+                        self.on_client_data(&held, actions);
+                    }
                 }
                 Some(Turn::None) | None => {}
             }

@@ -219,6 +219,44 @@ fn a_sasl_exchange_is_relayed_and_a_failed_one_goes_back_to_pop3() {
     );
 }
 
+/// Found by the engine fuzz target: lines pipelined behind a SASL response went on
+/// unread, so an XCLIENT behind a failed AUTH reached the server as a command.
+#[test]
+fn xclient_behind_a_failed_auth_is_still_refused() {
+    let mut h = greeted();
+    assert_eq!(
+        h.client(1, b"AUTH PLAIN\r\nbogus\r\nXCLIENT ADDR=192.0.2.66\r\n"),
+        [to_upstream(b"AUTH PLAIN\r\n")]
+    );
+    // One line per challenge; the rest waits for the server's next word.
+    assert_eq!(
+        h.server(1, b"+ \r\n"),
+        [to_client(b"+ \r\n"), to_upstream(b"bogus\r\n")]
+    );
+    assert_eq!(
+        h.server(1, b"-ERR [AUTH] Authentication failed.\r\n"),
+        [
+            to_client(b"-ERR [AUTH] Authentication failed.\r\n"),
+            to_client(XCLIENT_REFUSED),
+            Action::CloseClient,
+            Action::CloseUpstream
+        ]
+    );
+}
+
+#[test]
+fn lines_held_during_an_accepted_auth_go_on_in_the_tunnel() {
+    let mut h = greeted();
+    assert_eq!(
+        h.client(1, b"AUTH PLAIN AGFsaWNlAHB3\r\nlayer"),
+        [to_upstream(b"AUTH PLAIN AGFsaWNlAHB3\r\n")]
+    );
+    assert_eq!(
+        h.server(1, b"+OK Logged in.\r\n"),
+        [to_client(b"+OK Logged in.\r\n"), to_upstream(b"layer")]
+    );
+}
+
 #[test]
 fn an_accepted_auth_turns_the_session_into_a_tunnel_and_apop_stays_pop3() {
     let mut h = greeted();
