@@ -281,8 +281,10 @@ struct ClientSide {
     greeted: bool,
     /// The oldest unanswered line answers a SASL challenge (`+ `).
     sasl: bool,
-    /// The user named by the session's last USER or AUTH PLAIN.
+    /// The user named by the session's last USER or AUTH PLAIN before a login.
     user: String,
+    /// A login was accepted: USER and AUTH no longer name the session's user.
+    logged_in: bool,
     closed: bool,
 }
 
@@ -670,7 +672,7 @@ impl<E: Judged> World<E> {
             plain(trim_eol(answered))
         } else {
             match cmd.verb {
-                Verb::User => {
+                Verb::User if !client.logged_in => {
                     client.user = lossy(cmd.rest);
                     None
                 }
@@ -682,9 +684,12 @@ impl<E: Judged> World<E> {
                 _ => None,
             }
         };
-        if let Some((user, _)) = &login {
+        if let Some((user, _)) = &login
+            && !client.logged_in
+        {
             client.user = user.clone();
         }
+        client.logged_in |= login.is_some() && kind == StatusKind::Ok;
         let user = client.user.clone();
         if line.windows(3).any(|w| w == b"srv") {
             return; // the server's own word
