@@ -264,11 +264,12 @@ impl Relay {
         }
         if let Some(message) = refusal {
             self.closed = true;
-            actions.extend([
-                Action::ToClient(message.to_vec()),
-                Action::CloseClient,
-                Action::CloseUpstream,
-            ]);
+            // Only where a status line may start: not inside a response the client is
+            // still receiving (the greeting is passed on only once complete).
+            if !self.greeted || self.responses.at_boundary() {
+                actions.push(Action::ToClient(message.to_vec()));
+            }
+            actions.extend([Action::CloseClient, Action::CloseUpstream]);
         }
     }
 
