@@ -241,10 +241,12 @@ impl Gate {
     }
 
     fn refuse(&mut self, message: &[u8], out: &mut Vec<Action>) {
-        if !self.closed {
+        // Only where a status line may start: not inside a response the client is
+        // still receiving (the greeting is passed on only once complete).
+        if !self.closed && (!self.greeted || self.responses.at_boundary()) {
             out.push(Action::ToClient(message.to_vec()));
-            self.close(out);
         }
+        self.close(out);
     }
 
     /// Reads the client's complete lines and passes the accepted ones on, raw.

@@ -234,6 +234,30 @@ fn xclient_behind_a_refused_stls_is_still_refused() {
     );
 }
 
+/// Found by the engine fuzz target: the refusal was spliced into the middle of a
+/// server line the client was still receiving.
+#[test]
+fn a_refusal_never_lands_inside_a_response() {
+    let mut h = greeted();
+    assert_eq!(h.client(1, b"LIST\r\n"), [to_upstream(b"LIST\r\n")]);
+    assert_eq!(h.server(1, b"+OK\r\n1 1"), [to_client(b"+OK\r\n1 1")]);
+    assert_eq!(
+        h.client(1, b"XCLIENT\r\n"),
+        [Action::CloseClient, Action::CloseUpstream]
+    );
+    let mut h = greeted();
+    assert_eq!(h.client(1, b"NOOP\r\n"), [to_upstream(b"NOOP\r\n")]);
+    assert_eq!(h.server(1, b"+OK\r\n"), [to_client(b"+OK\r\n")]);
+    assert_eq!(
+        h.client(1, b"XCLIENT\r\n"),
+        [
+            to_client(XCLIENT_REFUSED),
+            Action::CloseClient,
+            Action::CloseUpstream
+        ]
+    );
+}
+
 #[test]
 fn a_sasl_exchange_is_relayed_and_a_failed_one_goes_back_to_pop3() {
     let mut h = greeted();
