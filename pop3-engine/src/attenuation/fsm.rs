@@ -762,6 +762,17 @@ impl Session {
             return;
         };
         f(gate, out);
+        if let Some(user) = gate.take_login() {
+            // The server took a login the engine could not check: whatever password
+            // it vouched for may be stale now.
+            let key = UserKey {
+                server: self.info.server,
+                user: UserName::from(&user[..]),
+            };
+            if let Some(key) = sh.table.key(&key) {
+                sh.table.update(&key, now, |e| e.verifier = None);
+            }
+        }
         if gate.is_closed() {
             // The gate already asked to close both sides.
             self.link = Link::Down;
