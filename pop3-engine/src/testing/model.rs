@@ -365,6 +365,13 @@ impl ModelServer {
         Some((mark, *self.said.get(mark)?))
     }
 
+    fn mailbox(&self, user: &str) -> &[Message] {
+        self.mailboxes
+            .get(user)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
     /// Whether "`user` has `count` messages" is true now within the time rule, for a
     /// session that marked `pending` deleted and numbers from `since`: every message
     /// that arrived `interval` ago or earlier counted, none gone longer than that.
@@ -377,11 +384,7 @@ impl ModelServer {
         now: Instant,
         interval: Duration,
     ) -> bool {
-        let mailbox = self
-            .mailboxes
-            .get(user)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let mailbox = self.mailbox(user);
         let recently_gone = self.gone.get(user).map_or(0, |when| {
             when.iter().filter(|&&t| t + interval > since).count()
         });
@@ -399,11 +402,7 @@ impl ModelServer {
         now: Instant,
         interval: Duration,
     ) -> bool {
-        let mailbox = self
-            .mailboxes
-            .get(user)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let mailbox = self.mailbox(user);
         let old = mailbox
             .iter()
             .filter(|m| now.duration_since(m.arrived) >= interval)
