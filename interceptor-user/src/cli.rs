@@ -4,7 +4,6 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
-use pop3_engine::attenuation::parse_duration;
 
 use crate::{ebpf::AttachMode, settings::EngineMode, status::SortBy};
 
@@ -88,7 +87,7 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub mode: Option<EngineMode>,
     /// How long a mailbox the server said is empty is trusted, e.g. 5s, 90s, 15m [default: 15m].
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
     /// Usernames never attenuated (always passed through to the server).
     #[arg(long, value_delimiter = ',')]
@@ -97,22 +96,22 @@ pub struct RunArgs {
     #[arg(long)]
     pub table_size: Option<usize>,
     /// Close a POP3 session idle for this long (RFC 1939: at least 10m) [default: 10m].
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub autologout: Option<Duration>,
     /// Re-learn a mail server's capabilities (STLS, SASL, XCLIENT) once they are this old [default: 10m].
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub caps_ttl: Option<Duration>,
     /// Timeout for the TCP handshake with the mail server [default: 5s].
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub connect_timeout: Option<Duration>,
     /// How long the mail server may stay silent when it owes an answer [default: 30s].
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub response_timeout: Option<Duration>,
     /// Most concurrent intercepted connections [default: 4096].
     #[arg(long)]
     pub max_conns: Option<usize>,
     /// Drop a connection with no packets for this long [default: 15m].
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub idle_timeout: Option<Duration>,
     /// Connections one client address may have open at once, half-open ones included;
     /// 0 = no limit [default: 128].
@@ -131,7 +130,7 @@ pub struct RunArgs {
     pub intercept_private: bool,
     /// Reap a half-closed connection (CLOSE_WAIT, FIN_WAIT_2, ...) after this long, however
     /// many keep-alive ACKs it gets [default: 60s].
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub fin_timeout: Option<Duration>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9110 [default: off].
     #[arg(long, value_name = "ADDR")]
@@ -147,10 +146,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub notify_rate: Option<NonZeroU32>,
     /// How long a verified mailbox is trusted for users of a server that notifies [default: 1h].
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub notify_interval: Option<Duration>,
     /// A server that sent no notification for this long is treated as not notifying [default: 1h].
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub notify_silence: Option<Duration>,
     /// Most memory for the maildrop snapshots of clients that keep their mail on the
     /// server, in MiB; past it such users reach the server [default: 64].
@@ -159,10 +158,6 @@ pub struct RunArgs {
     /// Users mirrored in the pinned USERS map for bpftool and `status` [default: 65536].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub mirror_size: Option<u32>,
-}
-
-fn duration(text: &str) -> Result<Duration, String> {
-    parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

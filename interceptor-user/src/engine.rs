@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use pop3_engine::{
-    attenuation::AttenuationEngine,
+    attenuation::{AttenuationEngine, Salt},
     relay::RelayEngine,
     session::{ConnId, ConnInfo, Event, Output, Pop3Engine},
 };
@@ -19,9 +19,10 @@ pub enum Engine {
 impl Engine {
     pub fn new(settings: &Settings) -> Self {
         match settings.mode {
-            EngineMode::Attenuate => {
-                Engine::Attenuate(Box::new(AttenuationEngine::new(settings.engine.clone())))
-            }
+            EngineMode::Attenuate => Engine::Attenuate(Box::new(AttenuationEngine::with_salt(
+                settings.engine.clone(),
+                Salt::random(),
+            ))),
             EngineMode::Relay => Engine::Relay(RelayEngine::new()),
         }
     }

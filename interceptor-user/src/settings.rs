@@ -9,10 +9,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use pop3_engine::{
-    attenuation::{self, parse_duration},
-    secret::Secret,
-};
+use pop3_engine::{attenuation, secret::Secret};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -42,17 +39,24 @@ pub struct FileSettings {
     pub pin_dir: Option<PathBuf>,
     pub keep_pins: Option<bool>,
     pub mode: Option<EngineMode>,
-    pub interval: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
     pub opt_out: Option<Vec<String>>,
     pub table_size: Option<usize>,
-    pub autologout: Option<String>,
-    pub caps_ttl: Option<String>,
-    pub connect_timeout: Option<String>,
-    pub response_timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub autologout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub caps_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub response_timeout: Option<Duration>,
     pub max_conns: Option<usize>,
-    pub idle_timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
     pub intercept_private: Option<bool>,
-    pub fin_timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub fin_timeout: Option<Duration>,
     pub max_conns_per_source: Option<u32>,
     pub max_half_open_per_source: Option<u32>,
     pub syn_rate_per_source: Option<u32>,
@@ -61,8 +65,10 @@ pub struct FileSettings {
     pub notify_listen: Option<SocketAddr>,
     pub notify_secret_file: Option<PathBuf>,
     pub notify_rate: Option<NonZeroU32>,
-    pub notify_interval: Option<String>,
-    pub notify_silence: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub notify_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub notify_silence: Option<Duration>,
     pub maildrop_budget_mb: Option<usize>,
 }
 
@@ -138,10 +144,7 @@ impl Settings {
         };
         let defaults = attenuation::Config::default();
         let engine = attenuation::Config {
-            interval: args
-                .interval
-                .or(file_duration("interval", file.interval)?)
-                .unwrap_or(defaults.interval),
+            interval: args.interval.or(file.interval).unwrap_or(defaults.interval),
             opt_out: args
                 .opt_out
                 .or(file.opt_out)
@@ -153,20 +156,17 @@ impl Settings {
                 .unwrap_or(defaults.table_size),
             autologout: args
                 .autologout
-                .or(file_duration("autologout", file.autologout)?)
+                .or(file.autologout)
                 .unwrap_or(defaults.autologout),
             gc_interval: defaults.gc_interval,
-            caps_ttl: args
-                .caps_ttl
-                .or(file_duration("caps-ttl", file.caps_ttl)?)
-                .unwrap_or(defaults.caps_ttl),
+            caps_ttl: args.caps_ttl.or(file.caps_ttl).unwrap_or(defaults.caps_ttl),
             notify_interval: args
                 .notify_interval
-                .or(file_duration("notify-interval", file.notify_interval)?)
+                .or(file.notify_interval)
                 .unwrap_or(defaults.notify_interval),
             notify_silence: args
                 .notify_silence
-                .or(file_duration("notify-silence", file.notify_silence)?)
+                .or(file.notify_silence)
                 .unwrap_or(defaults.notify_silence),
             maildrop_budget: args
                 .maildrop_budget_mb
@@ -220,21 +220,21 @@ impl Settings {
             engine,
             connect_timeout: args
                 .connect_timeout
-                .or(file_duration("connect-timeout", file.connect_timeout)?)
+                .or(file.connect_timeout)
                 .unwrap_or(Duration::from_secs(5)),
             response_timeout: args
                 .response_timeout
-                .or(file_duration("response-timeout", file.response_timeout)?)
+                .or(file.response_timeout)
                 .unwrap_or(Duration::from_secs(30)),
             max_conns: args.max_conns.or(file.max_conns).unwrap_or(4096),
             idle_timeout: args
                 .idle_timeout
-                .or(file_duration("idle-timeout", file.idle_timeout)?)
+                .or(file.idle_timeout)
                 .unwrap_or(Duration::from_secs(15 * 60)),
             intercept_private: args.intercept_private || file.intercept_private.unwrap_or(false),
             fin_timeout: args
                 .fin_timeout
-                .or(file_duration("fin-timeout", file.fin_timeout)?)
+                .or(file.fin_timeout)
                 .unwrap_or(Duration::from_secs(60)),
             per_source: SourceLimits {
                 max_conns: args
@@ -277,14 +277,6 @@ fn read_secret(path: &Path) -> Result<Secret, SettingsError> {
         return Err(invalid("notify-secret-file", "the file holds no secret"));
     }
     Ok(secret)
-}
-
-fn file_duration(
-    key: &'static str,
-    text: Option<String>,
-) -> Result<Option<Duration>, SettingsError> {
-    text.map(|t| parse_duration(&t).map_err(|e| invalid(key, &e.to_string())))
-        .transpose()
 }
 
 fn invalid(key: &'static str, message: &str) -> SettingsError {
@@ -355,7 +347,8 @@ mod tests {
         assert!(err.to_string().contains("intervall"), "{err}");
         let err =
             with_file("iface = \"eth0\"\ninterval = \"soon\"", RunArgs::default()).unwrap_err();
-        assert!(err.to_string().starts_with("interval:"), "{err}");
+        // The parser points at the key and the value.
+        assert!(err.to_string().contains("interval = \"soon\""), "{err}");
         let err = Settings::resolve(RunArgs::default()).unwrap_err();
         assert!(matches!(err, SettingsError::NoInterface));
     }

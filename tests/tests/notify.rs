@@ -68,6 +68,11 @@ fn bearer() -> String {
     format!("Bearer {SECRET}")
 }
 
+/// An authentic `POST /notify` with `body`; returns the status code.
+fn post(topo: &Topology, body: &[u8]) -> u16 {
+    http(topo, "POST", "/notify", Some(&bearer()), body)
+}
+
 /// A check (USER, PASS, STAT, QUIT) that must log in; returns the STAT count.
 fn check(topo: &Topology, user: &str) -> u64 {
     let mut s = RawSession::connect(topo, Node::Client, server_pop3_v4()).unwrap();
@@ -152,35 +157,11 @@ fn the_endpoint_refuses_what_is_not_an_authentic_notification_and_survives_a_flo
     );
     let basic_wrong = "Basic ZG92ZWNvdDp3cm9uZw=="; // dovecot:wrong
     assert_eq!(http(&topo, "POST", "/notify", Some(basic_wrong), ok), 401);
-    assert_eq!(
-        http(&topo, "POST", "/notify", Some(&bearer()), b"{not json"),
-        400
-    );
-    assert_eq!(
-        http(
-            &topo,
-            "POST",
-            "/notify",
-            Some(&bearer()),
-            br#"{"user":"a\nb"}"#
-        ),
-        400
-    );
+    assert_eq!(post(&topo, b"{not json"), 400);
+    assert_eq!(post(&topo, br#"{"user":"a\nb"}"#), 400);
     let huge = format!(r#"{{"user":"bob","pad":"{}"}}"#, "x".repeat(64 * 1024));
-    assert_eq!(
-        http(&topo, "POST", "/notify", Some(&bearer()), huge.as_bytes()),
-        413
-    );
-    assert_eq!(
-        http(
-            &topo,
-            "POST",
-            "/notify",
-            Some(&bearer()),
-            br#"{"user":"nobody"}"#
-        ),
-        204
-    );
+    assert_eq!(post(&topo, huge.as_bytes()), 413);
+    assert_eq!(post(&topo, br#"{"user":"nobody"}"#), 204);
     // None of that ended bob's attenuation: his check is still answered at the edge.
     assert_eq!(check(&topo, "bob"), 0);
     assert_eq!(logins(&dc, "bob", 1), 1);
@@ -189,14 +170,7 @@ fn the_endpoint_refuses_what_is_not_an_authentic_notification_and_survives_a_flo
     let started = Instant::now();
     let mut limited = 0;
     for _ in 0..300 {
-        if http(
-            &topo,
-            "POST",
-            "/notify",
-            Some(&bearer()),
-            br#"{"user":"nobody"}"#,
-        ) == 429
-        {
+        if post(&topo, br#"{"user":"nobody"}"#) == 429 {
             limited += 1;
         }
         if started.elapsed() > Duration::from_secs(20) {

@@ -3,8 +3,6 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use thiserror::Error;
-
 /// What the operator chooses about attenuation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -45,50 +43,6 @@ impl Default for Config {
             notify_interval: Duration::from_secs(60 * 60),
             notify_silence: Duration::from_secs(60 * 60),
             maildrop_budget: 64 << 20,
-        }
-    }
-}
-
-/// A duration setting that could not be read.
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
-#[error("bad duration {0:?}: use a whole number with ms, s, m or h, e.g. 5s, 90s, 15m")]
-pub struct BadDuration(pub String);
-
-/// Reads `500ms`, `5s`, `90s`, `15m` or `2h`, the forms of the daemon's duration flags
-/// and of the config file.
-pub fn parse_duration(text: &str) -> Result<Duration, BadDuration> {
-    let bad = || BadDuration(text.to_owned());
-    let text = text.trim();
-    if let Some(millis) = text.strip_suffix("ms") {
-        return millis.parse().map(Duration::from_millis).map_err(|_| bad());
-    }
-    let unit = text.chars().last().ok_or_else(bad)?;
-    let seconds = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        _ => return Err(bad()),
-    };
-    let count: u64 = text[..text.len() - 1].parse().map_err(|_| bad())?;
-    count
-        .checked_mul(seconds)
-        .map(Duration::from_secs)
-        .ok_or_else(bad)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_documented_forms() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        for bad in ["", "15", "m", "ms", "1.5m", "-1s", "5 d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 }

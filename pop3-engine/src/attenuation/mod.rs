@@ -48,7 +48,7 @@ use std::{
 use hashbrown::HashMap;
 
 pub use caps::ServerCaps;
-pub use config::{BadDuration, Config, parse_duration};
+pub use config::Config;
 pub use fsm::State;
 pub use maildrop::{MAX_MAILDROP, Maildrop};
 pub use table::{Entry, UserKey, UserName, UserTable};
@@ -188,12 +188,9 @@ pub struct AttenuationEngine {
 }
 
 impl AttenuationEngine {
-    /// An engine with an empty table and a fresh random salt.
-    pub fn new(config: Config) -> Self {
-        Self::with_salt(config, Salt::random())
-    }
-
-    /// An engine with a given salt (tests).
+    /// An engine with an empty table. The salt of its password verifiers comes from the
+    /// caller (the daemon draws [`Salt::random`] once at start; tests fix one), so the
+    /// engine itself reads nothing from the operating system.
     pub fn with_salt(config: Config, salt: Salt) -> Self {
         Self {
             shared: Shared {
