@@ -3,14 +3,15 @@
 # pop3-interceptor. Quiet when everything is present; says what it installs otherwise.
 #
 # Installs: apt packages (bpftool, Dovecot, clients), the nightly's rust-src (eBPF is built
-# with -Z build-std=core), bpf-linker 0.13 linked against the nightly's own LLVM 22, and
-# mounts bpffs at /sys/fs/bpf.
+# with -Z build-std=core), bpf-linker 0.13 linked against the nightly's own LLVM 22,
+# cargo-fuzz (with g++ for libFuzzer) for the fuzz smoke, and mounts bpffs at /sys/fs/bpf.
 set -euo pipefail
 
 say() { echo "setup: $*" >&2; }
 
-APT_PACKAGES=(bpftool ethtool iproute2 tcpdump dovecot-core dovecot-pop3d curl fetchmail python3 openssl procps)
+APT_PACKAGES=(bpftool ethtool iproute2 tcpdump dovecot-core dovecot-pop3d curl fetchmail python3 openssl procps g++)
 BPF_LINKER_VERSION=0.13.0
+CARGO_FUZZ_VERSION=0.13.2
 # A permanent home for the LLVM symlinks that bpf-linker's RUNPATH points at.
 LLVM_PREFIX=${POP3I_LLVM_PREFIX:-/opt/pop3-interceptor/llvm}
 NIGHTLY=nightly-x86_64-unknown-linux-gnu
@@ -50,6 +51,11 @@ if ! linker_ok; then
   LLVM_PREFIX="$LLVM_PREFIX" cargo +stable install --quiet --force bpf-linker \
     --version "$BPF_LINKER_VERSION" --no-default-features --features llvm-22
   linker_ok || { say "bpf-linker still does not run after install"; exit 1; }
+fi
+
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  say "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo +stable install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
 
 if ! mountpoint -q /sys/fs/bpf; then

@@ -145,6 +145,8 @@ enum Turn {
     Stls,
     /// AUTH with a mechanism: SASL responses until the final answer.
     Sasl,
+    /// PASS or APOP: a login on `+OK`.
+    Login,
 }
 
 /// An unanswered command (or the greeting), oldest first.
@@ -174,6 +176,10 @@ pub struct Gate {
     held: Secret,
     /// The server's last SASL challenge is unanswered: one client line may go on.
     sasl_line_owed: bool,
+    /// The user the session's last USER, APOP or AUTH PLAIN named.
+    named: Option<Vec<u8>>,
+    /// The user whose login the server accepted, until [`Gate::take_login`].
+    logged_in: Option<Vec<u8>>,
 }
 
 impl Gate {
@@ -195,6 +201,8 @@ impl Gate {
             early: Secret::default(),
             held: Secret::default(),
             sasl_line_owed: false,
+            named: None,
+            logged_in: None,
         }
     }
 
@@ -207,6 +215,12 @@ impl Gate {
             pending: VecDeque::new(),
             ..Self::before_greeting()
         }
+    }
+
+    /// The user whose login the server accepted since the last call, if the session
+    /// named one: the attenuation engine must stop vouching for an older password.
+    pub fn take_login(&mut self) -> Option<Vec<u8>> {
+        self.logged_in.take()
     }
 
     /// Whether the gate closed both sides.
@@ -281,6 +295,9 @@ impl Gate {
             };
             if let Tracking::Sasl { plain } = self.tracking {
                 self.sasl_line_owed = false;
+                if plain && let Ok(p) = parse_plain(trim_eol(line)) {
+                    self.named = Some(p.user);
+                }
                 match check_sasl_line(line, plain) {
                     Ok(()) => forward.extend_from_slice(line),
                     Err(message) => refusal = Some(message),
@@ -302,8 +319,16 @@ impl Gate {
             let turn = match cmd.verb {
                 Verb::Stls => Turn::Stls,
                 Verb::Auth if cmd.has_args() => Turn::Sasl,
+                Verb::Pass | Verb::Apop => Turn::Login,
                 _ => Turn::None,
             };
+            match cmd.verb {
+                Verb::User => self.named = Some(cmd.rest.to_vec()),
+                Verb::Apop => self.named = cmd.args().next().map(<[u8]>::to_vec),
+                // Another mechanism names its user where the gate cannot read it.
+                Verb::Auth => self.named = None,
+                _ => {}
+            }
             let (plain, initial) = {
                 let mut args = cmd.args();
                 let plain = args
@@ -313,10 +338,14 @@ impl Gate {
             };
             if turn == Turn::Sasl
                 && let Some(initial) = initial
-                && let Err(message) = check_sasl_line(initial, plain)
             {
-                refusal = Some(message);
-                break;
+                if let Err(message) = check_sasl_line(initial, plain) {
+                    refusal = Some(message);
+                    break;
+                }
+                if plain && let Ok(p) = parse_plain(initial) {
+                    self.named = Some(p.user);
+                }
             }
             forward.extend_from_slice(line);
             self.pending.push_back(Pending {
@@ -329,7 +358,7 @@ impl Gate {
                     self.tracking = Tracking::Sasl { plain };
                     self.commands.set_sasl(true);
                 }
-                Turn::None => {}
+                Turn::None | Turn::Login => {}
             }
         }
         match self.tracking {
@@ -405,7 +434,11 @@ impl Gate {
                 continue;
             }
             let accepted = kind == Some(StatusKind::Ok);
-            match self.pending.pop_front().map(|p| p.turn) {
+            let turn = self.pending.pop_front().map(|p| p.turn);
+            if accepted && matches!(turn, Some(Turn::Sasl | Turn::Login)) {
+                self.logged_in = self.named.clone();
+            }
+            match turn {
                 Some(Turn::Stls) if accepted => {
                     self.tracking = Tracking::Tunnel;
                     self.flush(&mut to_client, out);
@@ -431,7 +464,7 @@ impl Gate {
                     let held = self.held.take();
                     self.client_data(held.expose(), out);
                 }
-                Some(Turn::None) | None => {}
+                Some(Turn::None | Turn::Login) | None => {}
             }
         }
         to_client.extend_from_slice(input);

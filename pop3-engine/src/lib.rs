@@ -20,5 +20,5 @@ pub mod sasl;
 pub mod secret;
 pub mod session;
 
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

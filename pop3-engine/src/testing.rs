@@ -1,4 +1,9 @@
 //! A fake dataplane for unit tests: one connection, a fake clock, actions collected.
+//!
+//! Public only with the `testing` feature, for the fuzz targets; [`model`] holds the
+//! model mail server that the property tests and the engine fuzz target share.
+
+pub mod model;
 
 use std::{
     net::SocketAddr,
@@ -17,11 +22,14 @@ pub fn info() -> ConnInfo {
 
 /// Drives an engine the way the dataplane does, with time under the test's control.
 pub struct Harness<E> {
+    /// The engine under test.
     pub engine: E,
+    /// The fake clock.
     pub now: Instant,
 }
 
 impl<E: Pop3Engine> Harness<E> {
+    /// A harness around `engine`, its clock at the real now.
     pub fn new(engine: E) -> Self {
         Self {
             engine,
@@ -36,16 +44,19 @@ impl<E: Pop3Engine> Harness<E> {
         actions_of(conn, out)
     }
 
+    /// Feeds `event` for `conn` and returns its actions.
     pub fn event(&mut self, conn: ConnId, event: Event<'_>) -> Vec<Action> {
         let mut out = Vec::new();
         self.engine.handle(conn, event, self.now, &mut out);
         actions_of(conn, out)
     }
 
+    /// Feeds client bytes.
     pub fn client(&mut self, conn: ConnId, bytes: &[u8]) -> Vec<Action> {
         self.event(conn, Event::ClientData(bytes))
     }
 
+    /// Feeds server bytes.
     pub fn server(&mut self, conn: ConnId, bytes: &[u8]) -> Vec<Action> {
         self.event(conn, Event::UpstreamData(bytes))
     }

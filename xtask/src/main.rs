@@ -3,10 +3,12 @@
 //! - `test`:  set-up, release build of the daemon, unit tests, then the privileged e2e tests.
 //! - `demo`:  a topology + Dovecot + the interceptor, polling clients, and what each side saw.
 //! - `bench`: check sessions and RETR throughput, direct vs through the interceptor.
+//! - `fuzz`:  the cargo-fuzz targets of fuzz/ (nightly), with their figures.
 //! - `loadgen` (internal): the bench's tokio load generator, run inside the client namespace.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod loadgen;
 mod run;
 mod test;
@@ -30,6 +32,8 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Measure check sessions/s, latency and RETR throughput, direct vs through.
     Bench(bench::BenchArgs),
+    /// Run the cargo-fuzz targets (codec, frame, engine) on nightly; fails on a crash.
+    Fuzz(fuzz::FuzzArgs),
     /// (internal) POP3 load generator; prints JSON. Run by `bench` inside the client netns.
     #[command(hide = true)]
     Loadgen(loadgen::LoadgenArgs),
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         Cmd::Test(a) => test::run(a),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Fuzz(a) => fuzz::run(a),
         Cmd::Loadgen(a) => loadgen::run(a),
     };
     match res {

@@ -1,11 +1,18 @@
-//! `cargo xtask test`: set-up, release build, unit tests, privileged e2e tests.
+//! `cargo xtask test`: set-up, release build, unit tests, a fuzz smoke, privileged e2e
+//! tests.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
 
-use crate::run::{self, TestTotals};
+use crate::{
+    fuzz,
+    run::{self, TestTotals},
+};
+
+/// Seconds of each fuzz target in the smoke run.
+const FUZZ_SMOKE_SECS: u64 = 20;
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -15,9 +22,12 @@ pub struct TestArgs {
     /// Only the e2e tests (still builds the daemon).
     #[arg(long)]
     e2e_only: bool,
-    /// Only the unit tests (no daemon build, no root needed).
+    /// Only the unit tests and the fuzz smoke (no daemon build, no root needed).
     #[arg(long, conflicts_with = "e2e_only")]
     unit_only: bool,
+    /// Skip the fuzz smoke (20 s of each cargo-fuzz target, on nightly).
+    #[arg(long)]
+    no_fuzz: bool,
     /// Passed to the e2e test binaries as a name filter.
     filter: Option<String>,
 }
@@ -53,6 +63,32 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
         ok &= good;
         totals.add(t);
         results.extend(lines.into_iter().map(|l| format!("unit: {l}")));
+
+        if !a.no_fuzz {
+            // Each target counts as one test: passed when it ran its time without a crash.
+            match fuzz::run_all(&fuzz::TARGETS, FUZZ_SMOKE_SECS) {
+                Ok(outcomes) => {
+                    for o in outcomes {
+                        let good = o.ok();
+                        totals.add(TestTotals {
+                            passed: u64::from(good),
+                            failed: u64::from(!good),
+                            ignored: 0,
+                        });
+                        results.push(format!("fuzz: {}", o.line()));
+                    }
+                }
+                Err(e) => {
+                    eprintln!("xtask: fuzz smoke: {e:#}");
+                    totals.add(TestTotals {
+                        passed: 0,
+                        failed: fuzz::TARGETS.len() as u64,
+                        ignored: 0,
+                    });
+                    results.push(format!("fuzz: did not run: {e:#}"));
+                }
+            }
+        }
     }
 
     if let Some(bin) = bin {

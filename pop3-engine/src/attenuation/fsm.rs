@@ -782,6 +782,17 @@ impl Session {
             return;
         };
         f(gate, out);
+        if let Some(user) = gate.take_login() {
+            // The server took a login the engine could not check: the password the
+            // entry holds may be stale now, so the user's next check goes to the server.
+            let key = UserKey {
+                server: self.info.server,
+                user: UserName::from(&user[..]),
+            };
+            if let Some(key) = sh.table.key(&key) {
+                sh.table.clear_view(&key, now);
+            }
+        }
         if gate.is_closed() {
             // The gate already asked to close both sides.
             self.link = Link::Down;

@@ -27,7 +27,9 @@
 //! a pass-through session (STLS, APOP, other SASL, opted-out users) is relayed through
 //! a [`crate::gate::Gate`]: nothing a subscriber sends reaches the server unread before
 //! the server accepted a login. Usernames are the exact bytes sent; a user gets a table
-//! entry only once the server accepted a password for it.
+//! entry only once the server accepted a password for it, and a login the server takes
+//! in a pass-through session (behind a refused STLS, APOP, AUTH PLAIN) ends the local
+//! answers for the password known before.
 
 mod caps;
 mod config;

@@ -498,6 +498,30 @@ fn stls_becomes_a_tunnel_to_the_server() {
     );
 }
 
+/// Found by the model test: a login the server took behind a refused STLS (new
+/// password) left the old password answered at the edge.
+#[test]
+fn a_login_passed_through_the_gate_ends_the_old_password() {
+    let mut h = alice_verified_empty();
+    h.open(2);
+    assert_eq!(h.client(2, b"STLS\r\n"), [ConnectUpstream]);
+    connect_upstream(&mut h, 2, false);
+    let refused = b"-ERR TLS not available.\r\n";
+    assert_eq!(h.server(2, refused), [to_client(refused)]);
+    assert_eq!(
+        h.client(2, b"USER alice\r\n"),
+        [to_upstream(b"USER alice\r\n")]
+    );
+    h.server(2, b"+OK\r\n");
+    assert_eq!(h.client(2, b"PASS new\r\n"), [to_upstream(b"PASS new\r\n")]);
+    h.server(2, b"+OK Logged in.\r\n");
+    h.engine.close(2, h.now);
+    // The old password now goes to the server, which refuses it.
+    h.open(3);
+    assert_eq!(h.client(3, b"USER alice\r\n"), [to_client(b"+OK\r\n")]);
+    assert_eq!(h.client(3, b"PASS pw\r\n"), [ConnectUpstream]);
+}
+
 #[test]
 fn apop_and_other_sasl_become_a_tunnel() {
     for login in [
