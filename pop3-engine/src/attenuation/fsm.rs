@@ -644,15 +644,15 @@ impl Session {
 
     /// Runs steps and client commands until something must be waited for.
     fn pump(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
-        let first = out.len();
+        let (mut counted, mut answered) = (out.len(), 0);
         loop {
-            let answered: usize = out[first..]
-                .iter()
-                .map(|a| match a {
-                    Action::ToClient(bytes) => bytes.len(),
-                    _ => 0,
-                })
-                .sum();
+            // Only what this pass added since the last look.
+            for action in &out[counted..] {
+                if let Action::ToClient(bytes) = action {
+                    answered += bytes.len();
+                }
+            }
+            counted = out.len();
             if answered > MAX_LOCAL_ANSWERS {
                 return self.refuse(TOO_MANY_PENDING, sh, now, out);
             }

@@ -434,6 +434,18 @@ fn nul_or_a_stray_cr_in_a_command_is_refused() {
     }
 }
 
+/// What the gate does with PLAIN data `b64`, sent as an initial response and as the
+/// response to the server's challenge.
+fn plain_both_ways(b64: &str) -> [Vec<Action>; 2] {
+    let mut h = greeted();
+    let initial = h.client(1, format!("AUTH PLAIN {b64}\r\n").as_bytes());
+    let mut h = greeted();
+    h.client(1, b"AUTH PLAIN\r\n");
+    h.server(1, b"+ \r\n");
+    let continued = h.client(1, format!("{b64}\r\n").as_bytes());
+    [initial, continued]
+}
+
 #[test]
 fn sasl_plain_fields_with_line_ends_or_nul_are_refused() {
     use base64::{Engine as _, engine::general_purpose::STANDARD};
@@ -443,17 +455,9 @@ fn sasl_plain_fields_with_line_ends_or_nul_are_refused() {
         b"a\rb\0alice\0pw",
         b"\0alice\0p\0w",
     ] {
-        let b64 = STANDARD.encode(raw);
-        // As an initial response...
-        let mut h = greeted();
-        let line = format!("AUTH PLAIN {b64}\r\n");
-        assert_eq!(h.client(1, line.as_bytes()), refused(BAD_CHARACTERS));
-        // ...and as the response to the server's challenge.
-        let mut h = greeted();
-        h.client(1, b"AUTH PLAIN\r\n");
-        h.server(1, b"+ \r\n");
-        let line = format!("{b64}\r\n");
-        assert_eq!(h.client(1, line.as_bytes()), refused(BAD_CHARACTERS));
+        for out in plain_both_ways(&STANDARD.encode(raw)) {
+            assert_eq!(out, refused(BAD_CHARACTERS));
+        }
     }
     // Other mechanisms' data is not PLAIN's to judge.
     let mut h = greeted();
@@ -547,20 +551,12 @@ fn plain_data_that_does_not_decode_is_refused() {
         "AGFsaWNlAHAKdw==\t",
         " AGFsaWNlAHAKdw==",
     ] {
-        let mut h = greeted();
-        let out = h.client(1, format!("AUTH PLAIN {b64}\r\n").as_bytes());
-        assert!(
-            !out.iter().any(|a| matches!(a, Action::ToUpstream(_))),
-            "{b64:?}: {out:?}"
-        );
-        let mut h = greeted();
-        h.client(1, b"AUTH PLAIN\r\n");
-        h.server(1, b"+ \r\n");
-        let out = h.client(1, format!("{b64}\r\n").as_bytes());
-        assert!(
-            !out.iter().any(|a| matches!(a, Action::ToUpstream(_))),
-            "{b64:?}: {out:?}"
-        );
+        for out in plain_both_ways(b64) {
+            assert!(
+                !out.iter().any(|a| matches!(a, Action::ToUpstream(_))),
+                "{b64:?}: {out:?}"
+            );
+        }
     }
     // The cancel still goes on.
     let mut h = greeted();
