@@ -189,6 +189,24 @@ impl Counter {
             Counter::NoNeighbour => "no_neighbour",
         }
     }
+
+    /// One line saying what the counter counts, for metrics' help text.
+    pub const fn help(self) -> &'static str {
+        match self {
+            Counter::FramesSeen => "every frame the program ran on",
+            Counter::Matched => "TCP frames to an intercepted port and server",
+            Counter::Redirected => "matched frames handed to an AF_XDP socket",
+            Counter::FallbackPassed => {
+                "matched frames with no AF_XDP socket on their queue, passed to the kernel (fail-open)"
+            }
+            Counter::ReversePathFailed => {
+                "SYNs whose route back leaves through another interface (spoofed source), passed to the kernel"
+            }
+            Counter::NoNeighbour => {
+                "SYNs from clients without a neighbour entry on the router, passed to the kernel"
+            }
+        }
+    }
 }
 
 /// Room for an address and port as text, NUL included: `[ffff:...:ffff]:65535` is 47.

@@ -101,8 +101,9 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut metrics = metrics::Exporter::start(settings.metrics)
-        .context("serving Prometheus metrics (--metrics)")?;
+    let metrics =
+        metrics::Exporter::start(settings.metrics, dataplane.runtime(), dataplane.waker())
+            .context("serving Prometheus metrics (--metrics)")?;
     tracing::info!(
         %iface,
         queues,
@@ -146,7 +147,9 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
                     mirror.sync(engine, &closed, active, std::time::Instant::now());
                 }
             }
-            metrics.tick(dp, &attachment, notifications.as_ref().map(|n| n.stats()));
+            metrics.answer_scrapes(|| {
+                metrics::Snapshot::take(dp, &attachment, notifications.as_ref().map(|n| n.stats()))
+            });
         })?;
         if signal != libc::SIGHUP {
             break signal;

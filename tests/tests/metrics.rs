@@ -91,7 +91,7 @@ fn get(m: &HashMap<String, f64>, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} missing from {m:?}")) as u64
 }
 
-/// Scrapes until `cond` holds (the values are refreshed once a second).
+/// Scrapes until `cond` holds (a connection closes a moment after its client is done).
 fn scrape_until(
     topo: &Topology,
     what: &str,
@@ -170,6 +170,8 @@ fn metrics_count_attenuated_checks_over_http() {
     // The next two are answered at the edge: Dovecot sees no new login.
     check(&topo);
     check(&topo);
+    // Each scrape asks the dataplane for its counters: one right after a check shows it.
+    assert_eq!(get(&scrape(&topo), "pop3_interceptor_checks_seen_total"), 3);
     let after = scrape_until(&topo, "three checks counted", |m| {
         get(m, "pop3_interceptor_checks_seen_total") == 3
             && get(m, "pop3_interceptor_sessions_active") == 0
