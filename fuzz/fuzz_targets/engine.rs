@@ -12,7 +12,10 @@
 //! responses in order, bounded held input. Any violation panics.
 #![no_main]
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
@@ -199,7 +202,7 @@ fuzz_target!(|input: Input| {
             gc_interval: Duration::from_secs(30),
             ..Config::default()
         };
-        let engine = AttenuationEngine::with_salt(config, Salt::fixed([1, 2, 3, 4]));
+        let engine = AttenuationEngine::new(config, Salt::new([1, 2, 3, 4]), Instant::now());
         play(World::new(engine, INTERVAL), &input.ops);
     }
 });

@@ -17,14 +17,23 @@ pub enum Engine {
 }
 
 impl Engine {
-    pub fn new(settings: &Settings) -> Self {
-        match settings.mode {
-            EngineMode::Attenuate => Engine::Attenuate(Box::new(AttenuationEngine::with_salt(
-                settings.engine.clone(),
-                Salt::random(),
-            ))),
+    /// The engine `settings.mode` asks for. The attenuation engine's verifier salt is
+    /// drawn from the OS here; without randomness the daemon does not start.
+    pub fn new(settings: &Settings) -> Result<Self, getrandom::Error> {
+        Ok(match settings.mode {
+            EngineMode::Attenuate => {
+                let mut keys = [0u64; 4];
+                for key in &mut keys {
+                    *key = getrandom::u64()?;
+                }
+                Engine::Attenuate(Box::new(AttenuationEngine::new(
+                    settings.engine.clone(),
+                    Salt::new(keys),
+                    Instant::now(),
+                )))
+            }
             EngineMode::Relay => Engine::Relay(RelayEngine::new()),
-        }
+        })
     }
 
     /// The attenuation engine, when that is the one running.

@@ -87,7 +87,8 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         connect_timeout: settings.connect_timeout,
         response_timeout: settings.response_timeout,
     };
-    let mut dataplane = Dataplane::new(config, Engine::new(&settings))
+    let engine = Engine::new(&settings).context("drawing the verifier salt from the OS")?;
+    let mut dataplane = Dataplane::new(config, engine)
         .with_context(|| format!("opening AF_XDP sockets on {iface}"))?;
     for (queue, fd) in dataplane.sockets() {
         attachment

@@ -699,7 +699,7 @@ pub fn table_memory(users: usize) -> Result<TableMemory> {
     let started = Instant::now();
     let server: std::net::SocketAddr = "203.0.113.2:110".parse().unwrap();
     let t0 = Instant::now();
-    let mut engine = AttenuationEngine::with_salt(Config::default(), Salt::random());
+    let mut engine = AttenuationEngine::new(Config::default(), Salt::new([1, 2, 3, 4]), t0);
     let mut out: Vec<Output> = Vec::with_capacity(64);
     let mut queue: std::collections::VecDeque<Output> =
         std::collections::VecDeque::with_capacity(64);

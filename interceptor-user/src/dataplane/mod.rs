@@ -71,6 +71,8 @@ pub enum DataplaneError {
     Runtime(std::io::Error),
     #[error("poll: {0}")]
     Poll(std::io::Error),
+    #[error("drawing the initial sequence number seed from the OS: {0}")]
+    Random(getrandom::Error),
 }
 
 /// What the dataplane did, for the operator's counters.
@@ -155,8 +157,10 @@ impl<E: Pop3Engine> Dataplane<E> {
         let (upstream, upstream_events) = Upstream::new(config.connect_timeout, waker.clone())
             .map_err(DataplaneError::Runtime)?;
         let epoch = Instant::now();
+        // Initial sequence numbers must be unpredictable to off-path attackers.
+        let seed = getrandom::u64().map_err(DataplaneError::Random)?;
         Ok(Self {
-            stack: Stack::new(config.mtu, random_seed(), smoltcp::time::Instant::ZERO),
+            stack: Stack::new(config.mtu, seed, smoltcp::time::Instant::ZERO),
             sources: Sources::new(config.per_source),
             config,
             queues,
@@ -724,20 +728,4 @@ fn challenge_ack(conn: &Conn) -> Option<Vec<u8>> {
         false,
         window,
     )
-}
-
-/// Seed for smoltcp's initial sequence numbers: unpredictable to off-path attackers.
-fn random_seed() -> u64 {
-    let mut seed = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
-        .is_err()
-    {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
-        return nanos ^ u64::from(std::process::id()) << 32;
-    }
-    u64::from_ne_bytes(seed)
 }

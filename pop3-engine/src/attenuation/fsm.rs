@@ -1134,7 +1134,7 @@ impl Session {
         &self,
         sh: &mut Shared,
         now: Instant,
-        f: impl FnOnce(&mut super::table::Entry) -> R,
+        f: impl FnOnce(&mut super::table::EntryMut<'_>) -> R,
     ) -> Option<R> {
         sh.table.update(self.entry.as_ref()?, now, f)
     }

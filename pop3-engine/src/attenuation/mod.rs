@@ -35,6 +35,7 @@ mod caps;
 mod config;
 mod fsm;
 mod maildrop;
+mod stamp;
 mod table;
 mod verifier;
 
@@ -51,7 +52,7 @@ pub use caps::ServerCaps;
 pub use config::{Config, FastCheck};
 pub use fsm::State;
 pub use maildrop::{MAX_MAILDROP, Maildrop};
-pub use table::{Entry, UserKey, UserName, UserTable};
+pub use table::{Entry, EntryMut, EntryRef, Timed, UserKey, UserName, UserTable};
 pub use verifier::{Salt, Verifier};
 
 use crate::session::{Action, ConnId, ConnInfo, Event, Output, Pop3Engine};
@@ -196,16 +197,18 @@ pub struct AttenuationEngine {
 }
 
 impl AttenuationEngine {
-    /// An engine with an empty table. The salt of its password verifiers comes from the
-    /// caller (the daemon draws [`Salt::random`] once at start; tests fix one), so the
-    /// engine itself reads nothing from the operating system.
-    pub fn with_salt(config: Config, salt: Salt) -> Self {
+    /// An engine with an empty table. The salt of its password verifiers and the epoch
+    /// of its table's times (any time: the start) come from the caller (the daemon draws
+    /// the salt from the OS once at start; tests fix one), so the engine itself reads
+    /// nothing from the operating system.
+    pub fn new(config: Config, salt: Salt, epoch: Instant) -> Self {
         Self {
             shared: Shared {
                 table: UserTable::new(
                     config.table_size,
                     config.interval.max(config.notify_interval),
                     config.maildrop_budget,
+                    epoch,
                 ),
                 config,
                 salt,

@@ -19,7 +19,8 @@
 //! timer list through one `Arc`; usernames of up to 22 bytes are stored inside the key,
 //! longer ones get an allocation of their own; 56 bytes, a 72-byte `Arc` allocation), and
 //! the 96-byte entry: a 16-byte verifier, the check, view, notification, not-before,
-//! fast-check and expiry times as 8-byte stamps (nanoseconds from a process-wide epoch),
+//! fast-check and expiry times as 8-byte stamps (nanoseconds from the
+//! table's epoch),
 //! an optional shared maildrop snapshot (its bytes counted against a budget of their
 //! own), a session count and check counters; plus the map's slots (8-byte `Arc` + entry +
 //! a control byte, at most 7/8 full) and the timer list's B-tree of 16-byte (expiry, key)
@@ -30,17 +31,21 @@ use std::{
     fmt,
     hash::{Hash, Hasher},
     net::SocketAddr,
-    num::NonZeroU64,
-    ops::Deref,
-    sync::{Arc, OnceLock},
+    ops::{Deref, DerefMut},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use hashbrown::HashMap;
 
-use super::{config::FastCheck, maildrop::Maildrop, verifier::Verifier};
+use super::{
+    config::FastCheck,
+    maildrop::Maildrop,
+    stamp::{Epoch, Stamp},
+    verifier::Verifier,
+};
 
-/// What the fast-check reward makes of a check (see [`Entry::fast_check`]).
+/// What the fast-check reward makes of a check (see [`EntryMut::fast_check`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FastCheckVerdict {
     /// Nothing: the usual rules decide.
@@ -153,51 +158,6 @@ impl fmt::Display for UserName {
     }
 }
 
-/// The epoch of every [`Stamp`]: the first time a stamp was made. Taken from the times
-/// the caller passes in, so the engine still reads no clock of its own.
-static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-/// An [`Instant`] in 8 bytes (`Option<Stamp>` too): signed nanoseconds from a process-wide
-/// epoch, stored with a bias so that the order is kept and zero is free for `None`. Exact
-/// within +-292 years of the epoch; farther Instants are clamped to that range.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Stamp(NonZeroU64);
-
-impl Stamp {
-    const BIAS: u64 = 1 << 63;
-
-    /// The epoch; set, since a stamp exists only once [`Stamp::new`] has run.
-    fn epoch() -> Instant {
-        *EPOCH.get().expect("set by the first Stamp::new")
-    }
-
-    fn new(t: Instant) -> Self {
-        let epoch = *EPOCH.get_or_init(|| t);
-        let nanos: i64 = match t.checked_duration_since(epoch) {
-            Some(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-            // At least i64::MIN + 1: i64::MIN would be the biased zero.
-            None => i64::try_from((epoch - t).as_nanos()).map_or(-i64::MAX, |n| -n),
-        };
-        Self(NonZeroU64::new(nanos as u64 ^ Self::BIAS).expect("nanos > i64::MIN"))
-    }
-
-    fn instant(self) -> Instant {
-        let nanos = (self.0.get() ^ Self::BIAS) as i64;
-        let d = Duration::from_nanos(nanos.unsigned_abs());
-        if nanos >= 0 {
-            Self::epoch() + d
-        } else {
-            Self::epoch() - d
-        }
-    }
-}
-
-impl fmt::Debug for Stamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.instant(), f)
-    }
-}
-
 /// What the proxy has learnt about one user.
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -240,69 +200,65 @@ impl Entry {
         self.maildrop.as_ref().map_or(0, |m| m.bytes())
     }
 
+    /// The server's view, when one is held: `Some(None)` for an empty maildrop.
+    pub fn view(&self) -> Option<Option<&Arc<Maildrop>>> {
+        self.verified.map(|_| self.maildrop.as_ref())
+    }
+}
+
+/// An entry with its table's [`Epoch`], which turns its stamps into [`Instant`]s.
+#[derive(Debug)]
+pub struct Timed<E> {
+    entry: E,
+    epoch: Epoch,
+}
+
+/// An entry as [`UserTable::get`] and [`UserTable::iter`] show it.
+pub type EntryRef<'a> = Timed<&'a Entry>;
+/// An entry as [`UserTable::update`] hands it out.
+pub type EntryMut<'a> = Timed<&'a mut Entry>;
+
+impl<E: Deref<Target = Entry>> Deref for Timed<E> {
+    type Target = Entry;
+
+    fn deref(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+impl<E: DerefMut<Target = Entry>> DerefMut for Timed<E> {
+    fn deref_mut(&mut self) -> &mut Entry {
+        &mut self.entry
+    }
+}
+
+impl<'a> EntryRef<'a> {
+    /// The server's view, when one is held, borrowed from the table.
+    pub fn view(&self) -> Option<Option<&'a Arc<Maildrop>>> {
+        self.entry.view()
+    }
+}
+
+impl<E: Deref<Target = Entry>> Timed<E> {
     /// When the entry may be collected.
     pub fn expires(&self) -> Instant {
-        self.expires.instant()
+        self.epoch.instant(self.entry.expires)
     }
 
     /// When the server's view of the maildrop held here was taken (`NULL` in the
     /// patent: `None`).
     pub fn verified(&self) -> Option<Instant> {
-        self.verified.map(Stamp::instant)
-    }
-
-    /// The server's view, when one is held: `Some(None)` for an empty maildrop.
-    pub fn view(&self) -> Option<Option<&Arc<Maildrop>>> {
-        self.verified.map(|_| self.maildrop.as_ref())
+        self.entry.verified.map(|s| self.epoch.instant(s))
     }
 
     /// When the mail server last said new mail arrived for this user.
     pub fn notified(&self) -> Option<Instant> {
-        self.notified.map(Stamp::instant)
+        self.entry.notified.map(|s| self.epoch.instant(s))
     }
 
     /// The last login attempt (the operator's "last check").
     pub fn last_check(&self) -> Instant {
-        self.last_check.instant()
-    }
-
-    /// Records a login attempt at `at`.
-    pub fn set_last_check(&mut self, at: Instant) {
-        self.last_check = Stamp::new(at);
-    }
-
-    /// The fast-check reward for a check at `now` that could be answered locally
-    /// (`fresh`: inside n): whether it goes to the server (the rewarded one), and
-    /// whether it is answered locally by the penalty although its view is old.
-    pub fn fast_check(&mut self, rule: &FastCheck, now: Instant, fresh: bool) -> FastCheckVerdict {
-        if self
-            .penalty_until
-            .is_some_and(|until| now < until.instant())
-        {
-            return if self.verified.is_some() {
-                FastCheckVerdict::Penalized
-            } else {
-                FastCheckVerdict::AsUsual
-            };
-        }
-        if !fresh {
-            return FastCheckVerdict::AsUsual;
-        }
-        let in_window = self
-            .fast_since
-            .is_some_and(|t| now.saturating_duration_since(t.instant()) <= rule.window);
-        if in_window {
-            self.fast_count = self.fast_count.saturating_add(1);
-        } else {
-            (self.fast_count, self.fast_since) = (1, Some(Stamp::new(now)));
-        }
-        if u32::from(self.fast_count) >= rule.count.get() {
-            (self.fast_count, self.fast_since) = (0, None);
-            self.penalty_until = Some(Stamp::new(now + rule.penalty));
-            FastCheckVerdict::Rewarded
-        } else {
-            FastCheckVerdict::AsUsual
-        }
+        self.epoch.instant(self.entry.last_check)
     }
 
     /// Whether the view was taken less than `interval` before `now`.
@@ -312,9 +268,53 @@ impl Entry {
     }
 }
 
+impl<E: DerefMut<Target = Entry>> Timed<E> {
+    /// Records a login attempt at `at`.
+    pub fn set_last_check(&mut self, at: Instant) {
+        self.entry.last_check = self.epoch.stamp(at);
+    }
+
+    /// The fast-check reward for a check at `now` that could be answered locally
+    /// (`fresh`: inside n): whether it goes to the server (the rewarded one), and
+    /// whether it is answered locally by the penalty although its view is old.
+    pub fn fast_check(&mut self, rule: &FastCheck, now: Instant, fresh: bool) -> FastCheckVerdict {
+        let epoch = self.epoch;
+        let e = &mut *self.entry;
+        if e.penalty_until
+            .is_some_and(|until| now < epoch.instant(until))
+        {
+            return if e.verified.is_some() {
+                FastCheckVerdict::Penalized
+            } else {
+                FastCheckVerdict::AsUsual
+            };
+        }
+        if !fresh {
+            return FastCheckVerdict::AsUsual;
+        }
+        let in_window = e
+            .fast_since
+            .is_some_and(|t| now.saturating_duration_since(epoch.instant(t)) <= rule.window);
+        if in_window {
+            e.fast_count = e.fast_count.saturating_add(1);
+        } else {
+            (e.fast_count, e.fast_since) = (1, Some(epoch.stamp(now)));
+        }
+        if u32::from(e.fast_count) >= rule.count.get() {
+            (e.fast_count, e.fast_since) = (0, None);
+            e.penalty_until = Some(epoch.stamp(now + rule.penalty));
+            FastCheckVerdict::Rewarded
+        } else {
+            FastCheckVerdict::AsUsual
+        }
+    }
+}
+
 /// The bounded user table with its timer list.
 #[derive(Debug)]
 pub struct UserTable {
+    /// The origin of every stamp in the table.
+    epoch: Epoch,
     entries: HashMap<Arc<UserKey>, Entry>,
     timers: BTreeSet<(Stamp, Arc<UserKey>)>,
     capacity: usize,
@@ -329,9 +329,16 @@ pub struct UserTable {
 
 impl UserTable {
     /// A table of at most `capacity` users, each kept `lifetime` after its last use,
-    /// with at most `maildrop_budget` bytes of maildrop snapshots.
-    pub fn new(capacity: usize, lifetime: Duration, maildrop_budget: usize) -> Self {
+    /// with at most `maildrop_budget` bytes of maildrop snapshots; its times count from
+    /// `epoch` (any time the caller passes in).
+    pub fn new(
+        capacity: usize,
+        lifetime: Duration,
+        maildrop_budget: usize,
+        epoch: Instant,
+    ) -> Self {
         Self {
+            epoch: Epoch::new(epoch),
             entries: HashMap::new(),
             timers: BTreeSet::new(),
             capacity,
@@ -366,8 +373,9 @@ impl UserTable {
         let fits = maildrop.as_ref().is_none_or(|m| m.bytes() <= room);
         // Never older than what is known: a newer view held, new mail announced, or a
         // newer session that saw the maildrop change.
-        let stale = entry.verified.is_some_and(|v| v.instant() > login)
-            || entry.not_before.is_some_and(|t| t.instant() >= login);
+        let login_stamp = self.epoch.stamp(login);
+        let stale = entry.verified.is_some_and(|v| v > login_stamp)
+            || entry.not_before.is_some_and(|t| t >= login_stamp);
         if stale {
             return entry.verified.is_some();
         }
@@ -382,14 +390,16 @@ impl UserTable {
     /// logged in before `now` may bring a view back.
     pub fn clear_view(&mut self, key: &Arc<UserKey>, now: Instant) {
         self.replace_view(key, now, None);
-        self.update(key, now, |e| e.not_before = Some(Stamp::new(now)));
+        let now_stamp = self.epoch.stamp(now);
+        self.update(key, now, |e| e.not_before = Some(now_stamp));
     }
 
     /// New mail arrived at `now` (the demand rule): the view goes, and no session that
     /// logged in before may bring one back.
     pub fn new_mail(&mut self, key: &Arc<UserKey>, now: Instant) {
         self.clear_view(key, now);
-        self.update(key, now, |e| e.notified = Some(Stamp::new(now)));
+        let now_stamp = self.epoch.stamp(now);
+        self.update(key, now, |e| e.notified = Some(now_stamp));
     }
 
     fn replace_view(
@@ -399,11 +409,12 @@ impl UserTable {
         view: Option<(Instant, Option<Maildrop>)>,
     ) {
         let (mut freed, mut taken) = (0, 0);
+        let epoch = self.epoch;
         self.update(key, now, |e| {
             freed = e.maildrop_len();
             match view {
                 Some((login, maildrop)) => {
-                    e.verified = Some(Stamp::new(login));
+                    e.verified = Some(epoch.stamp(login));
                     e.maildrop = maildrop.map(Arc::new);
                 }
                 None => (e.verified, e.maildrop) = (None, None),
@@ -439,13 +450,20 @@ impl UserTable {
     }
 
     /// The entry of `key`, if any.
-    pub fn get(&self, key: &UserKey) -> Option<&Entry> {
-        self.entries.get(key)
+    pub fn get(&self, key: &UserKey) -> Option<EntryRef<'_>> {
+        self.entries.get(key).map(|entry| self.timed(entry))
     }
 
     /// Every entry, for the operator surface.
-    pub fn iter(&self) -> impl Iterator<Item = (&UserKey, &Entry)> {
-        self.entries.iter().map(|(k, e)| (&**k, e))
+    pub fn iter(&self) -> impl Iterator<Item = (&UserKey, EntryRef<'_>)> {
+        self.entries.iter().map(|(k, e)| (&**k, self.timed(e)))
+    }
+
+    fn timed<E>(&self, entry: E) -> Timed<E> {
+        Timed {
+            entry,
+            epoch: self.epoch,
+        }
     }
 
     /// The shared key of `key`'s entry, if there is one.
@@ -472,7 +490,7 @@ impl UserTable {
             return None;
         }
         let key = Arc::new(key);
-        let expires = Stamp::new(now + self.lifetime);
+        let expires = self.epoch.stamp(now + self.lifetime);
         self.timers.insert((expires, key.clone()));
         self.entries.insert(
             key.clone(),
@@ -487,7 +505,7 @@ impl UserTable {
                 fast_count: 0,
                 fast_since: None,
                 penalty_until: None,
-                last_check: Stamp::new(now),
+                last_check: self.epoch.stamp(now),
                 answered_locally: 0,
                 passed_through: 0,
                 expires,
@@ -501,11 +519,15 @@ impl UserTable {
         &mut self,
         key: &Arc<UserKey>,
         now: Instant,
-        f: impl FnOnce(&mut Entry) -> R,
+        f: impl FnOnce(&mut EntryMut<'_>) -> R,
     ) -> Option<R> {
+        let epoch = self.epoch;
         let entry = self.entries.get_mut(&**key)?;
-        let result = f(entry);
-        let expires = Stamp::new(now + self.lifetime);
+        let result = f(&mut Timed {
+            entry: &mut *entry,
+            epoch,
+        });
+        let expires = epoch.stamp(now + self.lifetime);
         if expires != entry.expires {
             self.timers.remove(&(entry.expires, key.clone()));
             self.timers.insert((expires, key.clone()));
@@ -518,7 +540,7 @@ impl UserTable {
     ///
     /// An entry in session found due is left in place: its session's end re-arms it.
     pub fn collect(&mut self, now: Instant) -> usize {
-        let now = Stamp::new(now);
+        let now = self.epoch.stamp(now);
         let due: Vec<_> = self
             .timers
             .iter()
@@ -549,123 +571,4 @@ impl UserTable {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn verifier() -> Verifier {
-        super::super::Salt::fixed([1, 2, 3, 4]).verifier(
-            "203.0.113.5:110".parse().unwrap(),
-            b"u",
-            b"p",
-        )
-    }
-
-    fn key(user: &str) -> UserKey {
-        UserKey {
-            server: "203.0.113.5:110".parse().unwrap(),
-            user: user.into(),
-        }
-    }
-
-    #[test]
-    fn collects_only_expired_entries_not_in_session() {
-        let t0 = Instant::now();
-        let mut table = UserTable::new(10, Duration::from_secs(60), 1 << 20);
-        let a = table.entry(key("a"), t0, verifier()).unwrap();
-        let b = table
-            .entry(key("b"), t0 + Duration::from_secs(30), verifier())
-            .unwrap();
-        table.update(&a, t0, |e| e.sessions = 1);
-        assert_eq!(
-            table.collect(t0 + Duration::from_secs(61)),
-            0,
-            "a is in session"
-        );
-        table.update(&a, t0 + Duration::from_secs(61), |e| e.sessions = 0);
-        assert_eq!(table.collect(t0 + Duration::from_secs(91)), 1);
-        assert!(table.get(&b).is_none());
-        assert!(table.get(&a).is_some());
-        assert_eq!(table.collect(t0 + Duration::from_secs(121)), 1);
-        assert!(table.is_empty());
-        assert!(table.timers.is_empty());
-    }
-
-    #[test]
-    fn a_full_table_evicts_the_oldest_entry_not_in_session() {
-        let t0 = Instant::now();
-        let mut table = UserTable::new(2, Duration::from_secs(60), 1 << 20);
-        let a = table.entry(key("a"), t0, verifier()).unwrap();
-        table.update(&a, t0, |e| e.sessions = 1);
-        table
-            .entry(key("b"), t0 + Duration::from_secs(1), verifier())
-            .unwrap();
-        table
-            .entry(key("c"), t0 + Duration::from_secs(2), verifier())
-            .unwrap();
-        assert_eq!(table.len(), 2);
-        assert!(table.get(&key("b")).is_none());
-        let c = Arc::new(key("c"));
-        table.update(&c, t0, |e| e.sessions = 1);
-        assert!(
-            table.entry(key("d"), t0, verifier()).is_none(),
-            "all in session: no room"
-        );
-    }
-
-    #[test]
-    fn stamps_keep_instants_exactly_and_in_order() {
-        let t = Instant::now();
-        let times = [
-            t - Duration::from_nanos(1_234_567_891),
-            t - Duration::from_nanos(1),
-            t,
-            t + Duration::from_nanos(1),
-            t + Duration::from_secs(86_400 * 365),
-        ];
-        for w in times.windows(2) {
-            assert!(Stamp::new(w[0]) < Stamp::new(w[1]));
-        }
-        for t in times {
-            assert_eq!(Stamp::new(t).instant(), t);
-        }
-        assert_eq!(std::mem::size_of::<Option<Stamp>>(), 8);
-    }
-
-    #[test]
-    fn usernames_behave_like_bytes_inline_or_boxed() {
-        use std::hash::BuildHasher;
-        let hasher = std::hash::RandomState::new();
-        for s in [
-            "",
-            "a",
-            "alice",
-            "x".repeat(22).as_str(),
-            "y".repeat(23).as_str(),
-        ] {
-            let n = UserName::from(s);
-            assert_eq!(&*n, s.as_bytes());
-            assert_eq!(format!("{n:?} {n}"), format!("{s:?} {s}"));
-            assert_eq!(hasher.hash_one(&n), hasher.hash_one(s.as_bytes()));
-        }
-        // Not text: kept exactly, printed escaped, never equal to a lossy look-alike.
-        let raw = UserName::from(&b"\xe9\x1b[2J\\"[..]);
-        assert_eq!(raw.to_string(), "\\xe9\\x1b[2J\\\\");
-        assert_ne!(raw, UserName::from("\u{fffd}\u{1b}[2J\\"));
-        let (short, long) = (UserName::from("b"), UserName::from("a".repeat(30).as_str()));
-        assert_eq!(short.cmp(&long), "b".cmp(&"a".repeat(30)));
-        assert!(matches!(
-            UserName::from("x".repeat(22).as_str()).0,
-            Name::Inline { .. }
-        ));
-        assert!(matches!(
-            UserName::from("x".repeat(23).as_str()).0,
-            Name::Boxed(_)
-        ));
-    }
-
-    #[test]
-    fn entry_and_key_sizes_match_the_docs() {
-        assert_eq!(std::mem::size_of::<Entry>(), 96);
-        assert_eq!(std::mem::size_of::<UserKey>(), 56);
-    }
-}
+mod tests;

@@ -1,7 +1,7 @@
 //! One test per bullet of the patent's "States, Events, and Actions", with a fake clock
 //! and exact bytes in both directions; then property tests against a fake mail server.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::*;
 use crate::{
@@ -38,15 +38,16 @@ fn config() -> Config {
 
 /// An engine that has seen the test server's greeting (no APOP): it greets locally.
 fn engine() -> Harness<AttenuationEngine> {
-    let mut h = Harness::new(AttenuationEngine::with_salt(
+    let mut h = Harness::new(AttenuationEngine::new(
         config(),
-        Salt::fixed([1, 2, 3, 4]),
+        Salt::new([1, 2, 3, 4]),
+        Instant::now(),
     ));
     h.engine.shared.learn_greeting(info().server, false);
     h
 }
 
-fn entry<'a>(h: &'a Harness<AttenuationEngine>, user: &str) -> Option<&'a Entry> {
+fn entry<'a>(h: &'a Harness<AttenuationEngine>, user: &str) -> Option<EntryRef<'a>> {
     h.engine.table().get(&UserKey {
         server: info().server,
         user: user.into(),
@@ -967,9 +968,10 @@ fn a_million_sprayed_usernames_leave_a_warmed_user_attenuated() {
 
 #[test]
 fn a_server_offering_apop_greets_every_session_itself() {
-    let mut h = Harness::new(AttenuationEngine::with_salt(
+    let mut h = Harness::new(AttenuationEngine::new(
         config(),
-        Salt::fixed([1, 2, 3, 4]),
+        Salt::new([1, 2, 3, 4]),
+        Instant::now(),
     ));
     let greeting = b"+OK [XCLIENT] Dovecot ready. <1.2@mail>\r\n";
     for conn in [1, 2] {

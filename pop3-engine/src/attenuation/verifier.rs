@@ -5,10 +5,7 @@
 //! answer "same password as the one the server last accepted?" for the life of the
 //! process; soft state means a restart simply relearns. Comparison is constant-time.
 
-use std::{
-    hash::{BuildHasher, Hasher, RandomState},
-    net::SocketAddr,
-};
+use std::{hash::Hasher, net::SocketAddr};
 
 use siphasher::sip::SipHasher24;
 use zeroize::Zeroize;
@@ -24,14 +21,9 @@ impl std::fmt::Debug for Salt {
 }
 
 impl Salt {
-    /// A fresh random salt (from the standard library's randomly keyed hasher).
-    pub fn random() -> Self {
-        let state = RandomState::new();
-        Self(std::array::from_fn(|i| state.hash_one(i)))
-    }
-
-    /// A fixed salt, for tests that need reproducible verifiers.
-    pub fn fixed(keys: [u64; 4]) -> Self {
+    /// A salt of four secret keys (the daemon draws them from the OS once per process;
+    /// tests fix them for reproducible verifiers).
+    pub fn new(keys: [u64; 4]) -> Self {
         Self(keys)
     }
 
@@ -80,7 +72,7 @@ mod tests {
 
     #[test]
     fn verifiers_tell_passwords_users_and_servers_apart() {
-        let salt = Salt::random();
+        let salt = Salt::new([1, 2, 3, 4]);
         let a: SocketAddr = "203.0.113.5:110".parse().unwrap();
         let b: SocketAddr = "203.0.113.6:110".parse().unwrap();
         let v = salt.verifier(a, b"alice", b"pw");
@@ -88,6 +80,6 @@ mod tests {
         assert!(!v.matches(&salt.verifier(a, b"alice", b"pw2")));
         assert!(!v.matches(&salt.verifier(a, b"alicepw", b"")));
         assert!(!v.matches(&salt.verifier(b, b"alice", b"pw")));
-        assert!(!v.matches(&Salt::random().verifier(a, b"alice", b"pw")));
+        assert!(!v.matches(&Salt::new([1, 2, 3, 5]).verifier(a, b"alice", b"pw")));
     }
 }
