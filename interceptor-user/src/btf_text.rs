@@ -5,6 +5,7 @@
 //! `i8` SIGNED. So before loading, the object's `.BTF` is patched: INT `i8` becomes
 //! CHAR. `common` uses `c_char` for text only, so nothing else changes meaning.
 
+use object::{LittleEndian, Object, ObjectSection, read::elf::ElfFile64};
 use thiserror::Error;
 
 /// Why the object's BTF could not be patched.
@@ -33,27 +34,14 @@ pub fn mark_i8_as_char(object: &mut [u8]) -> Result<usize, BtfTextError> {
 
 /// File offset and size of the `.BTF` section.
 fn btf_section(elf: &[u8]) -> Result<(usize, usize), BtfTextError> {
-    if elf.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
-        return Err(BtfTextError::NotElf);
-    }
-    let shoff = read_u64(elf, 0x28).ok_or(BtfTextError::NotElf)? as usize;
-    let shentsize = usize::from(read_u16(elf, 0x3a).ok_or(BtfTextError::NotElf)?);
-    let shnum = usize::from(read_u16(elf, 0x3c).ok_or(BtfTextError::NotElf)?);
-    let shstrndx = usize::from(read_u16(elf, 0x3e).ok_or(BtfTextError::NotElf)?);
-    let header = |i: usize| shoff.checked_add(i.checked_mul(shentsize)?);
-    let names_at = header(shstrndx)
-        .and_then(|h| read_u64(elf, h + 24))
-        .ok_or(BtfTextError::NotElf)? as usize;
-    for i in 0..shnum {
-        let h = header(i).ok_or(BtfTextError::NotElf)?;
-        let name = read_u32(elf, h).ok_or(BtfTextError::NotElf)? as usize;
-        if c_str(elf, names_at + name) == Some(b".BTF") {
-            let offset = read_u64(elf, h + 24).ok_or(BtfTextError::NotElf)? as usize;
-            let size = read_u64(elf, h + 32).ok_or(BtfTextError::NotElf)? as usize;
-            return Ok((offset, size));
-        }
-    }
-    Err(BtfTextError::NoBtf)
+    let file = ElfFile64::<LittleEndian>::parse(elf).map_err(|_| BtfTextError::NotElf)?;
+    let (offset, size) = file
+        .section_by_name(".BTF")
+        .and_then(|section| section.file_range())
+        .ok_or(BtfTextError::NoBtf)?;
+    let offset = usize::try_from(offset).map_err(|_| BtfTextError::NotElf)?;
+    let size = usize::try_from(size).map_err(|_| BtfTextError::Malformed(offset))?;
+    Ok((offset, size))
 }
 
 /// Walks the BTF type section and rewrites the encoding of every INT named `i8`.
@@ -108,12 +96,6 @@ fn read_u16(b: &[u8], at: usize) -> Option<u16> {
 fn read_u32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(
         b.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
-}
-
-fn read_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
     ))
 }
 

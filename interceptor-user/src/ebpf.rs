@@ -293,12 +293,7 @@ fn flow_keys(
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`.
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -447,20 +442,14 @@ fn prepare_pin_dir(pin_dir: &Path) -> Result<(), EbpfError> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs into a zeroed local with a valid NUL-terminated path.
-    unsafe {
-        let mut stat: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
-    }
+    rustix::fs::statfs(path).is_ok_and(|stat| stat.f_type == BPF_FS_MAGIC)
 }
 
 /// The interface's index in this network namespace.
 pub fn interface_index(ifname: &str) -> Option<u32> {
     let name = std::ffi::CString::new(ifname).ok()?;
-    // SAFETY: valid NUL-terminated string.
+    // SAFETY: valid NUL-terminated string. (libc: rustix's `name_to_index` needs a
+    // socket to ask through.)
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
 }

@@ -41,8 +41,7 @@ fn reload_opt_out(settings: &Settings, engine: &mut Engine) {
 /// Runs until SIGINT or SIGTERM, then detaches and leaves the interface as it was.
 pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         tracing::warn!(
             "not running as root: needs CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW and CAP_PERFMON"
         );

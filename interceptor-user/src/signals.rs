@@ -1,7 +1,7 @@
 //! Signals as a file descriptor, so the dataplane's `poll(2)` loop sees them between
-//! packets instead of in an async handler.
+//! packets instead of in an async handler. Raw libc: rustix has no signalfd.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// A signalfd for SIGINT, SIGTERM and SIGHUP, which are blocked for normal delivery.
 pub struct SignalFd(OwnedFd);
@@ -44,8 +44,8 @@ impl SignalFd {
     }
 }
 
-impl AsRawFd for SignalFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+impl AsFd for SignalFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
     }
 }

@@ -9,7 +9,7 @@
 
 use std::{
     net::SocketAddr,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -19,6 +19,7 @@ use std::{
 };
 
 use pop3_engine::session::ConnId;
+use rustix::event::{EventfdFlags, eventfd};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, tcp::OwnedReadHalf},
@@ -49,27 +50,23 @@ pub struct Waker(OwnedFd);
 
 impl Waker {
     pub fn new() -> std::io::Result<Self> {
-        // SAFETY: plain syscall; the result is checked before it is owned.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+        Ok(Self(eventfd(
+            0,
+            EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC,
+        )?))
     }
 
     pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd. A full counter (EAGAIN)
-        // still leaves the fd readable, which is all a wake-up needs.
-        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // A full counter (EAGAIN) still leaves the fd readable, which is all a wake-up
+        // needs.
+        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
     }
 
     /// Clears pending wake-ups after `poll(2)` reported the fd readable.
     pub fn reset(&self) {
-        let mut value: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64; EAGAIN when nothing is pending is fine.
-        unsafe { libc::read(self.0.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+        let mut value = [0u8; 8];
+        // EAGAIN when nothing is pending is fine.
+        let _ = rustix::io::read(&self.0, &mut value);
     }
 }
 

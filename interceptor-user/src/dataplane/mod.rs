@@ -16,12 +16,16 @@ pub mod xsk;
 
 use std::{
     net::SocketAddr,
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::{AsFd, BorrowedFd},
     sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
 use pop3_engine::session::{Action, ConnId, ConnInfo, Event, Output, Pop3Engine};
+use rustix::{
+    event::{PollFd, PollFlags, Timespec},
+    io::Errno,
+};
 use smoltcp::socket::tcp::State;
 use thiserror::Error;
 
@@ -244,30 +248,30 @@ impl<E: Pop3Engine> Dataplane<E> {
         signals: &SignalFd,
         mut on_tick: impl FnMut(&mut Self),
     ) -> Result<i32, DataplaneError> {
-        // The descriptors never change: build the poll set once, not per pass.
-        let mut fds: Vec<libc::pollfd> = self
+        // The descriptors never change: build the poll set once, not per pass, on
+        // duplicates (the same open files) so that it does not borrow `self`.
+        let watched = self
             .queues
             .iter()
-            .map(|q| q.as_raw_fd())
-            .chain([self.waker.as_fd().as_raw_fd(), signals.as_raw_fd()])
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
+            .map(|q| q.fd())
+            .chain([self.waker.as_fd(), signals.as_fd()])
+            .map(|fd| fd.try_clone_to_owned())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(DataplaneError::Poll)?;
+        let mut fds: Vec<PollFd<'_>> = watched
+            .iter()
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
             .collect();
         loop {
-            let timeout = self.next_wakeup(Instant::now());
-            let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
-            // SAFETY: `fds` is a live, correctly sized array of pollfd.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
-            if ready < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(DataplaneError::Poll(err));
-                }
+            let timeout =
+                Timespec::try_from(self.next_wakeup(Instant::now())).expect("at most HOUSEKEEPING");
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(err) => return Err(DataplaneError::Poll(err.into())),
             }
-            if fds.last().is_some_and(|fd| fd.revents & libc::POLLIN != 0)
+            if fds
+                .last()
+                .is_some_and(|fd| fd.revents().contains(PollFlags::IN))
                 && let Some(signal) = signals.read()
             {
                 return Ok(signal);

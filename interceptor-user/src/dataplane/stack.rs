@@ -15,6 +15,7 @@ use std::{
 };
 
 use hashbrown::HashMap;
+use rustix::mm;
 
 use super::rfc5961::Sent;
 use smoltcp::{
@@ -48,20 +49,16 @@ impl Buffers {
     const LEN: usize = RX_BUFFER + TX_BUFFER;
 
     fn new() -> Option<Self> {
-        // SAFETY: anonymous private mapping with no address hint; checked for MAP_FAILED.
+        // SAFETY: anonymous private mapping with no address hint.
         let ptr = unsafe {
-            libc::mmap(
+            mm::mmap_anonymous(
                 std::ptr::null_mut(),
                 Self::LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
+                mm::ProtFlags::READ | mm::ProtFlags::WRITE,
+                mm::MapFlags::PRIVATE,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return None;
         }
+        .ok()?;
         NonNull::new(ptr.cast()).map(|ptr| Self { ptr })
     }
 
@@ -80,7 +77,7 @@ impl Buffers {
 impl Drop for Buffers {
     fn drop(&mut self) {
         // SAFETY: our own mapping of LEN bytes, unmapped once.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), Self::LEN) };
+        let _ = unsafe { mm::munmap(self.ptr.as_ptr().cast(), Self::LEN) };
     }
 }
 

@@ -11,6 +11,7 @@ use std::{
     ptr::NonNull,
 };
 
+use rustix::mm;
 use thiserror::Error;
 use xdpilone::{
     DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, xdp::XdpDesc,
@@ -47,20 +48,16 @@ struct Area {
 
 impl Area {
     fn new(len: usize) -> Result<Self, XskError> {
-        // SAFETY: anonymous private mapping with no address hint; checked for MAP_FAILED.
+        // SAFETY: anonymous private mapping with no address hint.
         let ptr = unsafe {
-            libc::mmap(
+            mm::mmap_anonymous(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
+                mm::ProtFlags::READ | mm::ProtFlags::WRITE,
+                mm::MapFlags::PRIVATE | mm::MapFlags::POPULATE,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(XskError::Mmap(std::io::Error::last_os_error()));
         }
+        .map_err(|e| XskError::Mmap(e.into()))?;
         let ptr = NonNull::new(ptr.cast()).ok_or(XskError::Mmap(std::io::Error::other("null")))?;
         Ok(Self { ptr, len })
     }
@@ -91,7 +88,7 @@ impl Drop for Area {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `new` mapped; the socket using it is gone
         // (fields of `XskQueue` drop before `area`).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        let _ = unsafe { mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
