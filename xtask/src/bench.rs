@@ -6,15 +6,14 @@
 //! - issue 3 rows (daemon `--mode attenuate`): the same check load once the attenuation table
 //!   is warm (every user checked once, so its mailbox is verified empty), with the number of
 //!   Dovecot logins the attenuated runs caused, read from Dovecot's log;
-//! - memory per attenuation-table entry with 100,000 users (see [`table_memory`]).
+//! - memory per attenuation-table entry with 100,000 users (pop3-engine's `table_memory`
+//!   test, see [`table_memory`]).
 //!
 //! The load generator (`xtask loadgen`) runs inside the client namespace. Add scenarios in
 //! `scenarios()`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicIsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -62,8 +61,8 @@ pub struct BenchArgs {
     /// Users in the attenuation table for the memory-per-entry measurement (0 = skip it).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..=2_000_000))]
     table_users: u64,
-    /// Only measure the attenuation table's memory per entry (in-process: no set-up, build,
-    /// namespaces, Dovecot or daemon; no JSON written).
+    /// Only measure the attenuation table's memory per entry (pop3-engine's `table_memory`
+    /// test: no set-up, daemon build, namespaces, Dovecot or root; no JSON written).
     #[arg(long)]
     table_only: bool,
     /// Extra arguments for `pop3-interceptor run` (repeatable), after `--mode`.
@@ -608,76 +607,11 @@ fn print_table_memory(m: &TableMemory) {
     println!("  method: {}", m.method);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Memory per attenuation-table entry.
-//
-// Measured in-process: the real `pop3_engine::attenuation::AttenuationEngine` is driven through
-// complete check sessions (greeting, USER, PASS, QUIT with the held STAT) for N distinct users
-// against a scripted mail server, with a fake clock (1 ms per session), under a counting global
-// allocator. Bytes live after minus bytes live before, divided by N. All sessions are closed
-// first, so what remains is the table: map, timer list, keys (and long usernames). Two views:
-// the bytes the engine asked the allocator for, and glibc's in-use bytes (`mallinfo2`:
-// `uordblks + hblkhd`), which add malloc's per-chunk overhead and rounding.
-// ---------------------------------------------------------------------------------------------
-
-/// Heap bytes currently allocated through the global allocator (requested sizes).
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-/// The system allocator, counting live bytes.
-struct CountingAlloc;
-
-// SAFETY: every call is forwarded unchanged to the system allocator; only a counter is added.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, AtomicOrdering::Relaxed);
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, AtomicOrdering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE_BYTES.fetch_sub(layout.size() as isize, AtomicOrdering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(
-                new_size as isize - layout.size() as isize,
-                AtomicOrdering::Relaxed,
-            );
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
-
-/// glibc's view of the heap in use (arena chunks + mmapped chunks), overhead included.
-fn malloc_in_use() -> usize {
-    // SAFETY: mallinfo2 only reads allocator statistics.
-    let mi = unsafe { libc::mallinfo2() };
-    mi.uordblks + mi.hblkhd
-}
-
 /// What [`table_memory`] measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableMemory {
     pub method: &'static str,
     pub users: usize,
-    pub table_len: usize,
     /// Net bytes requested from the allocator, per entry (strings included).
     pub requested_bytes_per_entry: f64,
     /// Net glibc in-use bytes (malloc overhead included), per entry.
@@ -690,130 +624,51 @@ pub struct TableMemory {
     pub elapsed_s: f64,
 }
 
-/// Drives `users` check sessions through a fresh engine and measures the table's heap.
+/// Memory per attenuation-table entry with `users` users: runs pop3-engine's ignored
+/// `table_memory` test (its counting allocator is that test binary's alone) in release
+/// and reads the line it prints.
 pub fn table_memory(users: usize) -> Result<TableMemory> {
-    use pop3_engine::attenuation::{AttenuationEngine, Config, Salt};
-    use pop3_engine::session::{Action, ConnInfo, Event, Output, Pop3Engine};
-    use std::time::Instant;
-
-    let started = Instant::now();
-    let server: std::net::SocketAddr = "203.0.113.2:110".parse().unwrap();
-    let t0 = Instant::now();
-    let mut engine = AttenuationEngine::new(Config::default(), Salt::new([1, 2, 3, 4]), t0);
-    let mut out: Vec<Output> = Vec::with_capacity(64);
-    let mut queue: std::collections::VecDeque<Output> =
-        std::collections::VecDeque::with_capacity(64);
-    let mut feed: Vec<Vec<u8>> = Vec::with_capacity(8);
-    // Warm the engine's per-connection structures and the server record with one session
-    // whose user is then measured too (so the loop below covers users 1..N).
-    let name = |i: usize| format!("user{i:07}");
-    let username_len = name(0).len();
-    let mut before: Option<(isize, usize)> = None;
-    for i in 0..users {
-        if i == 1 {
-            before = Some((LIVE_BYTES.load(AtomicOrdering::Relaxed), malloc_in_use()));
-        }
-        let now = t0 + Duration::from_millis(i as u64);
-        let conn = i as u64;
-        let client: std::net::SocketAddr = format!("198.51.100.2:{}", 1024 + (i % 60000))
-            .parse()
-            .unwrap();
-        out.clear();
-        engine.open(conn, ConnInfo { client, server }, now, &mut out);
-        // The first session to a server connects at once (its greeting is learnt).
-        queue.extend(out.drain(..));
-        let user = format!("USER {}\r\n", name(i)).into_bytes();
-        let client_lines: [&[u8]; 3] = [&user, b"PASS secret-pw\r\n", b"QUIT\r\n"];
-        let mut closed = false;
-        for line in client_lines {
-            out.clear();
-            engine.handle(conn, Event::ClientData(line), now, &mut out);
-            queue.extend(out.drain(..));
-            // A scripted mail server answers whatever the engine sends it.
-            let mut guard = 0;
-            while let Some(o) = queue.pop_front() {
-                guard += 1;
-                if guard > 100 {
-                    bail!("table_memory: the engine did not settle for user {i}");
-                }
-                feed.clear();
-                let mut connected = false;
-                match o.action {
-                    Action::ConnectUpstream => connected = true,
-                    Action::ToUpstream(bytes) => {
-                        for cmd in bytes.split_inclusive(|&b| b == b'\n') {
-                            let verb = cmd
-                                .split(|&b| b == b' ' || b == b'\r')
-                                .next()
-                                .unwrap_or_default()
-                                .to_ascii_uppercase();
-                            feed.push(match verb.as_slice() {
-                                b"CAPA" => {
-                                    b"+OK\r\nTOP\r\nUIDL\r\nUSER\r\nSASL PLAIN\r\n.\r\n".to_vec()
-                                }
-                                b"STAT" => b"+OK 0 0\r\n".to_vec(),
-                                b"QUIT" => b"+OK Logging out.\r\n".to_vec(),
-                                _ => b"+OK\r\n".to_vec(),
-                            });
-                        }
-                    }
-                    Action::CloseClient | Action::CloseUpstream => closed = true,
-                    Action::ToClient(_) => {}
-                }
-                if connected {
-                    out.clear();
-                    engine.handle(conn, Event::UpstreamConnected, now, &mut out);
-                    queue.extend(out.drain(..));
-                    feed.push(b"+OK Dovecot ready.\r\n".to_vec());
-                }
-                for answer in feed.drain(..) {
-                    out.clear();
-                    engine.handle(conn, Event::UpstreamData(&answer), now, &mut out);
-                    queue.extend(out.drain(..));
-                }
-            }
-        }
-        if !closed {
-            bail!("table_memory: session {i} did not end");
-        }
-        engine.close(conn, now);
-        // The daemon drains the engine's change list for its table mirror all the time.
-        drop(engine.take_changes());
-    }
-    let (live0, malloc0) = before.unwrap_or((0, 0));
-    let live1 = LIVE_BYTES.load(AtomicOrdering::Relaxed);
-    let malloc1 = malloc_in_use();
-    let counted = users.saturating_sub(1).max(1) as f64;
-    let c = engine.counters();
-    if engine.table().len() != users || c.checks_seen != users as u64 {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "test",
+            "--release",
+            "--quiet",
+            "-p",
+            "pop3-engine",
+            "--test",
+            "table_memory",
+            "--",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("TABLE_USERS", users.to_string())
+        .output()
+        .context("running cargo test --test table_memory")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("TABLE_MEMORY ")) else {
         bail!(
-            "table_memory: expected {users} entries and checks, got {} and {:?}",
-            engine.table().len(),
-            c
+            "the table_memory test printed no result:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
         );
-    }
-    let verified = engine
-        .table()
-        .iter()
-        .filter(|(_, e)| e.verified().is_some())
-        .count();
-    if verified != users {
-        bail!("table_memory: only {verified} of {users} entries verified empty");
-    }
-    let r = TableMemory {
-        method: "AttenuationEngine driven through N check sessions, fake clock, counting global \
-                 allocator (net live bytes after - before) and glibc mallinfo2",
-        users,
-        table_len: engine.table().len(),
-        requested_bytes_per_entry: (live1 - live0) as f64 / counted,
-        malloc_bytes_per_entry: (malloc1 as f64 - malloc0 as f64) / counted,
-        username_len,
-        entry_struct_bytes: std::mem::size_of::<pop3_engine::attenuation::Entry>(),
-        key_struct_bytes: std::mem::size_of::<pop3_engine::attenuation::UserKey>(),
-        elapsed_s: started.elapsed().as_secs_f64(),
     };
-    drop(engine);
-    Ok(r)
+    let field = |name: &str| -> Result<f64> {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{name} in {line:?}"))
+    };
+    Ok(TableMemory {
+        method: "pop3-engine's table_memory test: the AttenuationEngine driven through N check \
+                 sessions, fake clock, counting global allocator (net live bytes after - before) \
+                 and glibc mallinfo2",
+        users: field("users")? as usize,
+        requested_bytes_per_entry: field("requested")?,
+        malloc_bytes_per_entry: field("malloc")?,
+        username_len: field("username_len")? as usize,
+        entry_struct_bytes: field("entry")? as usize,
+        key_struct_bytes: field("key")? as usize,
+        elapsed_s: field("elapsed_s")?,
+    })
 }
 
 /// The load generator is one subscriber making thousands of sessions per second: the

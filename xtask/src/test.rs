@@ -92,8 +92,7 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
     }
 
     if let Some(bin) = bin {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !rustix::process::geteuid().is_root() {
             eprintln!("xtask: the e2e tests create network namespaces: run as root");
             ok = false;
         } else {
