@@ -46,6 +46,12 @@ pub struct StatusArgs {
     /// How to order the users.
     #[arg(long, value_enum, default_value_t = SortBy::LastCheck)]
     pub sort: SortBy,
+    /// Only this user (matched byte for byte, as the client sent it) and their sessions.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<std::ffi::OsString>,
+    /// Show at most N users and N sessions, with a count of the rest (0: all).
+    #[arg(long, value_name = "N", default_value_t = crate::status::DEFAULT_LIMIT)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Args)]

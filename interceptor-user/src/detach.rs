@@ -13,7 +13,7 @@ use crate::{ebpf, status};
 
 /// Detaches any XDP program from `iface` and removes the pins under `pin_dir`.
 pub fn detach(iface: &str, pin_dir: &Path) -> anyhow::Result<()> {
-    if let Ok(s) = status::read(pin_dir, status::SortBy::default())
+    if let Ok(s) = status::read(pin_dir, &status::Query::default())
         && s.running
     {
         bail!(

@@ -35,7 +35,12 @@ fn run_command() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(*args, signals),
         Command::Status(args) => {
-            let status = status::read(&args.pin_dir, args.sort)?;
+            let query = status::Query {
+                sort: args.sort,
+                user: args.user.map(std::os::unix::ffi::OsStringExt::into_vec),
+                limit: (args.limit > 0).then_some(args.limit),
+            };
+            let status = status::read(&args.pin_dir, &query)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

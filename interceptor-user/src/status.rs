@@ -24,6 +24,20 @@ pub enum SortBy {
     Local,
 }
 
+/// Rows `status` shows unless `--limit` says otherwise: a screenful, where the map may
+/// hold 65,536 users.
+pub const DEFAULT_LIMIT: usize = 50;
+
+/// Which users and sessions `status` shows, and in which order.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    pub sort: SortBy,
+    /// Only this user (the exact bytes the client sent), with their sessions.
+    pub user: Option<Vec<u8>>,
+    /// At most this many users and this many sessions (`None`: all).
+    pub limit: Option<usize>,
+}
+
 /// Everything `status` prints.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -33,7 +47,11 @@ pub struct Status {
     pub xdp: std::collections::BTreeMap<&'static str, u64>,
     pub engine: Option<DaemonStats>,
     pub users: Vec<User>,
+    /// Users that matched but are not in `users` because of the limit.
+    pub users_left_out: usize,
     pub sessions: Vec<Session>,
+    /// Sessions that matched but are not in `sessions` because of the limit.
+    pub sessions_left_out: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,8 +97,22 @@ fn open(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     Ok(Map::from_map_data(data)?)
 }
 
+/// Whether a username as the mirror wrote it (`field`, escaped like the engine's
+/// `UserName`) is exactly `user`, byte for byte.
+fn is_user(field: &[std::ffi::c_char], user: &[u8]) -> bool {
+    let shown = field.iter().take_while(|&&c| c != 0).map(|&c| c as u8);
+    shown.eq(user.escape_ascii())
+}
+
+/// Keeps the first `limit` of `rows`; returns how many went.
+fn cut<T>(rows: &mut Vec<T>, limit: Option<usize>) -> usize {
+    let keep = limit.unwrap_or(usize::MAX).min(rows.len());
+    rows.drain(keep..).count()
+}
+
 /// Reads the pinned maps under `pin_dir`.
-pub fn read(pin_dir: &Path, sort: SortBy) -> anyhow::Result<Status> {
+pub fn read(pin_dir: &Path, query: &Query) -> anyhow::Result<Status> {
+    let wanted = |user: &[std::ffi::c_char]| query.user.as_ref().is_none_or(|u| is_user(user, u));
     let info: Array<_, AttachInfo> = open(pin_dir, map_names::INFO)?.try_into()?;
     let info = info.get(&0, 0)?;
     let counters: PerCpuArray<_, u64> = open(pin_dir, map_names::COUNTERS)?.try_into()?;
@@ -94,6 +126,7 @@ pub fn read(pin_dir: &Path, sort: SortBy) -> anyhow::Result<Status> {
     let mut users: Vec<User> = users_map
         .iter()
         .filter_map(Result::ok)
+        .filter(|(k, _)| wanted(&k.user))
         .map(|(k, v)| User {
             server: text_str(&k.server),
             user: text_str(&k.user),
@@ -106,7 +139,7 @@ pub fn read(pin_dir: &Path, sort: SortBy) -> anyhow::Result<Status> {
             last_client: text_str(&v.last_client),
         })
         .collect();
-    match sort {
+    match query.sort {
         SortBy::LastCheck => {
             users.sort_by(|a, b| b.last_check.cmp(&a.last_check).then(a.user.cmp(&b.user)))
         }
@@ -118,6 +151,7 @@ pub fn read(pin_dir: &Path, sort: SortBy) -> anyhow::Result<Status> {
     let mut sessions: Vec<Session> = sessions_map
         .iter()
         .filter_map(Result::ok)
+        .filter(|(_, v)| wanted(&v.user))
         .map(|(k, v)| Session {
             client: text_str(&k.client),
             server: text_str(&k.server),
@@ -126,6 +160,8 @@ pub fn read(pin_dir: &Path, sort: SortBy) -> anyhow::Result<Status> {
         })
         .collect();
     sessions.sort_by(|a, b| a.client.cmp(&b.client));
+    let users_left_out = cut(&mut users, query.limit);
+    let sessions_left_out = cut(&mut sessions, query.limit);
     Ok(Status {
         running: pid_alive(info.pid),
         attach: Attach {
@@ -139,7 +175,9 @@ pub fn read(pin_dir: &Path, sort: SortBy) -> anyhow::Result<Status> {
         xdp,
         engine,
         users,
+        users_left_out,
         sessions,
+        sessions_left_out,
     })
 }
 
@@ -223,6 +261,12 @@ pub fn render(status: &Status) -> String {
             u.last_client,
         );
     }
+    if status.users_left_out > 0 {
+        out += &format!(
+            "... {} more users not shown (--limit; --limit 0 shows all)\n",
+            status.users_left_out
+        );
+    }
     if !status.sessions.is_empty() {
         out += &format!(
             "\n{:<48} {:<48} {:<24} {}\n",
@@ -234,6 +278,12 @@ pub fn render(status: &Status) -> String {
                 s.client, s.server, s.user, s.state
             );
         }
+    }
+    if status.sessions_left_out > 0 {
+        out += &format!(
+            "... {} more sessions not shown (--limit; --limit 0 shows all)\n",
+            status.sessions_left_out
+        );
     }
     out
 }
@@ -268,6 +318,33 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00");
         assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(utc(1_796_212_800), "2026-12-02 12:00:00");
+    }
+
+    #[test]
+    fn a_user_matches_only_its_exact_bytes() {
+        let field = |name: &[u8]| -> common::Text<{ common::USER_TEXT }> {
+            crate::mirror::text(&pop3_engine::attenuation::UserName::from(name).to_string())
+        };
+        let raw: &[u8] = b"caf\xc3\xa9\x1b[2J'\"\\ x";
+        assert!(is_user(&field(raw), raw));
+        assert!(is_user(&field(b"alice"), b"alice"));
+        for other in [&b"Alice"[..], b"alice ", b"alic", b"", b"caf\\xc3\\xa9"] {
+            assert!(!is_user(&field(b"alice"), other), "{other:?}");
+        }
+        // The escaped text an operator sees is not the name itself.
+        let shown = text_str(&field(b"caf\xc3\xa9"));
+        assert_eq!(shown, "caf\\xc3\\xa9");
+        assert!(!is_user(&field(b"caf\xc3\xa9"), shown.as_bytes()));
+    }
+
+    #[test]
+    fn the_limit_cuts_and_counts() {
+        let mut rows: Vec<u32> = (0..10).collect();
+        assert_eq!(cut(&mut rows, Some(3)), 7);
+        assert_eq!(rows, [0, 1, 2]);
+        assert_eq!(cut(&mut rows, None), 0);
+        assert_eq!(cut(&mut rows, Some(5)), 0);
+        assert_eq!(rows.len(), 3);
     }
 
     #[test]

@@ -100,13 +100,11 @@ fn bpftool_shows_attenuated_users_by_name_and_state() {
     assert_eq!(alice["value"]["attenuated_until"], 0, "{alice}");
 }
 
-fn status_json(ic: &Interceptor) -> Value {
+fn status_json(ic: &Interceptor, extra: &[&str]) -> Value {
     let pin_dir = ic.pin_dir().to_str().unwrap().to_owned();
-    let out = ic
-        .cli(&["status", "--json", "--pin-dir", &pin_dir])
-        .unwrap()
-        .check("status --json")
-        .unwrap();
+    let mut args = vec!["status", "--json", "--pin-dir", &pin_dir];
+    args.extend_from_slice(extra);
+    let out = ic.cli(&args).unwrap().check("status --json").unwrap();
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -123,7 +121,7 @@ fn status_agrees_with_the_engine_and_the_mail_server() {
     check(&topo, "bob");
     // STATS is published once a second.
     std::thread::sleep(Duration::from_millis(1500));
-    let status = status_json(&ic);
+    let status = status_json(&ic, &[]);
     let engine = &status["engine"];
     assert_eq!(engine["checks_seen"], 4, "{status}");
     assert_eq!(engine["checks_answered_locally"], 2, "{status}");
@@ -155,6 +153,32 @@ fn status_agrees_with_the_engine_and_the_mail_server() {
         table.contains("alice") && table.contains("attenuated"),
         "{table}"
     );
+
+    // At ISP scale: the newest few with a count of the rest, or one user by exact name.
+    let top = status_json(&ic, &["--limit", "1"]);
+    let names = |s: &Value| -> Vec<String> {
+        s["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["user"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&top), ["bob"], "{top}");
+    assert_eq!(top["users_left_out"], 1, "{top}");
+    let one = status_json(&ic, &["--user", "alice"]);
+    assert_eq!(names(&one), ["alice"], "{one}");
+    assert_eq!(one["users_left_out"], 0, "{one}");
+    for other in ["Alice", "alice ", "alic", "alice\\x00"] {
+        let none = status_json(&ic, &["--user", other]);
+        assert!(names(&none).is_empty(), "{other:?}: {none}");
+    }
+    let table = ic
+        .cli(&["status", "--pin-dir", &pin_dir, "--limit", "1"])
+        .unwrap()
+        .stdout_str();
+    assert!(table.contains("bob") && !table.contains("alice"), "{table}");
+    assert!(table.contains("... 1 more users not shown"), "{table}");
 }
 
 #[test]
