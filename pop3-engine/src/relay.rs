@@ -1,4 +1,4 @@
-//! The transparent relay (issue 2): every byte passes unchanged in both directions.
+//! The transparent relay: every byte passes unchanged in both directions.
 //!
 //! Each connection goes through the [`Gate`], which reads both streams: to refuse what a
 //! subscriber must not say to a server that trusts the router, to match pipelined
@@ -14,7 +14,7 @@ use crate::{
     session::{Action, ConnId, ConnInfo, Event, Output, Pop3Engine},
 };
 
-/// The transparent relay of issue 2 as a [`Pop3Engine`]: no attenuation, no local answers.
+/// The transparent relay as a [`Pop3Engine`]: no attenuation, no local answers.
 #[derive(Debug, Default)]
 pub struct RelayEngine {
     conns: HashMap<ConnId, Gate>,

@@ -1,7 +1,7 @@
 //! Real POP3 clients run inside the client namespace (curl, Python poplib, fetchmail, openssl)
 //! and a raw TCP session for arbitrary bytes. Every call is bounded by a timeout.
 //!
-//! Client quirks (DESIGN.md): curl logs in with AUTH PLAIN when CAPA offers SASL PLAIN and prints
+//! Client quirks: curl logs in with AUTH PLAIN when CAPA offers SASL PLAIN and prints
 //! a lone CRLF for an empty listing; fetchmail 6.4 insists on STLS unless its rc file says
 //! `sslproto ''`.
 

@@ -1,7 +1,7 @@
 //! The daemon under test, started in the router namespace on `rc0`.
 //!
 //! `ip netns exec` gives the command a fresh mount namespace and remounts /sys, so a bpffs under
-//! /sys/fs/bpf is not visible to it (DESIGN.md). The fixture mounts its own bpffs at
+//! /sys/fs/bpf is not visible to it. The fixture mounts its own bpffs at
 //! [`TEST_BPFFS`] (outside /sys) once, and gives each daemon a per-test `--pin-dir` below it.
 
 use std::fs;

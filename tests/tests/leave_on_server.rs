@@ -1,4 +1,4 @@
-//! Issue 9: clients that leave their mail on the server. Their checks (STAT and UIDL,
+//! Clients that leave their mail on the server. Their checks (STAT and UIDL,
 //! then RETR of new messages only) are answered from a snapshot of the server's own
 //! answers, byte for byte; a message is always fetched from the server, after its
 //! numbering is checked. Run as root, one at a time:

@@ -1,4 +1,4 @@
-//! Issue 4: the Prometheus endpoint of `run --metrics ADDR`, scraped over HTTP with curl from
+//! The Prometheus endpoint of `run --metrics ADDR`, scraped over HTTP with curl from
 //! inside the router namespace and parsed, while real POP3 checks are attenuated.
 //!
 //! Run as root, one at a time:
@@ -14,7 +14,7 @@ use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
 
 /// Where the daemon serves its metrics, inside the router namespace (its own loopback).
 const METRICS_ADDR: &str = "127.0.0.1:9110";
-/// The daemon refreshes the values once a second; allow for a few refreshes.
+/// How long a value may take to settle (a connection closes a moment after its client is done).
 const SETTLE: Duration = Duration::from_secs(6);
 /// Slot of `common::Counter::Redirected` in the pinned COUNTERS map.
 const REDIRECTED: u32 = 2;

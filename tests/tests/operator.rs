@@ -1,4 +1,4 @@
-//! Issue 4: what an operator sees. The pinned maps read with the real bpftool, the
+//! What an operator sees. The pinned maps read with the real bpftool, the
 //! `status` and `detach` commands, and reloading the opt-out list on SIGHUP.
 //! Run as root, one at a time (`cargo xtask test`).
 
@@ -211,7 +211,7 @@ fn detach_cleans_up_after_kill_9() {
     assert_eq!(last, CLIENT_V4.to_string(), "POP3 reaches Dovecot directly");
 }
 
-/// Issue 8 item 7: right after a `kill -9` the dead daemon is a zombie until its parent
+/// Right after a `kill -9` the dead daemon is a zombie until its parent
 /// reaps it; it runs nothing, so `detach` must not refuse.
 #[test]
 fn detach_does_not_mistake_a_zombie_for_a_running_daemon() {

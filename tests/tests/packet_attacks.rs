@@ -1,4 +1,4 @@
-//! Issue 8: the packet path under attack. Crafted frames from the client namespace (an
+//! The packet path under attack. Crafted frames from the client namespace (an
 //! `AF_PACKET` socket, see `pop3_interceptor_e2e::raw`) try to steal, stall or reset other
 //! subscribers' sessions, or to make the daemon answer what the router would drop.
 //! Spoofed sources come from 198.51.100.0/24 only. Run as root, one at a time

@@ -1,4 +1,4 @@
-//! Issue 4: the systemd unit's privileges are enough, and each one is needed.
+//! The systemd unit's privileges are enough, and each one is needed.
 //!
 //! The daemon is started the way `packaging/pop3-interceptor.service` starts it, without
 //! systemd: `prlimit` applies `LimitMEMLOCK=`, `setpriv` cuts the capability bounding set to

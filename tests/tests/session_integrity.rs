@@ -1,4 +1,4 @@
-//! Issue 7: nothing a subscriber sends can speak for the router or for another user.
+//! Nothing a subscriber sends can speak for the router or for another user.
 //!
 //! The test Dovecot trusts the router (`login_trusted_networks`), which is how the engine
 //! names the subscriber with XCLIENT, so any XCLIENT a subscriber slips through would

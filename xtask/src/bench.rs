@@ -1,9 +1,9 @@
 //! `cargo xtask bench`: in one run on one topology, against the same Dovecot:
 //!
-//! - issue 2 rows (daemon `--mode relay`): check sessions/s and p50/p99 latency at concurrency
+//! - relay rows (daemon `--mode relay`): check sessions/s and p50/p99 latency at concurrency
 //!   1 and 32, and RETR throughput of a 10 MB message, directly to Dovecot and through the
 //!   transparent relay;
-//! - issue 3 rows (daemon `--mode attenuate`): the same check load once the attenuation table
+//! - attenuation rows (daemon `--mode attenuate`): the same check load once the attenuation table
 //!   is warm (every user checked once, so its mailbox is verified empty), with the number of
 //!   Dovecot logins the attenuated runs caused, read from Dovecot's log;
 //! - memory per attenuation-table entry with 100,000 users (pop3-engine's `table_memory`
@@ -55,7 +55,7 @@ pub struct BenchArgs {
     /// Only measure the direct path (no interceptor).
     #[arg(long)]
     direct_only: bool,
-    /// Skip the issue-3 rows (daemon in attenuate mode).
+    /// Skip the attenuation rows (daemon in attenuate mode).
     #[arg(long)]
     skip_attenuate: bool,
     /// Users in the attenuation table for the memory-per-entry measurement (0 = skip it).
@@ -83,8 +83,7 @@ pub struct Scenario {
     /// Load generator mode: `check` or `retr`.
     pub mode: &'static str,
     pub concurrency: usize,
-    /// `pop3-interceptor run --mode` for the "through" measurement: `relay` (issue 2) or
-    /// `attenuate` (issue 3).
+    /// `pop3-interceptor run --mode` for the "through" measurement: `relay` or `attenuate`.
     pub daemon_mode: &'static str,
 }
 
@@ -264,7 +263,7 @@ impl Bench<'_> {
 }
 
 impl Bench<'_> {
-    /// The issue-3 rows: the daemon in attenuate mode, its table warmed by one check per
+    /// The attenuation rows: the daemon in attenuate mode, its table warmed by one check per
     /// user, then the attenuated check scenarios; Dovecot's log says how many logins they cost.
     fn run_attenuated(
         &self,
@@ -427,7 +426,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     };
 
     print_table(&ms);
-    print_issue3(&ms, attenuation.as_ref(), table_memory.as_ref());
+    print_attenuation_targets(&ms, attenuation.as_ref(), table_memory.as_ref());
     let json = BenchJson {
         duration_s: args.duration.as_secs_f64(),
         users: args.users,
@@ -449,7 +448,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The load generator must be lean (DESIGN.md): use a release build of xtask.
+/// The load generator must not be the bottleneck it measures: use a release build of xtask.
 fn loadgen_exe(skip_build: bool) -> Result<PathBuf> {
     let release = run::target_dir()?.join("release").join("xtask");
     if !skip_build {
@@ -527,11 +526,15 @@ fn print_table(ms: &[Measurement]) {
     }
 }
 
-/// Issue 3's targets: attenuated >= 3x Dovecot's sessions/s and <= 0.5x its p50; table entries
+/// The attenuation targets: attenuated >= 3x Dovecot's sessions/s and <= 0.5x its p50; table entries
 /// under 256 bytes; and what the attenuated runs cost Dovecot.
-fn print_issue3(ms: &[Measurement], att: Option<&AttenuationCheck>, mem: Option<&TableMemory>) {
+fn print_attenuation_targets(
+    ms: &[Measurement],
+    att: Option<&AttenuationCheck>,
+    mem: Option<&TableMemory>,
+) {
     println!();
-    println!("issue 3 targets:");
+    println!("attenuation targets:");
     for sc in scenarios().iter().filter(|s| s.daemon_mode == "attenuate") {
         let d = ms
             .iter()

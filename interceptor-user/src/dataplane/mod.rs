@@ -227,7 +227,7 @@ impl<E: Pop3Engine> Dataplane<E> {
     }
 
     /// A snapshot of the counters; asks the kernel for each socket's statistics (one
-    /// syscall per queue), so take it at most about once a second.
+    /// syscall per queue), so take it when asked (a scrape), not on every pass.
     pub fn stats(&self) -> DataplaneStats {
         let mut stats = self.stats;
         for q in &self.queues {

@@ -6,8 +6,9 @@
 //! reply would go to the kernel, not to us). A listening socket is created for the exact
 //! destination of each SYN just before the SYN is processed.
 //!
-//! smoltcp scans its socket set linearly for every packet, so one `Stack` should hold a
-//! few hundred connections; more connections mean more `Stack` shards chosen by flow hash.
+//! There is one `Stack` for every connection of the dataplane (bounded by `--max-conns`);
+//! smoltcp scans its socket set linearly for every packet, so the cost of a packet grows
+//! with the connections open.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

@@ -1,4 +1,4 @@
-//! The attenuation engine (issue 3): the patent's state machine answers empty POP3
+//! The attenuation engine: the patent's state machine answers empty POP3
 //! checks at the edge and passes everything else to the mail server.
 //!
 //! A check is answered locally only when the password matches the last one the server

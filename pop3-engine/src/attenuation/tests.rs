@@ -762,7 +762,7 @@ fn a_quit_followed_at_once_by_a_close_still_commits_the_deletions() {
     );
 }
 
-// ---- Issue 7: session integrity against a hostile subscriber ----
+// ---- Session integrity against a hostile subscriber ----
 
 const SPOOF: &[u8] = b"XCLIENT ADDR=192.0.2.66\r\n";
 
@@ -1069,7 +1069,7 @@ fn no_password_shows_in_the_engines_debug_output() {
     }
 }
 
-// ---- Issue 9: the demand rule ----
+// ---- The demand rule: new-mail notifications ----
 
 fn notify(h: &mut Harness<AttenuationEngine>, user: &[u8]) -> usize {
     let now = h.now;
@@ -1140,7 +1140,7 @@ fn a_notification_during_a_session_is_never_hidden_by_its_quit() {
     assert_eq!(h.client(2, b"PASS pw\r\n"), [ConnectUpstream]);
 }
 
-// ---- Issue 9: clients that leave their mail on the server ----
+// ---- Clients that leave their mail on the server ----
 
 const STAT2: &[u8] = b"+OK 2 3000\r\n";
 const LIST2: &[u8] = b"+OK 2 messages:\r\n1 1000\r\n2 2000\r\n.\r\n";
@@ -1249,7 +1249,7 @@ fn snapshots_stay_within_their_memory_budget() {
     assert_eq!(h.engine.table().maildrop_bytes(), 0);
 }
 
-// ---- Issue 10: the patent's one-in-m rule ----
+// ---- The patent's one-in-m rule ----
 
 #[test]
 fn one_in_m_passes_every_mth_local_check_through() {
@@ -1278,7 +1278,7 @@ fn a_flood_during_a_relayed_body_closes_without_corrupting_it() {
     assert_eq!(h.client(2, &flood), [CloseClient, CloseUpstream]);
 }
 
-// ---- Issue 10: the patent's fast-check reward ----
+// ---- The patent's fast-check reward ----
 
 /// One check of alice on `conn`: whether its PASS went to the server.
 fn passes_through(h: &mut Harness<AttenuationEngine>, conn: ConnId) -> bool {
