@@ -209,6 +209,13 @@ impl Counter {
     }
 }
 
+impl From<Counter> for u32 {
+    /// The counter's slot in the `COUNTERS` array.
+    fn from(counter: Counter) -> u32 {
+        counter as u32
+    }
+}
+
 /// Room for an address and port as text, NUL included: `[ffff:...:ffff]:65535` is 47.
 pub const ADDR_TEXT: usize = 48;
 /// Room for a username as text, NUL included; longer names are not mirrored.

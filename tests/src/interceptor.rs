@@ -284,9 +284,10 @@ impl Interceptor {
         run_cmd(&mut cmd, None, DEFAULT_TIMEOUT, self.dir.path())
     }
 
-    /// Slot `slot` of the XDP program's per-CPU COUNTERS map (see `common::Counter`),
-    /// summed over CPUs, read with the real bpftool.
-    pub fn xdp_counter(&self, slot: u32) -> Result<u64> {
+    /// A counter of the XDP program's per-CPU COUNTERS map (a `common::Counter`, or its
+    /// slot), summed over CPUs, read with the real bpftool.
+    pub fn xdp_counter(&self, counter: impl Into<u32>) -> Result<u64> {
+        let slot = counter.into();
         let dump = self.dump_map("COUNTERS")?;
         let entries = dump.as_array().context("COUNTERS dump is not an array")?;
         let entry = entries

@@ -8,6 +8,8 @@
 //!   the client namespace.
 //! - [`Interceptor`]: the daemon under test, attached to the router's `rc0`.
 //! - [`raw`]: crafted Ethernet frames sent and read on an `AF_PACKET` socket.
+//! - [`Env`]: the three together (`Env::relay()`, `Env::attenuating(interval)`, ...) with
+//!   the client sessions most tests share; [`prometheus`] reads the daemon's metrics.
 //!
 //! Everything is bounded in time, started processes are killed by pid, and a new run removes
 //! what a killed run left behind. The tests must run as root, one at a time:
@@ -15,7 +17,9 @@
 
 pub mod clients;
 pub mod dovecot;
+pub mod env;
 pub mod interceptor;
+pub mod prometheus;
 pub mod raw;
 pub mod topology;
 pub mod util;
@@ -24,6 +28,7 @@ pub use clients::{
     FetchmailOptions, FetchmailResult, PopTranscript, PoplibOptions, RawReply, RawSession,
 };
 pub use dovecot::{Dovecot, DovecotOptions, LoginRecord};
+pub use env::Env;
 pub use interceptor::{Interceptor, InterceptorOptions};
 pub use topology::{Node, Topology, TopologyOptions};
 pub use util::{ChildGuard, CmdOutput, TempDir};

@@ -7,17 +7,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use pop3_interceptor_e2e::clients::{self, PoplibOptions};
-use pop3_interceptor_e2e::topology::server_pop3_v4;
+use common::Counter;
 use pop3_interceptor_e2e::util::wait_for;
-use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
+use pop3_interceptor_e2e::{DovecotOptions, Env, Node};
 
 /// Where the daemon serves its metrics, inside the router namespace (its own loopback).
 const METRICS_ADDR: &str = "127.0.0.1:9110";
 /// How long a value may take to settle (a connection closes a moment after its client is done).
 const SETTLE: Duration = Duration::from_secs(6);
-/// Slot of `common::Counter::Redirected` in the pinned COUNTERS map.
-const REDIRECTED: u32 = 2;
 
 /// Every metric the endpoint must export.
 const NAMES: &[&str] = &[
@@ -40,52 +37,6 @@ const NAMES: &[&str] = &[
     "pop3_interceptor_connections_timed_out_total",
 ];
 
-fn curl(topo: &Topology, args: &[&str]) -> pop3_interceptor_e2e::CmdOutput {
-    let mut all = vec!["curl", "-sS", "--noproxy", "*", "--max-time", "5"];
-    all.extend_from_slice(args);
-    topo.exec(Node::Router, &all).expect("curl runs")
-}
-
-/// `GET /metrics` over HTTP from the router namespace, parsed into name -> value.
-fn scrape(topo: &Topology) -> HashMap<String, f64> {
-    let out = curl(topo, &[&format!("http://{METRICS_ADDR}/metrics")])
-        .check("curl /metrics")
-        .unwrap();
-    parse(&out.stdout_str())
-}
-
-/// The Prometheus text format: `# HELP`/`# TYPE` comments, then `name value` lines.
-fn parse(text: &str) -> HashMap<String, f64> {
-    let mut values = HashMap::new();
-    let mut typed = HashMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
-            typed.insert(name.to_owned(), kind.to_owned());
-            continue;
-        }
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (name, value) = line.rsplit_once(' ').expect("name value");
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line:?}"));
-        assert!(
-            typed.contains_key(name),
-            "{name} has no # TYPE line:\n{text}"
-        );
-        values.insert(name.to_owned(), value);
-    }
-    for (name, kind) in &typed {
-        let want = if name.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        assert_eq!(kind, want, "{name}");
-    }
-    values
-}
-
 fn get(m: &HashMap<String, f64>, name: &str) -> u64 {
     *m.get(name)
         .unwrap_or_else(|| panic!("{name} missing from {m:?}")) as u64
@@ -93,38 +44,30 @@ fn get(m: &HashMap<String, f64>, name: &str) -> u64 {
 
 /// Scrapes until `cond` holds (a connection closes a moment after its client is done).
 fn scrape_until(
-    topo: &Topology,
+    env: &Env,
     what: &str,
     cond: impl Fn(&HashMap<String, f64>) -> bool,
 ) -> HashMap<String, f64> {
     let mut last = HashMap::new();
     wait_for(what, SETTLE, Duration::from_millis(200), || {
-        last = scrape(topo);
+        last = env.scrape(METRICS_ADDR);
         cond(&last).then(|| last.clone())
     })
     .unwrap_or_else(|e| panic!("{e}; last scrape: {last:?}"))
 }
 
-/// The XDP program's redirected counter read with the real bpftool from the pinned map.
-fn bpftool_redirected(ic: &Interceptor) -> u64 {
-    ic.xdp_counter(REDIRECTED).expect("bpftool COUNTERS")
-}
-
-fn check(topo: &Topology) {
-    let opts = PoplibOptions {
-        retr: false,
-        ..Default::default()
-    };
-    let t = clients::poplib(topo, server_pop3_v4(), "alice", "alice-pw", &opts).unwrap();
-    assert!(t.ok(), "{}", t.normalized());
-    assert_eq!(t.stat().map(|s| s.0), Some(0), "{}", t.normalized());
+/// A check of alice, whose mailbox is empty.
+fn check(env: &Env) {
+    assert_eq!(env.check("alice"), "0 0");
 }
 
 #[test]
 fn metrics_count_attenuated_checks_over_http() {
-    let topo = Topology::new().unwrap();
-    let dc = Dovecot::start(&topo).unwrap();
-    let ic = Interceptor::start(&topo, &["--metrics", METRICS_ADDR, "--interval", "10m"]).unwrap();
+    let env = Env::start(
+        DovecotOptions::default(),
+        &["--metrics", METRICS_ADDR, "--interval", "10m"],
+    );
+    let (dc, ic) = (&env.dc, env.ic());
     assert!(
         ic.log_text()
             .contains(&format!("http://{METRICS_ADDR}/metrics")),
@@ -133,7 +76,7 @@ fn metrics_count_attenuated_checks_over_http() {
     );
 
     // Before any check: every metric is there, the engine's at zero.
-    let before = scrape_until(&topo, "a first refresh", |m| {
+    let before = scrape_until(&env, "a first refresh", |m| {
         NAMES.iter().all(|n| m.contains_key(*n))
     });
     for name in [
@@ -149,8 +92,8 @@ fn metrics_count_attenuated_checks_over_http() {
     }
 
     // The first check reaches Dovecot and finds the mailbox empty.
-    check(&topo);
-    let first = scrape_until(&topo, "the first check counted", |m| {
+    check(&env);
+    let first = scrape_until(&env, "the first check counted", |m| {
         get(m, "pop3_interceptor_checks_seen_total") == 1
             && get(m, "pop3_interceptor_sessions_active") == 0
     });
@@ -168,11 +111,17 @@ fn metrics_count_attenuated_checks_over_http() {
     assert_eq!(dc.login_count("alice"), 1);
 
     // The next two are answered at the edge: Dovecot sees no new login.
-    check(&topo);
-    check(&topo);
+    check(&env);
+    check(&env);
     // Each scrape asks the dataplane for its counters: one right after a check shows it.
-    assert_eq!(get(&scrape(&topo), "pop3_interceptor_checks_seen_total"), 3);
-    let after = scrape_until(&topo, "three checks counted", |m| {
+    assert_eq!(
+        get(
+            &env.scrape(METRICS_ADDR),
+            "pop3_interceptor_checks_seen_total"
+        ),
+        3
+    );
+    let after = scrape_until(&env, "three checks counted", |m| {
         get(m, "pop3_interceptor_checks_seen_total") == 3
             && get(m, "pop3_interceptor_sessions_active") == 0
     });
@@ -211,15 +160,16 @@ fn metrics_count_attenuated_checks_over_http() {
     assert!(get(&after, "pop3_interceptor_xdp_matched_total") >= redirected);
     assert!(get(&after, "pop3_interceptor_xdp_frames_seen_total") >= redirected);
     // Once the flows are quiet, the exported XDP counter is the pinned map's (bpftool).
-    scrape_until(&topo, "metrics to match bpftool", |m| {
-        get(m, "pop3_interceptor_xdp_redirected_total") == bpftool_redirected(&ic)
+    scrape_until(&env, "metrics to match bpftool", |m| {
+        get(m, "pop3_interceptor_xdp_redirected_total")
+            == ic.xdp_counter(Counter::Redirected).unwrap()
     });
 
     // Only GET /metrics is served.
     let code = |args: &[&str]| {
         let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
         all.extend_from_slice(args);
-        curl(&topo, &all).stdout_str()
+        env.curl(&all).stdout_str()
     };
     assert_eq!(code(&[&format!("http://{METRICS_ADDR}/nope")]), "404");
     assert_eq!(
@@ -230,12 +180,11 @@ fn metrics_count_attenuated_checks_over_http() {
 
 #[test]
 fn metrics_are_off_by_default() {
-    let topo = Topology::new().unwrap();
-    let _dc = Dovecot::start(&topo).unwrap();
-    let ic = Interceptor::start(&topo, &[]).unwrap();
-    let out = curl(&topo, &[&format!("http://{METRICS_ADDR}/metrics")]);
+    let env = Env::start(DovecotOptions::default(), &[]);
+    let ic = env.ic();
+    let out = env.curl(&[&format!("http://{METRICS_ADDR}/metrics")]);
     assert!(!out.success(), "nothing listens: {}", out.stdout_str());
     assert!(!ic.log_text().contains("/metrics"), "{}", ic.log_tail(10));
-    let ss = topo.exec(Node::Router, &["ss", "-Htln"]).unwrap();
+    let ss = env.topo.exec(Node::Router, &["ss", "-Htln"]).unwrap();
     assert!(ss.stdout_str().trim().is_empty(), "{}", ss.stdout_str());
 }

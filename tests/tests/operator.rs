@@ -4,35 +4,12 @@
 
 use std::time::Duration;
 
-use pop3_interceptor_e2e::clients::{self, PoplibOptions};
-use pop3_interceptor_e2e::topology::{CLIENT_V4, server_pop3_v4};
-use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
+use pop3_interceptor_e2e::topology::CLIENT_V4;
+use pop3_interceptor_e2e::{DovecotOptions, Env, Interceptor, Node};
 use serde_json::Value;
 
 const INTERVAL_SECS: u64 = 4;
-
-fn attenuating(topo: &Topology, extra: &[&str]) -> Interceptor {
-    let interval = format!("{INTERVAL_SECS}s");
-    let mut args = vec!["--interval", interval.as_str()];
-    args.extend_from_slice(extra);
-    Interceptor::start(topo, &args).expect("interceptor")
-}
-
-fn check(topo: &Topology, user: &str) -> String {
-    let t = clients::poplib(
-        topo,
-        server_pop3_v4(),
-        user,
-        &format!("{user}-pw"),
-        &PoplibOptions {
-            retr: false,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert!(t.ok(), "{}", t.normalized());
-    t.get_str("stat").unwrap_or_default().to_string()
-}
+const INTERVAL: Duration = Duration::from_secs(INTERVAL_SECS);
 
 /// The `formatted` entries of a `bpftool -j map dump` of a BTF map.
 fn formatted(dump: &Value) -> Vec<Value> {
@@ -51,19 +28,18 @@ fn user_entry(ic: &Interceptor, user: &str) -> Option<Value> {
 
 #[test]
 fn bpftool_shows_attenuated_users_by_name_and_state() {
-    let topo = Topology::new().unwrap();
-    let dc = Dovecot::start(&topo).unwrap();
-    let ic = attenuating(&topo, &[]);
-    check(&topo, "alice");
-    check(&topo, "alice");
-    check(&topo, "alice");
+    let env = Env::attenuating(INTERVAL);
+    let (dc, ic, topo) = (&env.dc, env.ic(), &env.topo);
+    for _ in 0..3 {
+        env.check("alice");
+    }
     assert_eq!(
         dc.login_count("alice"),
         1,
         "one login, two checks answered locally"
     );
 
-    let alice = user_entry(&ic, "alice").expect("alice in USERS");
+    let alice = user_entry(ic, "alice").expect("alice in USERS");
     assert_eq!(alice["key"]["server"], "203.0.113.2:110", "{alice}");
     assert_eq!(alice["value"]["state"], "attenuated", "{alice}");
     assert_eq!(alice["value"]["checks_answered_locally"], 2, "{alice}");
@@ -95,7 +71,7 @@ fn bpftool_shows_attenuated_users_by_name_and_state() {
     // After the interval the mirror shows alice as no longer attenuated.
     std::thread::sleep(Duration::from_secs(INTERVAL_SECS + 1));
     // A packet-free second passes the dataplane's housekeeping tick.
-    let alice = user_entry(&ic, "alice").expect("alice still known");
+    let alice = user_entry(ic, "alice").expect("alice still known");
     assert_eq!(alice["value"]["state"], "pass-through", "{alice}");
     assert_eq!(alice["value"]["attenuated_until"], 0, "{alice}");
 }
@@ -110,18 +86,17 @@ fn status_json(ic: &Interceptor, extra: &[&str]) -> Value {
 
 #[test]
 fn status_agrees_with_the_engine_and_the_mail_server() {
-    let topo = Topology::new().unwrap();
-    let dc = Dovecot::start(&topo).unwrap();
-    let ic = attenuating(&topo, &[]);
+    let env = Env::attenuating(INTERVAL);
+    let (dc, ic) = (&env.dc, env.ic());
     for _ in 0..3 {
-        assert_eq!(check(&topo, "alice"), "0 0");
+        assert_eq!(env.check("alice"), "0 0");
     }
     // Last checks are kept in whole seconds: make bob's the later one.
     std::thread::sleep(Duration::from_millis(1100));
-    check(&topo, "bob");
+    env.check("bob");
     // STATS is published once a second.
     std::thread::sleep(Duration::from_millis(1500));
-    let status = status_json(&ic, &[]);
+    let status = status_json(ic, &[]);
     let engine = &status["engine"];
     assert_eq!(engine["checks_seen"], 4, "{status}");
     assert_eq!(engine["checks_answered_locally"], 2, "{status}");
@@ -155,7 +130,7 @@ fn status_agrees_with_the_engine_and_the_mail_server() {
     );
 
     // At ISP scale: the newest few with a count of the rest, or one user by exact name.
-    let top = status_json(&ic, &["--limit", "1"]);
+    let top = status_json(ic, &["--limit", "1"]);
     let names = |s: &Value| -> Vec<String> {
         s["users"]
             .as_array()
@@ -166,11 +141,11 @@ fn status_agrees_with_the_engine_and_the_mail_server() {
     };
     assert_eq!(names(&top), ["bob"], "{top}");
     assert_eq!(top["users_left_out"], 1, "{top}");
-    let one = status_json(&ic, &["--user", "alice"]);
+    let one = status_json(ic, &["--user", "alice"]);
     assert_eq!(names(&one), ["alice"], "{one}");
     assert_eq!(one["users_left_out"], 0, "{one}");
     for other in ["Alice", "alice ", "alic", "alice\\x00"] {
-        let none = status_json(&ic, &["--user", other]);
+        let none = status_json(ic, &["--user", other]);
         assert!(names(&none).is_empty(), "{other:?}: {none}");
     }
     let table = ic
@@ -183,10 +158,9 @@ fn status_agrees_with_the_engine_and_the_mail_server() {
 
 #[test]
 fn detach_cleans_up_after_kill_9() {
-    let topo = Topology::new().unwrap();
-    let dc = Dovecot::start(&topo).unwrap();
-    let mut ic = attenuating(&topo, &[]);
-    check(&topo, "alice");
+    let mut env = Env::attenuating(INTERVAL);
+    env.check("alice");
+    let ic = env.ic_mut();
     let pin_dir = ic.pin_dir().to_str().unwrap().to_owned();
 
     let refused = ic
@@ -199,15 +173,16 @@ fn detach_cleans_up_after_kill_9() {
         .cli(&["detach", "--iface", "rc0", "--pin-dir", &pin_dir])
         .unwrap();
     assert!(out.success(), "{}{}", out.stdout_str(), out.stderr_str());
-    let net = topo
+    let net = env
+        .topo
         .exec(Node::Router, &["bpftool", "net"])
         .unwrap()
         .stdout_str();
     assert!(!net.contains("pop3_intercept"), "{net}");
     assert!(!std::path::Path::new(&pin_dir).exists(), "pins removed");
 
-    check(&topo, "alice");
-    let last = dc.logins_for("alice").last().unwrap().rip.clone();
+    env.check("alice");
+    let last = env.dc.logins_for("alice").last().unwrap().rip.clone();
     assert_eq!(last, CLIENT_V4.to_string(), "POP3 reaches Dovecot directly");
 }
 
@@ -215,8 +190,8 @@ fn detach_cleans_up_after_kill_9() {
 /// reaps it; it runs nothing, so `detach` must not refuse.
 #[test]
 fn detach_does_not_mistake_a_zombie_for_a_running_daemon() {
-    let topo = Topology::new().unwrap();
-    let mut ic = attenuating(&topo, &[]);
+    let mut env = Env::attenuating(INTERVAL);
+    let ic = env.ic_mut();
     let pin_dir = ic.pin_dir().to_str().unwrap().to_owned();
     ic.kill9_leave_zombie().unwrap();
     let out = ic
@@ -228,33 +203,37 @@ fn detach_does_not_mistake_a_zombie_for_a_running_daemon() {
 
 #[test]
 fn sighup_reloads_the_opt_out_list_without_dropping_sessions() {
-    use pop3_interceptor_e2e::clients::RawSession;
-    let topo = Topology::new().unwrap();
-    let dc = Dovecot::start(&topo).unwrap();
-    let config = topo.dir().join("pop3-interceptor.toml");
+    let mut env = Env::direct(DovecotOptions::default());
+    let config = env.topo.dir().join("pop3-interceptor.toml");
     std::fs::write(&config, "opt-out = []\n").unwrap();
-    let ic = attenuating(&topo, &["--config", config.to_str().unwrap()]);
-    check(&topo, "alice");
-    check(&topo, "alice");
-    assert_eq!(dc.login_count("alice"), 1);
+    let interval = format!("{INTERVAL_SECS}s");
+    env.start_daemon(&[
+        "--interval",
+        &interval,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    env.check("alice");
+    env.check("alice");
+    assert_eq!(env.dc.login_count("alice"), 1);
 
     // A session in progress across the reload.
-    let mut carol = RawSession::connect(&topo, Node::Client, server_pop3_v4()).unwrap();
-    assert!(carol.read_line().unwrap().starts_with("+OK"));
+    let mut carol = env.connect();
     assert!(carol.command("USER carol").unwrap().starts_with("+OK"));
     assert!(carol.command("PASS carol-pw").unwrap().starts_with("+OK"));
 
     std::fs::write(&config, "opt-out = [\"alice\"]\n").unwrap();
-    pop3_interceptor_e2e::util::signal_pid(ic.pid(), libc::SIGHUP);
-    ic.wait_log("opt-out list reloaded", Duration::from_secs(10))
+    pop3_interceptor_e2e::util::signal_pid(env.ic().pid(), libc::SIGHUP);
+    env.ic()
+        .wait_log("opt-out list reloaded", Duration::from_secs(10))
         .unwrap();
 
     assert!(carol.command("STAT").unwrap().starts_with("+OK 0 0"));
     assert!(carol.command("QUIT").unwrap().starts_with("+OK"));
-    check(&topo, "alice");
-    check(&topo, "alice");
+    env.check("alice");
+    env.check("alice");
     assert_eq!(
-        dc.login_count("alice"),
+        env.dc.login_count("alice"),
         3,
         "an opted-out user reaches Dovecot at every check"
     );

@@ -194,7 +194,11 @@ fn syns_to_loopback_or_the_router_itself_are_not_intercepted() {
             "SYN to {dst} answered"
         );
     }
-    assert_eq!(ic.xdp_counter(1).unwrap(), 0, "none of them matched");
+    assert_eq!(
+        ic.xdp_counter(common::Counter::Matched).unwrap(),
+        0,
+        "none of them matched"
+    );
     let syn = a.syn(pop3(SERVER_V4));
     assert!(
         a.syn_acked(&syn, &syn.frame(), ANSWER),
@@ -492,7 +496,7 @@ fn a_syn_failing_the_reverse_path_check_is_not_taken_over() {
         "a SYN from a source routed elsewhere was answered"
     );
     assert_eq!(
-        ic.xdp_counter(4).unwrap(),
+        ic.xdp_counter(common::Counter::ReversePathFailed).unwrap(),
         1,
         "counted as reverse_path_failed"
     );

@@ -11,20 +11,13 @@ use std::time::Duration;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use pop3_interceptor_e2e::clients::{self, RawSession};
 use pop3_interceptor_e2e::dovecot::{DovecotOptions, make_message};
+use pop3_interceptor_e2e::interceptor::InterceptorOptions;
 use pop3_interceptor_e2e::topology::{CLIENT_V4, ROUTER_SERVER_V4, server_pop3_v4};
-use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
+use pop3_interceptor_e2e::{Dovecot, Env, Node};
 
 /// The address a hostile subscriber tries to make Dovecot log.
 const SPOOFED: &str = "192.0.2.66";
 const SPOOF: &[u8] = b"XCLIENT ADDR=192.0.2.66 PORT=4242\r\n";
-
-fn connect(topo: &Topology) -> RawSession {
-    let mut s = RawSession::connect(topo, Node::Client, server_pop3_v4()).expect("connect");
-    s.set_timeout(Duration::from_secs(20)).unwrap();
-    let greeting = s.read_line().unwrap();
-    assert!(greeting.starts_with("+OK"), "{greeting}");
-    s
-}
 
 fn plain(raw: &[u8]) -> String {
     STANDARD.encode(raw)
@@ -40,21 +33,7 @@ fn exchange(s: &mut RawSession, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&reply).into_owned()
 }
 
-/// A full honest login (USER/PASS, STAT, QUIT) that must succeed.
-fn honest_check(topo: &Topology, user: &str, pass: &str) {
-    let mut s = connect(topo);
-    assert!(
-        s.command(&format!("USER {user}"))
-            .unwrap()
-            .starts_with("+OK")
-    );
-    let pass_reply = s.command(&format!("PASS {pass}")).unwrap();
-    assert!(pass_reply.starts_with("+OK"), "{pass_reply}");
-    assert!(s.command("STAT").unwrap().starts_with("+OK"));
-    assert!(s.command("QUIT").unwrap().starts_with("+OK"));
-}
-
-/// Every hostile path of the issue, each followed by an XCLIENT and a valid login.
+/// Every hostile path, each followed by an XCLIENT and a valid login.
 fn xclient_paths() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     let apop = b"APOP alice 0123456789abcdef0123456789abcdef\r\n".to_vec();
     vec![
@@ -117,23 +96,18 @@ fn no_spoofed_login(dc: &Dovecot, since: usize, rip: &str, context: &str) {
 
 #[test]
 fn a_subscribers_xclient_never_reaches_dovecot_on_any_path() {
-    let topo = Topology::new().unwrap();
-    let dc = Dovecot::start_with(
-        &topo,
-        DovecotOptions {
-            tls: false,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut env = Env::direct(DovecotOptions {
+        tls: false,
+        ..Default::default()
+    });
     for (mode, rip) in [
         ("attenuate", CLIENT_V4.to_string()),
         ("relay", ROUTER_SERVER_V4.to_string()),
     ] {
-        let ic = Interceptor::start(&topo, &["--mode", mode, "--opt-out", "bob"]).unwrap();
-        let since = dc.logins().len();
+        env.start_daemon(&["--mode", mode, "--opt-out", "bob"]);
+        let since = env.dc.logins().len();
         for (name, steps) in xclient_paths() {
-            let mut s = connect(&topo);
+            let mut s = env.connect();
             for step in &steps {
                 let reply = exchange(&mut s, step);
                 assert!(
@@ -142,18 +116,17 @@ fn a_subscribers_xclient_never_reaches_dovecot_on_any_path() {
                 );
             }
             drop(s);
-            honest_check(&topo, "alice", "alice-pw");
-            no_spoofed_login(&dc, since, &rip, &format!("{mode}/{name}"));
+            env.check("alice");
+            no_spoofed_login(&env.dc, since, &rip, &format!("{mode}/{name}"));
         }
-        drop(ic);
+        env.stop_daemon();
     }
 }
 
 #[test]
 fn line_ends_and_nul_in_sasl_fields_and_commands_get_err_and_never_reach_dovecot() {
-    let topo = Topology::new().unwrap();
-    let dc = Dovecot::start(&topo).unwrap();
-    let _ic = Interceptor::start(&topo, &[]).unwrap();
+    let env = Env::start(DovecotOptions::default(), &[]);
+    let dc = &env.dc;
     let smuggled = [
         format!(
             "AUTH PLAIN {}\r\n",
@@ -166,7 +139,7 @@ fn line_ends_and_nul_in_sasl_fields_and_commands_get_err_and_never_reach_dovecot
         "USER alice\r\nPASS alice-pw\0\r\n".to_string(),
     ];
     for bad in &smuggled {
-        let mut s = connect(&topo);
+        let mut s = env.connect();
         let reply = exchange(&mut s, bad.as_bytes());
         assert!(reply.contains("-ERR"), "{bad:?}: {reply}");
         assert!(!reply.contains("+OK Logged in"), "{bad:?}: {reply}");
@@ -187,16 +160,14 @@ fn line_ends_and_nul_in_sasl_fields_and_commands_get_err_and_never_reach_dovecot
 
 #[test]
 fn two_sessions_of_one_user_both_succeed_against_default_dovecot() {
-    let topo = Topology::new().unwrap();
-    let _dc = Dovecot::start(&topo).unwrap();
-    let _ic = Interceptor::start(&topo, &["--interval", "30s"]).unwrap();
+    let env = Env::attenuating(Duration::from_secs(30));
     // Twice: first with nothing known (both reach Dovecot), then with carol
     // attenuated (the first is answered at the edge, the second must reach Dovecot).
     for round in 0..2 {
-        let mut first = connect(&topo);
+        let mut first = env.connect();
         first.command("USER carol").unwrap();
         let p1 = first.command("PASS carol-pw").unwrap();
-        let mut second = connect(&topo);
+        let mut second = env.connect();
         second.command("USER carol").unwrap();
         let p2 = second.command("PASS carol-pw").unwrap();
         assert!(
@@ -212,56 +183,48 @@ fn two_sessions_of_one_user_both_succeed_against_default_dovecot() {
 
 #[test]
 fn with_dovecot_locking_the_second_session_gets_dovecots_own_in_use() {
-    let topo = Topology::new().unwrap();
-    let dc = Dovecot::start_with(
-        &topo,
-        DovecotOptions {
-            lock_session: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    dc.deliver(
-        "carol",
-        &make_message("a@example.org", "carol@example.org", "hi", "x"),
-    )
-    .unwrap();
+    let mut env = Env::direct(DovecotOptions {
+        lock_session: true,
+        ..Default::default()
+    });
+    env.dc
+        .deliver(
+            "carol",
+            &make_message("a@example.org", "carol@example.org", "hi", "x"),
+        )
+        .unwrap();
     // Direct, for the text Dovecot itself gives.
     let direct = {
-        let mut first = connect(&topo);
+        let mut first = env.connect();
         first.command("USER carol").unwrap();
         first.command("PASS carol-pw").unwrap();
-        let mut second = connect(&topo);
+        let mut second = env.connect();
         second.command("USER carol").unwrap();
         second.command("PASS carol-pw").unwrap()
     };
     assert!(direct.starts_with("-ERR [IN-USE]"), "{direct}");
-    let _ic = Interceptor::start(&topo, &["--interval", "30s"]).unwrap();
-    let mut first = connect(&topo);
+    env.start_daemon(&["--interval", "30s"]);
+    let mut first = env.connect();
     first.command("USER carol").unwrap();
     assert!(first.command("PASS carol-pw").unwrap().starts_with("+OK"));
-    let mut second = connect(&topo);
+    let mut second = env.connect();
     second.command("USER carol").unwrap();
     assert_eq!(second.command("PASS carol-pw").unwrap(), direct);
 }
 
 #[test]
 fn an_apop_client_logs_in_through_the_interceptor_as_it_does_direct() {
-    let topo = Topology::new().unwrap();
-    let dc = Dovecot::start_with(
-        &topo,
-        DovecotOptions {
-            apop: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let apop_stat = |topo: &Topology| {
+    let mut env = Env::direct(DovecotOptions {
+        apop: true,
+        ..Default::default()
+    });
+    let apop_stat = |env: &Env| {
         let script = "import poplib,sys\n\
             p=poplib.POP3(sys.argv[1],110,timeout=20)\n\
             p.apop('alice','alice-pw')\n\
             print(p.stat()[0]); p.quit()";
-        let out = topo
+        let out = env
+            .topo
             .exec_with(
                 Node::Client,
                 &[
@@ -277,12 +240,13 @@ fn an_apop_client_logs_in_through_the_interceptor_as_it_does_direct() {
         out.check("poplib APOP")
             .map(|o| o.stdout_str().trim().to_string())
     };
-    assert_eq!(apop_stat(&topo).unwrap(), "0", "direct");
-    let _ic = Interceptor::start(&topo, &[]).unwrap();
+    assert_eq!(apop_stat(&env).unwrap(), "0", "direct");
+    env.start_daemon(&[]);
     for _ in 0..3 {
-        assert_eq!(apop_stat(&topo).unwrap(), "0", "through the interceptor");
+        assert_eq!(apop_stat(&env).unwrap(), "0", "through the interceptor");
     }
-    let apop_logins: Vec<_> = dc
+    let apop_logins: Vec<_> = env
+        .dc
         .logins_for("alice")
         .into_iter()
         .filter(|l| l.method == "APOP")
@@ -297,9 +261,8 @@ fn an_apop_client_logs_in_through_the_interceptor_as_it_does_direct() {
 
 #[test]
 fn a_quit_right_before_a_half_close_commits_the_deletion_and_gets_its_answers() {
-    let topo = Topology::new().unwrap();
-    let dc = Dovecot::start(&topo).unwrap();
-    let _ic = Interceptor::start(&topo, &[]).unwrap();
+    let env = Env::start(DovecotOptions::default(), &[]);
+    let dc = &env.dc;
     dc.deliver(
         "dave",
         &make_message("a@example.org", "dave@example.org", "1", "x"),
@@ -310,7 +273,7 @@ fn a_quit_right_before_a_half_close_commits_the_deletion_and_gets_its_answers() 
         &make_message("a@example.org", "dave@example.org", "2", "y"),
     )
     .unwrap();
-    let mut s = connect(&topo);
+    let mut s = env.connect();
     s.send(b"USER dave\r\nPASS dave-pw\r\nDELE 1\r\nQUIT\r\n")
         .unwrap();
     s.stream().shutdown(Shutdown::Write).unwrap();
@@ -323,28 +286,24 @@ fn a_quit_right_before_a_half_close_commits_the_deletion_and_gets_its_answers() 
 
 #[test]
 fn no_password_appears_in_the_daemons_trace_log() {
-    let topo = Topology::new().unwrap();
-    let dc = Dovecot::start(&topo).unwrap();
-    let ic = Interceptor::start_with(
-        &topo,
-        pop3_interceptor_e2e::interceptor::InterceptorOptions {
-            rust_log: "trace".to_string(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    dc.deliver(
-        "alice",
-        &make_message("a@example.org", "alice@example.org", "s", "b"),
-    )
-    .unwrap();
-    honest_check(&topo, "alice", "alice-pw");
-    honest_check(&topo, "alice", "alice-pw");
-    clients::curl_list(&topo, server_pop3_v4(), "bob", "bob-pw").unwrap();
-    let mut s = connect(&topo);
+    let mut env = Env::direct(DovecotOptions::default());
+    env.start_daemon_with(InterceptorOptions {
+        rust_log: "trace".to_string(),
+        ..Default::default()
+    });
+    env.dc
+        .deliver(
+            "alice",
+            &make_message("a@example.org", "alice@example.org", "s", "b"),
+        )
+        .unwrap();
+    env.check("alice");
+    env.check("alice");
+    clients::curl_list(&env.topo, server_pop3_v4(), "bob", "bob-pw").unwrap();
+    let mut s = env.connect();
     s.command("USER carol").unwrap();
     s.command("PASS wrong-secret").unwrap();
-    let log = ic.log_text();
+    let log = env.ic().log_text();
     assert!(log.lines().count() > 10, "trace logging is on: {log}");
     for secret in [
         "alice-pw",

@@ -4,24 +4,12 @@ use std::{
     time::Instant,
 };
 
+use pop3_interceptor_e2e::prometheus::parse;
+
 use super::*;
 
-/// `(name with labels, value)` of every sample in a Prometheus text exposition.
-fn samples(text: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 fn value(text: &str, name: &str) -> Option<f64> {
-    samples(text)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
+    parse(text).get(name).copied()
 }
 
 fn sample() -> Snapshot {
@@ -131,9 +119,9 @@ fn the_exposition_has_every_metric_with_prometheus_names() {
         "# HELP pop3_interceptor_xdp_redirected_total XDP program counter redirected (summed over CPUs): matched frames handed to an AF_XDP socket\n"
     ), "{text}");
     // Every sample has a HELP and a TYPE, and nothing else is exported.
-    let samples = samples(&text);
+    let samples = parse(&text);
     assert_eq!(samples.len(), expect.len(), "{text}");
-    for (name, _) in &samples {
+    for name in samples.keys() {
         let family = name.split('{').next().unwrap_or(name);
         assert!(text.contains(&format!("# TYPE {family} ")), "{name}");
         assert!(text.contains(&format!("# HELP {family} ")), "{name}");
