@@ -10,6 +10,7 @@
 //!
 //! The POP3 decisions themselves live in the sans-IO `pop3-engine` crate.
 
+pub mod bounded_listener;
 pub mod btf_text;
 pub mod cli;
 pub mod dataplane;

@@ -9,6 +9,10 @@
 //! text and where its value comes from, once) and the XDP program's counters (named and
 //! described by [`common::Counter`]): the Prometheus text format (0.0.4) by default,
 //! OpenMetrics when the scraper asks for it in `Accept`.
+//!
+//! At most [`MAX_CONNECTIONS`] connections are open at once, each for at most
+//! [`CONNECTION_LIFETIME`] ([`BoundedListener`]), and at most [`MAX_WAITING_SCRAPES`] wait
+//! for the dataplane.
 
 use std::{
     net::SocketAddr,
@@ -31,16 +35,21 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio::sync::oneshot;
-use tower::limit::ConcurrencyLimitLayer;
 
-use crate::{dataplane::DataplaneStats, ebpf::Attachment, notify::NotifyStats, upstream::Waker};
+use crate::{
+    bounded_listener::BoundedListener, dataplane::DataplaneStats, ebpf::Attachment,
+    notify::NotifyStats, upstream::Waker,
+};
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "pop3_interceptor";
-/// Most scrapes waiting for the dataplane (and in progress) at once; past it: 503.
+/// Most scrapes waiting for the dataplane at once; past it: 503.
 pub const MAX_WAITING_SCRAPES: usize = 16;
 /// How long a scrape waits for the dataplane's snapshot before answering 503.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most connections open at once, and how long each may stay open.
+pub const MAX_CONNECTIONS: usize = 16;
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -346,11 +355,11 @@ impl Exporter {
                 "/",
                 get(|| async { "pop3-interceptor: metrics at /metrics\n" }),
             )
-            .layer(ConcurrencyLimitLayer::new(MAX_WAITING_SCRAPES))
             .with_state(Arc::new(Endpoint { requests, waker }));
         let _entered = runtime.enter();
         let listener = tokio::net::TcpListener::from_std(listener)?;
         runtime.spawn(async move {
+            let listener = BoundedListener::new(listener, MAX_CONNECTIONS, CONNECTION_LIFETIME);
             if let Err(err) = axum::serve(listener, app).await {
                 tracing::error!(%err, "metrics endpoint stopped");
             }
