@@ -14,13 +14,7 @@ use pop3_interceptor_e2e::dovecot::{make_large_message, make_message};
 use pop3_interceptor_e2e::topology::{
     CLIENT_V4, CLIENT_V6, ROUTER_CLIENT_IFACE, server_pop3_v4, server_pop3_v6,
 };
-use pop3_interceptor_e2e::{Dovecot, DovecotOptions, Node, Topology, TopologyOptions};
-
-fn setup() -> (Topology, Dovecot) {
-    let topo = Topology::new().expect("topology");
-    let dc = Dovecot::start(&topo).expect("dovecot");
-    (topo, dc)
-}
+use pop3_interceptor_e2e::{Dovecot, DovecotOptions, Env, Node, Topology, TopologyOptions};
 
 fn crlf(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len() + b.len() / 40);
@@ -104,8 +98,9 @@ fn leftovers_of_a_killed_run_are_removed() {
 
 #[test]
 fn curl_lists_and_retrieves() {
-    let (topo, dc) = setup();
-    let empty = clients::curl_list(&topo, server_pop3_v4(), "alice", "alice-pw").unwrap();
+    let env = Env::direct(DovecotOptions::default());
+    let (topo, dc) = (&env.topo, &env.dc);
+    let empty = clients::curl_list(topo, server_pop3_v4(), "alice", "alice-pw").unwrap();
     assert_eq!(
         empty, "\r\n",
         "curl prints a lone CRLF for an empty listing"
@@ -118,22 +113,23 @@ fn curl_lists_and_retrieves() {
         "line one\n.dot line\nline three",
     );
     dc.deliver("alice", &msg).unwrap();
-    let list = clients::curl_list(&topo, server_pop3_v4(), "alice", "alice-pw").unwrap();
+    let list = clients::curl_list(topo, server_pop3_v4(), "alice", "alice-pw").unwrap();
     let wire = crlf(&msg);
     assert_eq!(list, format!("1 {}\r\n", wire.len()));
-    let body = clients::curl_retr(&topo, server_pop3_v4(), "alice", "alice-pw", 1).unwrap();
+    let body = clients::curl_retr(topo, server_pop3_v4(), "alice", "alice-pw", 1).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&body),
         String::from_utf8_lossy(&wire)
     );
 
-    let bad = clients::curl(&topo, server_pop3_v4(), "alice", "wrong", "", &[]).unwrap();
+    let bad = clients::curl(topo, server_pop3_v4(), "alice", "wrong", "", &[]).unwrap();
     assert!(!bad.success(), "wrong password must fail");
 }
 
 #[test]
 fn poplib_session_stat_list_uidl_retr_dele_quit() {
-    let (topo, dc) = setup();
+    let env = Env::direct(DovecotOptions::default());
+    let (topo, dc) = (&env.topo, &env.dc);
     let m1 = make_message("x@p3i.test.example", "bob", "one", "first");
     let m2 = make_message(
         "x@p3i.test.example",
@@ -148,7 +144,7 @@ fn poplib_session_stat_list_uidl_retr_dele_quit() {
         dele: vec![1],
         ..Default::default()
     };
-    let t = clients::poplib(&topo, server_pop3_v4(), "bob", "bob-pw", &opts).unwrap();
+    let t = clients::poplib(topo, server_pop3_v4(), "bob", "bob-pw", &opts).unwrap();
     let text = t.normalized();
     assert!(t.ok(), "{text}");
     assert!(t.get_str("welcome").unwrap().starts_with("+OK"), "{text}");
@@ -180,10 +176,10 @@ fn poplib_session_stat_list_uidl_retr_dele_quit() {
         capa: true,
         ..Default::default()
     };
-    let a = clients::poplib(&topo, server_pop3_v4(), "bob", "bob-pw", &opts)
+    let a = clients::poplib(topo, server_pop3_v4(), "bob", "bob-pw", &opts)
         .unwrap()
         .normalized();
-    let b = clients::poplib(&topo, server_pop3_v4(), "bob", "bob-pw", &opts)
+    let b = clients::poplib(topo, server_pop3_v4(), "bob", "bob-pw", &opts)
         .unwrap()
         .normalized();
     assert_eq!(a, b);
@@ -195,7 +191,7 @@ fn poplib_session_stat_list_uidl_retr_dele_quit() {
         quit: false,
         ..Default::default()
     };
-    let t = clients::poplib(&topo, server_pop3_v4(), "bob", "bob-pw", &opts).unwrap();
+    let t = clients::poplib(topo, server_pop3_v4(), "bob", "bob-pw", &opts).unwrap();
     assert!(
         t.get_str("dele 1").unwrap().starts_with("+OK"),
         "{}",
@@ -207,14 +203,15 @@ fn poplib_session_stat_list_uidl_retr_dele_quit() {
 
 #[test]
 fn fetchmail_keep_and_delete() {
-    let (topo, dc) = setup();
+    let env = Env::direct(DovecotOptions::default());
+    let (topo, dc) = (&env.topo, &env.dc);
     let msg = make_message("x@p3i.test.example", "carol", "for fetchmail", "body text");
     dc.deliver("carol", &msg).unwrap();
     let keep = FetchmailOptions {
         keep: true,
         ..Default::default()
     };
-    let r = clients::fetchmail(&topo, server_pop3_v4(), "carol", "carol-pw", &keep).unwrap();
+    let r = clients::fetchmail(topo, server_pop3_v4(), "carol", "carol-pw", &keep).unwrap();
     assert_eq!(r.code, Some(0), "{}", r.output);
     let got = String::from_utf8_lossy(&r.delivered);
     assert!(
@@ -231,17 +228,18 @@ fn fetchmail_keep_and_delete() {
         keep: false,
         ..Default::default()
     };
-    let r = clients::fetchmail(&topo, server_pop3_v4(), "carol", "carol-pw", &del).unwrap();
+    let r = clients::fetchmail(topo, server_pop3_v4(), "carol", "carol-pw", &del).unwrap();
     assert_eq!(r.code, Some(0), "{}", r.output);
     assert_eq!(dc.message_count("carol"), 0);
 
-    let r = clients::fetchmail(&topo, server_pop3_v4(), "carol", "carol-pw", &del).unwrap();
+    let r = clients::fetchmail(topo, server_pop3_v4(), "carol", "carol-pw", &del).unwrap();
     assert_eq!(r.code, Some(1), "exit 1 = no mail: {}", r.output);
 }
 
 #[test]
 fn stls_works() {
-    let (topo, dc) = setup();
+    let env = Env::direct(DovecotOptions::default());
+    let (topo, dc) = (&env.topo, &env.dc);
     dc.deliver(
         "alice",
         &make_message("x@p3i.test.example", "alice", "tls", "secret"),
@@ -252,7 +250,7 @@ fn stls_works() {
         stls: true,
         ..Default::default()
     };
-    let t = clients::poplib(&topo, server_pop3_v4(), "alice", "alice-pw", &opts).unwrap();
+    let t = clients::poplib(topo, server_pop3_v4(), "alice", "alice-pw", &opts).unwrap();
     let text = t.normalized();
     assert!(t.ok(), "{text}");
     assert!(text.contains("capa: ") && text.contains("STLS"), "{text}");
@@ -269,7 +267,7 @@ fn stls_works() {
         dc.logins_for("alice")
     );
 
-    let o = clients::openssl_starttls(&topo, server_pop3_v4()).unwrap();
+    let o = clients::openssl_starttls(topo, server_pop3_v4()).unwrap();
     let all = format!("{}{}", o.stdout_str(), o.stderr_str());
     assert!(
         all.contains("CONNECTION ESTABLISHED") && all.contains("+OK"),
@@ -280,21 +278,22 @@ fn stls_works() {
         stls: true,
         ..Default::default()
     };
-    let r = clients::fetchmail(&topo, server_pop3_v4(), "alice", "alice-pw", &fm).unwrap();
+    let r = clients::fetchmail(topo, server_pop3_v4(), "alice", "alice-pw", &fm).unwrap();
     assert_eq!(r.code, Some(0), "{}", r.output);
 }
 
 #[test]
 fn login_is_logged_with_client_address() {
-    let (topo, dc) = setup();
-    clients::curl_list(&topo, server_pop3_v4(), "dave", "dave-pw").unwrap();
+    let env = Env::direct(DovecotOptions::default());
+    let (topo, dc) = (&env.topo, &env.dc);
+    clients::curl_list(topo, server_pop3_v4(), "dave", "dave-pw").unwrap();
     dc.wait_login_count("dave", 1, Duration::from_secs(5))
         .unwrap();
     let l = &dc.logins_for("dave")[0];
     assert_eq!(l.rip, CLIENT_V4.to_string(), "{l:?}");
     assert_eq!(l.method, "PLAIN", "curl uses AUTH PLAIN: {l:?}");
     for _ in 0..3 {
-        clients::curl_list(&topo, server_pop3_v4(), "dave", "dave-pw").unwrap();
+        clients::curl_list(topo, server_pop3_v4(), "dave", "dave-pw").unwrap();
     }
     assert_eq!(
         dc.wait_login_count("dave", 4, Duration::from_secs(5))
@@ -306,9 +305,10 @@ fn login_is_logged_with_client_address() {
 
 #[test]
 fn xclient_is_accepted_from_the_router_only() {
-    let (topo, dc) = setup();
+    let env = Env::direct(DovecotOptions::default());
+    let (topo, dc) = (&env.topo, &env.dc);
     let session = |node, xclient: &str| {
-        let mut s = RawSession::connect(&topo, node, server_pop3_v4()).unwrap();
+        let mut s = RawSession::connect(topo, node, server_pop3_v4()).unwrap();
         let greeting = s.read_line().unwrap();
         assert!(greeting.starts_with("+OK"));
         assert!(s.command("CAPA").unwrap().starts_with("+OK"));
@@ -337,13 +337,14 @@ fn xclient_is_accepted_from_the_router_only() {
 
 #[test]
 fn ipv6_end_to_end() {
-    let (topo, dc) = setup();
+    let env = Env::direct(DovecotOptions::default());
+    let (topo, dc) = (&env.topo, &env.dc);
     let msg = make_message("x@p3i.test.example", "alice", "v6", "over ipv6");
     dc.deliver("alice", &msg).unwrap();
-    let list = clients::curl_list(&topo, server_pop3_v6(), "alice", "alice-pw").unwrap();
+    let list = clients::curl_list(topo, server_pop3_v6(), "alice", "alice-pw").unwrap();
     assert_eq!(list, format!("1 {}\r\n", crlf(&msg).len()));
     let t = clients::poplib(
-        &topo,
+        topo,
         server_pop3_v6(),
         "alice",
         "alice-pw",
@@ -356,7 +357,7 @@ fn ipv6_end_to_end() {
         t.normalized()
     );
     let r = clients::fetchmail(
-        &topo,
+        topo,
         server_pop3_v6(),
         "alice",
         "alice-pw",
@@ -413,42 +414,45 @@ fn four_queue_topology() {
 
 #[test]
 fn password_change_and_new_users() {
-    let (topo, mut dc) = setup();
-    clients::curl_list(&topo, server_pop3_v4(), "carol", "carol-pw").unwrap();
+    let mut env = Env::direct(DovecotOptions::default());
+    let (topo, dc) = (&env.topo, &mut env.dc);
+    clients::curl_list(topo, server_pop3_v4(), "carol", "carol-pw").unwrap();
     dc.set_password("carol", "new-secret").unwrap();
-    let old = clients::curl(&topo, server_pop3_v4(), "carol", "carol-pw", "", &[]).unwrap();
+    let old = clients::curl(topo, server_pop3_v4(), "carol", "carol-pw", "", &[]).unwrap();
     assert!(!old.success(), "old password must fail after the change");
-    clients::curl_list(&topo, server_pop3_v4(), "carol", "new-secret").unwrap();
+    clients::curl_list(topo, server_pop3_v4(), "carol", "new-secret").unwrap();
     dc.add_user("erin", "erin-pw").unwrap();
     dc.deliver(
         "erin",
         &make_message("x@p3i.test.example", "erin", "hi", "new user"),
     )
     .unwrap();
-    let l = clients::curl_list(&topo, server_pop3_v4(), "erin", "erin-pw").unwrap();
+    let l = clients::curl_list(topo, server_pop3_v4(), "erin", "erin-pw").unwrap();
     assert!(l.starts_with("1 "), "{l}");
 }
 
 #[test]
 fn dovecot_stop_and_restart() {
-    let (topo, mut dc) = setup();
+    let mut env = Env::direct(DovecotOptions::default());
+    let (topo, dc) = (&env.topo, &mut env.dc);
     assert!(dc.is_running());
     dc.stop().unwrap();
     assert!(!topo.can_connect(Node::Client, server_pop3_v4(), Duration::from_secs(1)));
-    let r = clients::curl(&topo, server_pop3_v4(), "alice", "alice-pw", "", &[]).unwrap();
+    let r = clients::curl(topo, server_pop3_v4(), "alice", "alice-pw", "", &[]).unwrap();
     assert!(!r.success());
     dc.restart().unwrap();
     assert_eq!(
-        clients::curl_list(&topo, server_pop3_v4(), "alice", "alice-pw").unwrap(),
+        clients::curl_list(topo, server_pop3_v4(), "alice", "alice-pw").unwrap(),
         "\r\n"
     );
 }
 
 #[test]
 fn raw_exchange_and_long_line() {
-    let (topo, _dc) = setup();
+    let env = Env::direct(DovecotOptions::default());
+    let topo = &env.topo;
     let r = clients::raw_exchange(
-        &topo,
+        topo,
         server_pop3_v4(),
         b"CAPA\r\nQUIT\r\n",
         Duration::from_secs(5),
@@ -462,7 +466,7 @@ fn raw_exchange_and_long_line() {
     let mut line = vec![b'A'; 100 * 1024];
     line.extend_from_slice(b"\r\n");
     let r = clients::raw_exchange(
-        &topo,
+        topo,
         server_pop3_v4(),
         &line,
         Duration::from_secs(5),
@@ -482,10 +486,11 @@ fn raw_exchange_and_long_line() {
 
 #[test]
 fn large_message_retrieval() {
-    let (topo, dc) = setup();
+    let env = Env::direct(DovecotOptions::default());
+    let (topo, dc) = (&env.topo, &env.dc);
     let msg = make_large_message("dave", 2 * 1024 * 1024);
     dc.deliver("dave", &msg).unwrap();
-    let body = clients::curl_retr(&topo, server_pop3_v4(), "dave", "dave-pw", 1).unwrap();
+    let body = clients::curl_retr(topo, server_pop3_v4(), "dave", "dave-pw", 1).unwrap();
     assert_eq!(body.len(), crlf(&msg).len());
     assert!(body == crlf(&msg), "2 MB message differs after RETR");
     let _: SocketAddr = server_pop3_v4();
