@@ -263,8 +263,13 @@ impl<E: Pop3Engine> Dataplane<E> {
             .map(|fd| PollFd::new(fd, PollFlags::IN))
             .collect();
         loop {
-            let timeout =
-                Timespec::try_from(self.next_wakeup(Instant::now())).expect("at most HOUSEKEEPING");
+            // Whole milliseconds, rounded down as poll(2) always took them: a sub-millisecond
+            // wait (a smoltcp timer about due) polls without sleeping.
+            let wait = self.next_wakeup(Instant::now());
+            let timeout = Timespec {
+                tv_sec: wait.as_secs() as i64,
+                tv_nsec: i64::from(wait.subsec_millis()) * 1_000_000,
+            };
             match rustix::event::poll(&mut fds, Some(&timeout)) {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(err) => return Err(DataplaneError::Poll(err.into())),
