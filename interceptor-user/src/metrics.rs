@@ -51,6 +51,8 @@ type U64Gauge = Gauge<u64, AtomicU64>;
 pub struct Snapshot {
     /// The attenuation engine's counters (`None` in `--mode relay`).
     pub engine: Option<attenuation::Counters>,
+    /// The patent's n now (`None` in `--mode relay`).
+    pub interval: Option<Duration>,
     /// Users in the attenuation table.
     pub table_entries: u64,
     pub dataplane: DataplaneStats,
@@ -71,6 +73,7 @@ impl Snapshot {
         let engine = dataplane.engine().attenuation();
         Self {
             engine: engine.map(|e| *e.counters()),
+            interval: engine.map(|e| e.interval(std::time::Instant::now())),
             table_entries: engine.map_or(0, |e| e.table().len() as u64),
             dataplane: dataplane.stats(),
             xdp: attachment.counters().unwrap_or_default(),
@@ -93,6 +96,8 @@ pub struct Metrics {
     one_in_m_passed: U64Counter,
     fast_checks_rewarded: U64Counter,
     fast_checks_penalized: U64Counter,
+    rule_decisions: Family<Vec<(String, String)>, U64Counter>,
+    interval_seconds: U64Gauge,
     sessions_active: U64Gauge,
     table_entries: U64Gauge,
     xdp: Vec<(common::Counter, U64Counter)>,
@@ -228,6 +233,18 @@ impl Metrics {
             "New-mail notification requests, by outcome (accepted, ignored, unauthorized, malformed, rate_limited, queue_full)",
             notifications.clone(),
         );
+        let rule_decisions = Family::<Vec<(String, String)>, U64Counter>::default();
+        registry.register(
+            "rule_decisions",
+            "Decisions of the optional attenuation rules, by rule and decision",
+            rule_decisions.clone(),
+        );
+        let interval_seconds = U64Gauge::default();
+        registry.register(
+            "interval_seconds",
+            "The patent's n now: how long an empty mailbox is trusted (moved by load with --interval-max)",
+            interval_seconds.clone(),
+        );
         let sessions_active = U64Gauge::default();
         registry.register(
             "sessions_active",
@@ -252,6 +269,8 @@ impl Metrics {
             one_in_m_passed,
             fast_checks_rewarded,
             fast_checks_penalized,
+            rule_decisions,
+            interval_seconds,
             sessions_active,
             table_entries,
             xdp,
@@ -288,6 +307,15 @@ impl Metrics {
         set(&self.one_in_m_passed, engine.one_in_m_passed);
         set(&self.fast_checks_rewarded, engine.fast_checks_rewarded);
         set(&self.fast_checks_penalized, engine.fast_checks_penalized);
+        for (rule, decision, count) in engine.rule_decisions() {
+            let labels = vec![
+                ("rule".to_owned(), rule.to_owned()),
+                ("decision".to_owned(), decision.to_owned()),
+            ];
+            set(&self.rule_decisions.get_or_create(&labels), count);
+        }
+        self.interval_seconds
+            .set(snapshot.interval.map_or(0, |n| n.as_secs()));
         for (outcome, count) in &snapshot.notifications {
             let labels = vec![("outcome".to_owned(), (*outcome).to_owned())];
             set(&self.notifications.get_or_create(&labels), *count);
@@ -597,7 +625,13 @@ mod tests {
                 one_in_m_passed: 5,
                 fast_checks_rewarded: 6,
                 fast_checks_penalized: 7,
+                periodic_held: 11,
+                irregular_passed: 12,
+                login_delay_local: 13,
+                login_delay_refused: 14,
+                load_held: 15,
             }),
+            interval: Some(Duration::from_secs(900)),
             table_entries: 4,
             dataplane: DataplaneStats {
                 frames_rx: 100,
@@ -639,6 +673,39 @@ mod tests {
             ("pop3_interceptor_one_in_m_passed_total", 5.0),
             ("pop3_interceptor_fast_checks_rewarded_total", 6.0),
             ("pop3_interceptor_fast_checks_penalized_total", 7.0),
+            (
+                "pop3_interceptor_rule_decisions_total{rule=\"periodicity\",decision=\"held\"}",
+                11.0,
+            ),
+            (
+                "pop3_interceptor_rule_decisions_total{rule=\"load\",decision=\"held\"}",
+                15.0,
+            ),
+            (
+                "pop3_interceptor_rule_decisions_total{rule=\"login_delay\",decision=\"refused\"}",
+                14.0,
+            ),
+            (
+                "pop3_interceptor_rule_decisions_total{rule=\"periodicity\",decision=\"passed\"}",
+                12.0,
+            ),
+            (
+                "pop3_interceptor_rule_decisions_total{rule=\"login_delay\",decision=\"local\"}",
+                13.0,
+            ),
+            (
+                "pop3_interceptor_rule_decisions_total{rule=\"one_in_m\",decision=\"passed\"}",
+                5.0,
+            ),
+            (
+                "pop3_interceptor_rule_decisions_total{rule=\"fast_check\",decision=\"rewarded\"}",
+                6.0,
+            ),
+            (
+                "pop3_interceptor_rule_decisions_total{rule=\"fast_check\",decision=\"penalized\"}",
+                7.0,
+            ),
+            ("pop3_interceptor_interval_seconds", 900.0),
             (
                 "pop3_interceptor_notifications_total{outcome=\"accepted\"}",
                 9.0,

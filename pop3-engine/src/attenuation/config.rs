@@ -34,6 +34,46 @@ pub struct Config {
     pub one_in_m: Option<std::num::NonZeroU32>,
     /// The patent's fast-check reward (`None`: off).
     pub fast_check: Option<FastCheck>,
+    /// The patent's periodicity rule (`None`: off): n is multiplied by this factor for
+    /// a user whose checks are metronomic (automated polling) and divided by it for a
+    /// user whose checks are irregular (a person); see [`super::periodicity`].
+    pub periodicity: Option<std::num::NonZeroU32>,
+    /// The patent's load-adaptive n (`None`: n is always [`Config::interval`]).
+    pub load_adaptive: Option<LoadAdaptive>,
+    /// RFC 2449's LOGIN-DELAY (`None`: not advertised).
+    pub login_delay: Option<LoginDelay>,
+}
+
+/// The patent's load-adaptive n: between [`Config::interval`] (no load) and `max`
+/// (full load), from what the engine measures; see [`super::load`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadAdaptive {
+    /// n under full load.
+    pub max: Duration,
+    /// Upstream login latency that counts as full load (a quarter of it counts as none).
+    pub latency: Duration,
+    /// Checks per second that count as full load (`None`: the rate is not used).
+    pub check_rate: Option<std::num::NonZeroU32>,
+}
+
+/// RFC 2449's LOGIN-DELAY: the least time between two checks of a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginDelay {
+    /// Advertised in CAPA, in whole seconds.
+    pub delay: Duration,
+    /// What an earlier check of the same user (with the password the server accepted)
+    /// gets.
+    pub action: LoginDelayAction,
+}
+
+/// What a check earlier than the LOGIN-DELAY gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginDelayAction {
+    /// Answered locally from the view held, however old (a user with no view reaches
+    /// the server).
+    Local,
+    /// `-ERR [LOGIN-DELAY]`: the client is told to wait.
+    Refuse,
 }
 
 /// The patent's fast-check reward: a person who presses "check" again soon after a
@@ -64,6 +104,9 @@ impl Default for Config {
             maildrop_budget: 64 << 20,
             one_in_m: None,
             fast_check: None,
+            periodicity: None,
+            load_adaptive: None,
+            login_delay: None,
         }
     }
 }

@@ -18,10 +18,11 @@
 //! Memory per entry: the key (server address and username, shared by the map and the
 //! timer list through one `Arc`; usernames of up to 22 bytes are stored inside the key,
 //! longer ones get an allocation of their own; 56 bytes, a 72-byte `Arc` allocation), and
-//! the 96-byte entry: a 16-byte verifier, the check, view, notification, not-before,
+//! the 104-byte entry: a 16-byte verifier, the check, view, notification, not-before,
 //! fast-check and expiry times as 8-byte stamps (nanoseconds from a process-wide epoch),
 //! an optional shared maildrop snapshot (its bytes counted against a budget of their
-//! own), a session count and check counters; plus the map's slots (8-byte `Arc` + entry +
+//! own), a session count, check counters and three 2-byte check intervals (the
+//! periodicity rule); plus the map's slots (8-byte `Arc` + entry +
 //! a control byte, at most 7/8 full) and the timer list's B-tree of 16-byte (expiry, key)
 //! pairs. `cargo xtask bench --table-only` measures it with 100,000 users.
 
@@ -38,7 +39,7 @@ use std::{
 
 use hashbrown::HashMap;
 
-use super::{config::FastCheck, maildrop::Maildrop, verifier::Verifier};
+use super::{config::FastCheck, maildrop::Maildrop, periodicity::CheckHistory, verifier::Verifier};
 
 /// What the fast-check reward makes of a check (see [`Entry::fast_check`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,8 +226,11 @@ pub struct Entry {
     fast_since: Option<Stamp>,
     /// Until when the fast-check penalty holds.
     penalty_until: Option<Stamp>,
-    /// The last login attempt (the operator's "last check").
+    /// The last check with the password the server accepted (the operator's "last
+    /// check"; a wrong password is not the user's check).
     last_check: Stamp,
+    /// The intervals between the user's last checks (the periodicity rule).
+    pub history: CheckHistory,
     /// Login attempts answered without the server.
     pub answered_locally: u32,
     /// Login attempts that reached the server.
@@ -261,13 +265,14 @@ impl Entry {
         self.notified.map(Stamp::instant)
     }
 
-    /// The last login attempt (the operator's "last check").
+    /// The last check with the password the server accepted.
     pub fn last_check(&self) -> Instant {
         self.last_check.instant()
     }
 
-    /// Records a login attempt at `at`.
-    pub fn set_last_check(&mut self, at: Instant) {
+    /// Records a check at `at`, `since` after the previous one.
+    pub fn record_check(&mut self, at: Instant, since: Duration) {
+        self.history.push(since);
         self.last_check = Stamp::new(at);
     }
 
@@ -488,6 +493,7 @@ impl UserTable {
                 fast_since: None,
                 penalty_until: None,
                 last_check: Stamp::new(now),
+                history: CheckHistory::default(),
                 answered_locally: 0,
                 passed_through: 0,
                 expires,
@@ -665,7 +671,7 @@ mod tests {
 
     #[test]
     fn entry_and_key_sizes_match_the_docs() {
-        assert_eq!(std::mem::size_of::<Entry>(), 96);
+        assert_eq!(std::mem::size_of::<Entry>(), 104);
         assert_eq!(std::mem::size_of::<UserKey>(), 56);
     }
 }
