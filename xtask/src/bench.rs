@@ -623,6 +623,23 @@ fn print_table_memory(m: &TableMemory) {
 /// Heap bytes currently allocated through the global allocator (requested sizes).
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
 
+thread_local! {
+    /// Heap bytes allocated minus freed by this thread (requested sizes).
+    static THREAD_BYTES: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+/// Heap bytes this thread allocated minus those it freed: what dropping a structure
+/// built and dropped on one thread frees, whatever other threads do meanwhile.
+pub fn thread_net_bytes() -> isize {
+    THREAD_BYTES.with(|b| b.get())
+}
+
+fn count(delta: isize) {
+    LIVE_BYTES.fetch_add(delta, AtomicOrdering::Relaxed);
+    // Not available while the thread is being torn down: only the total counts then.
+    let _ = THREAD_BYTES.try_with(|b| b.set(b.get() + delta));
+}
+
 /// The system allocator, counting live bytes.
 struct CountingAlloc;
 
@@ -632,7 +649,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
         // SAFETY: same contract as the caller's.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, AtomicOrdering::Relaxed);
+            count(layout.size() as isize);
         }
         p
     }
@@ -640,23 +657,20 @@ unsafe impl GlobalAlloc for CountingAlloc {
         // SAFETY: same contract as the caller's.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, AtomicOrdering::Relaxed);
+            count(layout.size() as isize);
         }
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: same contract as the caller's.
         unsafe { System.dealloc(ptr, layout) };
-        LIVE_BYTES.fetch_sub(layout.size() as isize, AtomicOrdering::Relaxed);
+        count(-(layout.size() as isize));
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: same contract as the caller's.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            LIVE_BYTES.fetch_add(
-                new_size as isize - layout.size() as isize,
-                AtomicOrdering::Relaxed,
-            );
+            count(new_size as isize - layout.size() as isize);
         }
         p
     }

@@ -85,27 +85,24 @@ pub fn decide(e: &mut Entry, check: Check, config: &Config) -> Decision {
         e.record_check(now, since);
         return Decision::new(Outcome::Server);
     }
-    // RFC 2449: a check sooner than the advertised LOGIN-DELAY gets the operator's
-    // answer. A refused one is not recorded, so a client retrying keeps its delay.
+    // RFC 2449: LOGIN-DELAY is the least time between two logins; a check sooner than
+    // that after the server's last login for this user (the view's) gets the operator's
+    // answer, and once it has passed the usual rules decide again.
+    let since_login = e.verified().map(|v| now.saturating_duration_since(v));
     if let Some(delay) = config.login_delay
-        && since < delay.delay
+        && since_login.is_some_and(|s| s < delay.delay)
     {
-        match delay.action {
-            LoginDelayAction::Refuse => {
-                return Decision {
-                    login_delay: true,
-                    ..Decision::new(Outcome::Refuse)
-                };
-            }
-            LoginDelayAction::Local if e.view().is_some() => {
+        let outcome = match delay.action {
+            LoginDelayAction::Refuse => Outcome::Refuse,
+            LoginDelayAction::Local => {
                 e.record_check(now, since);
-                return Decision {
-                    login_delay: true,
-                    ..Decision::new(Outcome::Local { trust_view: true })
-                };
+                Outcome::Local { trust_view: true }
             }
-            LoginDelayAction::Local => {}
-        }
+        };
+        return Decision {
+            login_delay: true,
+            ..Decision::new(outcome)
+        };
     }
     let rhythm = config
         .periodicity
@@ -223,7 +220,6 @@ mod tests {
         ] {
             let (mut table, key) = user(t0);
             let config = Config {
-                interval: Duration::from_secs(10),
                 login_delay: Some(LoginDelay {
                     delay: Duration::from_secs(60),
                     action,
@@ -233,12 +229,10 @@ mod tests {
             let at = |s| t0 + Duration::from_secs(s);
             let d = check(&mut table, &key, at(30), &config);
             assert_eq!((d.outcome, d.login_delay), (early, true));
-            // A refused check does not restart the delay; an answered one does.
+            // The delay runs from the server's last login, whatever came between: once
+            // it is over, the usual rules decide (the view is inside n).
             let d = check(&mut table, &key, at(61), &config);
-            match action {
-                LoginDelayAction::Refuse => assert!(!d.login_delay),
-                LoginDelayAction::Local => assert_eq!(d.outcome, early),
-            }
+            assert_eq!((d.outcome, d.login_delay), (LOCAL, false));
         }
     }
 

@@ -56,21 +56,21 @@ pub struct LoadAdaptive {
     pub check_rate: Option<std::num::NonZeroU32>,
 }
 
-/// RFC 2449's LOGIN-DELAY: the least time between two checks of a user.
+/// RFC 2449's LOGIN-DELAY: the least time between two logins of a user to the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoginDelay {
     /// Advertised in CAPA, in whole seconds.
     pub delay: Duration,
-    /// What an earlier check of the same user (with the password the server accepted)
-    /// gets.
+    /// What a check sooner than that after the server's last login for the user (with
+    /// the password the server accepted) gets.
     pub action: LoginDelayAction,
 }
 
 /// What a check earlier than the LOGIN-DELAY gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoginDelayAction {
-    /// Answered locally from the view held, however old (a user with no view reaches
-    /// the server).
+    /// Answered locally from the view held, however old n says it is (a user with no
+    /// view, after new mail for instance, reaches the server).
     Local,
     /// `-ERR [LOGIN-DELAY]`: the client is told to wait.
     Refuse,
