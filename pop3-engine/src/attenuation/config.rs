@@ -30,7 +30,8 @@ pub struct Config {
     /// held for all users together; past it, users get no snapshot and reach the server.
     pub maildrop_budget: usize,
     /// The patent's one-in-m rule: of m consecutive checks of a user that could be
-    /// answered locally, the m-th goes to the server (`None`: off).
+    /// answered locally, the m-th goes to the server (`None`: off). At most 255 (the
+    /// count is one byte of the user's entry); larger values act as 255.
     pub one_in_m: Option<std::num::NonZeroU32>,
     /// The patent's fast-check reward (`None`: off).
     pub fast_check: Option<FastCheck>,
@@ -82,6 +83,7 @@ pub enum LoginDelayAction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FastCheck {
     /// `count` checks of a user within `window`: the last of them goes to the server.
+    /// At most 255 (one byte of the user's entry); larger values act as 255.
     pub count: std::num::NonZeroU32,
     /// How close together the checks must be.
     pub window: Duration,

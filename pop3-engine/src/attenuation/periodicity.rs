@@ -4,7 +4,7 @@
 //! "If the time interval T between the quickly repeated checks is metronomically
 //! regular, then it is adjudged to be nothing more than automated checking. [...] if
 //! [it] varies substantially, then it is adjudged to be manual." A user's last
-//! [`HISTORY`] intervals are kept in 6 bytes; with the interval of the check being
+//! [`HISTORY`] intervals are kept in 4 bytes; with the interval of the check being
 //! decided, [`HISTORY`] + 1 intervals are judged:
 //!
 //! - **Metronomic** when every interval is within [`JITTER_PERCENT`] % of their mean
@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 /// Intervals kept per user (besides the one being decided).
-pub const HISTORY: usize = 3;
+pub const HISTORY: usize = 2;
 /// Intervals within this share of their mean count as the same period.
 pub const JITTER_PERCENT: u32 = 10;
 /// The least jitter allowed, for fast polling (network and scheduling noise).
@@ -121,29 +121,29 @@ mod tests {
     #[test]
     fn too_few_or_too_long_intervals_are_not_judged() {
         assert_eq!(judge(&[300.0]), Rhythm::Unknown);
-        assert_eq!(judge(&[300.0, 300.0, 300.0]), Rhythm::Unknown);
-        assert_eq!(judge(&[300.0, 300.0, 300.0, 9000.0]), Rhythm::Unknown);
-        assert_eq!(judge(&[300.0, 300.0, 300.0, 300.0]), Rhythm::Metronomic);
+        assert_eq!(judge(&[300.0, 300.0]), Rhythm::Unknown);
+        assert_eq!(judge(&[300.0, 300.0, 9000.0]), Rhythm::Unknown);
+        assert_eq!(judge(&[300.0, 300.0, 300.0]), Rhythm::Metronomic);
     }
 
     #[test]
     fn pollers_with_network_jitter_are_metronomic() {
-        assert_eq!(judge(&[5.0, 5.1, 4.9, 5.05]), Rhythm::Metronomic);
-        assert_eq!(judge(&[1.0, 1.2, 0.9, 1.1]), Rhythm::Metronomic);
-        assert_eq!(judge(&[600.0, 612.0, 590.0, 605.0]), Rhythm::Metronomic);
+        assert_eq!(judge(&[5.0, 5.1, 4.9]), Rhythm::Metronomic);
+        assert_eq!(judge(&[1.0, 1.2, 0.9]), Rhythm::Metronomic);
+        assert_eq!(judge(&[600.0, 612.0, 590.0]), Rhythm::Metronomic);
     }
 
     #[test]
     fn bursts_and_human_checks_are_irregular() {
         // A person pressing "check" again and again, then waiting.
-        assert_eq!(judge(&[2.0, 3.5, 1.5, 40.0]), Rhythm::Irregular);
-        assert_eq!(judge(&[8.0, 30.0, 3.0, 15.0]), Rhythm::Irregular);
-        assert_eq!(judge(&[1800.0, 60.0, 700.0, 20.0]), Rhythm::Irregular);
+        assert_eq!(judge(&[2.0, 3.5, 40.0]), Rhythm::Irregular);
+        assert_eq!(judge(&[8.0, 30.0, 3.0]), Rhythm::Irregular);
+        assert_eq!(judge(&[1800.0, 60.0, 700.0]), Rhythm::Irregular);
     }
 
     #[test]
     fn middling_variation_is_left_to_the_usual_rules() {
-        assert_eq!(judge(&[5.0, 6.0, 4.0, 5.5]), Rhythm::Unknown);
+        assert_eq!(judge(&[5.0, 6.0, 4.0]), Rhythm::Unknown);
     }
 
     #[test]

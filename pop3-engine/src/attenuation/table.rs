@@ -18,10 +18,10 @@
 //! Memory per entry: the key (server address and username, shared by the map and the
 //! timer list through one `Arc`; usernames of up to 22 bytes are stored inside the key,
 //! longer ones get an allocation of their own; 56 bytes, a 72-byte `Arc` allocation), and
-//! the 104-byte entry: a 16-byte verifier, the check, view, notification, not-before,
+//! the 96-byte entry: a 16-byte verifier, the check, view, notification, not-before,
 //! fast-check and expiry times as 8-byte stamps (nanoseconds from a process-wide epoch),
 //! an optional shared maildrop snapshot (its bytes counted against a budget of their
-//! own), a session count, check counters and three 2-byte check intervals (the
+//! own), a session count, check counters and two 2-byte check intervals (the
 //! periodicity rule); plus the map's slots (8-byte `Arc` + entry +
 //! a control byte, at most 7/8 full) and the timer list's B-tree of 16-byte (expiry, key)
 //! pairs. `cargo xtask bench --table-only` measures it with 100,000 users.
@@ -219,10 +219,11 @@ pub struct Entry {
     /// Sessions of this user in TRANSACTION now. While there is one, further sessions
     /// go to the server, which applies its own locking; such entries are never removed.
     pub sessions: u16,
-    /// Checks answered locally since the last one the one-in-m rule passed through.
-    pub local_streak: u16,
-    /// Checks in the current fast-check window, and when it opened.
-    pub fast_count: u16,
+    /// Checks answered locally since the last one the one-in-m rule passed through
+    /// (M is at most 255).
+    pub local_streak: u8,
+    /// Checks in the current fast-check window (K is at most 255), and when it opened.
+    pub fast_count: u8,
     fast_since: Option<Stamp>,
     /// Until when the fast-check penalty holds.
     penalty_until: Option<Stamp>,
@@ -301,7 +302,7 @@ impl Entry {
         } else {
             (self.fast_count, self.fast_since) = (1, Some(Stamp::new(now)));
         }
-        if u32::from(self.fast_count) >= rule.count.get() {
+        if u32::from(self.fast_count) >= rule.count.get().min(u8::MAX.into()) {
             (self.fast_count, self.fast_since) = (0, None);
             self.penalty_until = Some(Stamp::new(now + rule.penalty));
             FastCheckVerdict::Rewarded
@@ -671,7 +672,7 @@ mod tests {
 
     #[test]
     fn entry_and_key_sizes_match_the_docs() {
-        assert_eq!(std::mem::size_of::<Entry>(), 104);
+        assert_eq!(std::mem::size_of::<Entry>(), 96);
         assert_eq!(std::mem::size_of::<UserKey>(), 56);
     }
 }
