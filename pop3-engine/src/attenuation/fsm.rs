@@ -991,7 +991,6 @@ impl Session {
         out: &mut Vec<Action>,
     ) {
         sh.counters.checks_seen += 1;
-        sh.load.check(now);
         let user = self.user.clone().unwrap_or_else(|| UserName::from(""));
         let verifier = sh.salt.verifier(self.server(), &user, password);
         let lookup = UserKey {
@@ -1004,6 +1003,7 @@ impl Session {
         );
         let key = sh.table.key(&lookup);
         let config = &sh.config;
+        let mut genuine = false;
         let decision = key.as_ref().and_then(|key| {
             sh.table.update(key, now, |e| {
                 let check = Check {
@@ -1013,6 +1013,7 @@ impl Session {
                     password_ok: e.verifier.matches(&verifier),
                     in_session: e.sessions > 0,
                 };
+                genuine = check.password_ok;
                 let d = check_rules::decide(e, check, config);
                 match d.outcome {
                     Outcome::Local { .. } => {
@@ -1027,6 +1028,11 @@ impl Session {
         });
         if let Some(d) = &decision {
             sh.counters.count(d);
+        }
+        // Only checks of known users with their password are load: a stream of made-up
+        // logins must not stretch n for everyone.
+        if genuine {
+            sh.load.check(now);
         }
         let outcome = decision.map_or(Outcome::Server, |d| d.outcome);
         if outcome == Outcome::Refuse {

@@ -121,3 +121,27 @@ fn slow_server_logins_raise_n_and_quiet_brings_it_back() {
     h.now += Duration::from_secs(3600);
     assert_eq!(h.engine.interval(h.now), INTERVAL);
 }
+
+#[test]
+fn only_checks_with_the_accepted_password_count_towards_the_check_rate() {
+    let mut h = alice_verified_empty();
+    h.engine.shared.config.load_adaptive = Some(LoadAdaptive {
+        max: Duration::from_secs(600),
+        latency: Duration::from_secs(1),
+        check_rate: std::num::NonZeroU32::new(1),
+    });
+    // Made-up logins, ten a second for 20 s: no load.
+    for conn in 2..202 {
+        h.now += Duration::from_millis(100);
+        assert_eq!(pass(&mut h, conn, "guess"), [ConnectUpstream]);
+        h.engine.close(conn, h.now);
+    }
+    assert_eq!(h.engine.interval(h.now), INTERVAL);
+    // alice's own checks at that rate are load.
+    for conn in 202..402 {
+        h.now += Duration::from_millis(100);
+        pass(&mut h, conn, "pw");
+        h.engine.close(conn, h.now);
+    }
+    assert_eq!(h.engine.interval(h.now), Duration::from_secs(600));
+}
