@@ -69,8 +69,10 @@ fn parse(text: &str) -> HashMap<String, f64> {
         }
         let (name, value) = line.rsplit_once(' ').expect("name value");
         let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line:?}"));
+        // A labelled sample belongs to the family named before its labels.
+        let family = name.split('{').next().unwrap_or(name);
         assert!(
-            typed.contains_key(name),
+            typed.contains_key(family),
             "{name} has no # TYPE line:\n{text}"
         );
         values.insert(name.to_owned(), value);
@@ -182,6 +184,15 @@ fn metrics_count_attenuated_checks_over_http() {
     );
     assert_eq!(get(&after, "pop3_interceptor_passed_through_total"), 1);
     assert_eq!(get(&after, "pop3_interceptor_table_entries"), 1);
+    // No load rule: n is the --interval, and no optional rule decided anything.
+    assert_eq!(get(&after, "pop3_interceptor_interval_seconds"), 600);
+    assert_eq!(
+        get(
+            &after,
+            "pop3_interceptor_rule_decisions_total{rule=\"one_in_m\",decision=\"passed\"}"
+        ),
+        0
+    );
     assert_eq!(
         get(&after, "pop3_interceptor_connections_accepted_total"),
         3
