@@ -306,7 +306,24 @@ pub struct DaemonStats {
     pub users_not_mirrored: u64,
     /// When these were written, unix seconds.
     pub updated_at: u64,
+    /// The patent's n now, seconds (moved by load with `--interval-max`).
+    pub interval_secs: u64,
+    /// Decisions of the optional rules, named by [`RULE_DECISIONS`].
+    pub rule_decisions: [u64; RULE_DECISIONS.len()],
 }
+
+/// The optional attenuation rules' decisions as (rule, decision), in the order of
+/// [`DaemonStats::rule_decisions`].
+pub const RULE_DECISIONS: [(&str, &str); 8] = [
+    ("one_in_m", "passed"),
+    ("fast_check", "rewarded"),
+    ("fast_check", "penalized"),
+    ("periodicity", "held"),
+    ("periodicity", "passed"),
+    ("login_delay", "local"),
+    ("login_delay", "refused"),
+    ("load", "held"),
+];
 
 #[cfg(feature = "user")]
 mod pod {

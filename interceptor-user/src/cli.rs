@@ -92,9 +92,20 @@ pub struct RunArgs {
     /// `attenuate` answers empty checks locally; `relay` only relays [default: attenuate].
     #[arg(long, value_enum)]
     pub mode: Option<EngineMode>,
-    /// How long a mailbox the server said is empty is trusted, e.g. 5s, 90s, 15m [default: 15m].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// How long a mailbox the server said is empty is trusted, e.g. 5s, 90s, 15m; with
+    /// --interval-max, the n under no load [default: 15m].
+    #[arg(long, alias = "interval-min", value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
+    /// The patent's load-adaptive n: under load n rises from --interval (alias
+    /// --interval-min) up to this [default: off].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub interval_max: Option<Duration>,
+    /// Upstream login latency that counts as full load for --interval-max [default: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub load_latency: Option<Duration>,
+    /// Checks per second that count as full load for --interval-max [default: not used].
+    #[arg(long, value_name = "PER_SEC")]
+    pub load_check_rate: Option<NonZeroU32>,
     /// Usernames never attenuated (always passed through to the server).
     #[arg(long, value_delimiter = ',')]
     pub opt_out: Option<Vec<String>>,
@@ -169,6 +180,18 @@ pub struct RunArgs {
     /// How long fast checks stay at the edge after a rewarded one [default: 5m].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub fast_check_penalty: Option<Duration>,
+    /// The patent's periodicity rule: n times FACTOR for users whose checks are
+    /// metronomic (automated), n over FACTOR for irregular ones (people); pollers get
+    /// no fast-check reward [default: off].
+    #[arg(long, value_name = "FACTOR")]
+    pub periodicity: Option<NonZeroU32>,
+    /// RFC 2449 LOGIN-DELAY advertised in CAPA, in seconds (or e.g. 2m) [default: off].
+    #[arg(long, value_name = "SECS", value_parser = whole_seconds)]
+    pub login_delay: Option<Duration>,
+    /// What a check sooner than --login-delay gets: `local` (answered from the view
+    /// held) or `refuse` (`-ERR [LOGIN-DELAY]`) [default: local].
+    #[arg(long, value_enum)]
+    pub login_delay_action: Option<LoginDelayChoice>,
     /// Most memory for the maildrop snapshots of clients that keep their mail on the
     /// server, in MiB; past it such users reach the server [default: 64].
     #[arg(long, value_name = "MIB")]
@@ -176,6 +199,29 @@ pub struct RunArgs {
     /// Users mirrored in the pinned USERS map for bpftool and `status` [default: 65536].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub mirror_size: Option<u32>,
+}
+
+/// `--login-delay-action`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoginDelayChoice {
+    /// Answered at the edge from the view held.
+    #[default]
+    Local,
+    /// `-ERR [LOGIN-DELAY]`.
+    Refuse,
+}
+
+/// A positive whole number of seconds: `60` or `1m` (also the config file's form).
+pub fn whole_seconds(text: &str) -> Result<Duration, String> {
+    let d = match text.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?}: {e}"))?,
+    };
+    if d.subsec_nanos() != 0 || d.is_zero() {
+        return Err(format!("{text:?}: a positive whole number of seconds"));
+    }
+    Ok(d)
 }
 
 /// `K/WINDOW` of `--fast-check`: K checks within WINDOW.
@@ -204,6 +250,15 @@ pub fn fast_check_spec(text: &str) -> Result<FastCheckSpec, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_login_delays_in_whole_seconds() {
+        assert_eq!(whole_seconds("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(whole_seconds("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["0", "1.5s", "-3", "soon"] {
+            assert!(whole_seconds(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn reads_fast_check_specs() {

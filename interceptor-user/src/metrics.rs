@@ -58,6 +58,8 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 pub struct Snapshot {
     /// The attenuation engine's counters (all zero in `--mode relay`).
     pub engine: attenuation::Counters,
+    /// The patent's n now, in seconds (0 in `--mode relay`).
+    pub interval_secs: u64,
     /// Users in the attenuation table.
     pub table_entries: u64,
     pub dataplane: DataplaneStats,
@@ -78,6 +80,7 @@ impl Snapshot {
         let engine = dataplane.engine().attenuation();
         Self {
             engine: engine.map(|e| *e.counters()).unwrap_or_default(),
+            interval_secs: engine.map_or(0, |e| e.interval(std::time::Instant::now()).as_secs()),
             table_entries: engine.map_or(0, |e| e.table().len() as u64),
             dataplane: dataplane.stats(),
             xdp: attachment.counters().unwrap_or_default(),
@@ -240,13 +243,21 @@ pub const METRICS: &[Metric] = &[
     gauge("table_entries", "Users in the attenuation table", |s| {
         s.table_entries
     }),
+    gauge(
+        "interval_seconds",
+        "The patent's n now: how long a maildrop view is trusted (moved by load with --interval-max)",
+        |s| s.interval_secs,
+    ),
 ];
 
+const RULE_DECISIONS: &str = "rule_decisions";
+const RULE_DECISIONS_HELP: &str =
+    "Decisions of the optional attenuation rules, by rule and decision";
 const NOTIFICATIONS: &str = "notifications";
 const NOTIFICATIONS_HELP: &str = "New-mail notification requests, by outcome (accepted, ignored, unauthorized, malformed, rate_limited, queue_full)";
 
-/// Encodes one snapshot: the [`METRICS`] table, the XDP program's counters and the
-/// notifications by outcome (when the endpoint is on).
+/// Encodes one snapshot: the [`METRICS`] table, the XDP program's counters, the rules'
+/// decisions and the notifications by outcome (when the endpoint is on).
 #[derive(Debug)]
 struct SnapshotCollector(Snapshot);
 
@@ -279,20 +290,41 @@ impl Collector for SnapshotCollector {
             let name = format!("xdp_{}", counter.name());
             encode_one(&mut encoder, &name, &help, ConstCounter::new(value))?;
         }
+        let decisions = snapshot.engine.rule_decisions();
+        encode_family(
+            &mut encoder,
+            RULE_DECISIONS,
+            RULE_DECISIONS_HELP,
+            decisions.map(|(rule, decision, n)| ([("rule", rule), ("decision", decision)], n)),
+        )?;
         if !snapshot.notifications.is_empty() {
-            let sample = ConstCounter::new(0u64);
-            let mut family = encoder.encode_descriptor(
+            encode_family(
+                &mut encoder,
                 NOTIFICATIONS,
                 NOTIFICATIONS_HELP,
-                None,
-                sample.metric_type(),
+                snapshot
+                    .notifications
+                    .iter()
+                    .map(|&(outcome, n)| ([("outcome", outcome)], n)),
             )?;
-            for &(outcome, count) in &snapshot.notifications {
-                ConstCounter::new(count).encode(family.encode_family(&[("outcome", outcome)])?)?;
-            }
         }
         Ok(())
     }
+}
+
+/// One labelled counter family: a sample per label set.
+fn encode_family<const N: usize>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = ([(&'static str, &'static str); N], u64)>,
+) -> Result<(), std::fmt::Error> {
+    let sample = ConstCounter::new(0u64);
+    let mut family = encoder.encode_descriptor(name, help, None, sample.metric_type())?;
+    for (labels, count) in samples {
+        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 fn encode_one(

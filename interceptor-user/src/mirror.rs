@@ -149,6 +149,8 @@ impl Mirror {
             gc_runs: counters.gc_runs,
             users_not_mirrored: self.stats.users_not_mirrored,
             updated_at: self.clock.unix(now),
+            interval_secs: engine.interval(now).as_secs(),
+            rule_decisions: counters.rule_decisions().map(|(_, _, n)| n),
         };
         let _ = self.stats_map.set(0, stats, 0);
     }

@@ -39,8 +39,13 @@ pub struct FileSettings {
     pub pin_dir: Option<PathBuf>,
     pub keep_pins: Option<bool>,
     pub mode: Option<EngineMode>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "humantime_serde", alias = "interval-min")]
     pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub interval_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub load_latency: Option<Duration>,
+    pub load_check_rate: Option<NonZeroU32>,
     pub opt_out: Option<Vec<String>>,
     pub table_size: Option<usize>,
     #[serde(default, with = "humantime_serde")]
@@ -74,6 +79,10 @@ pub struct FileSettings {
     pub fast_check: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub fast_check_penalty: Option<Duration>,
+    pub periodicity: Option<NonZeroU32>,
+    /// Seconds.
+    pub login_delay: Option<u64>,
+    pub login_delay_action: Option<crate::cli::LoginDelayChoice>,
 }
 
 /// Everything `run` needs, defaults applied.
@@ -147,8 +156,41 @@ impl Settings {
             None => FileSettings::default(),
         };
         let defaults = attenuation::Config::default();
+        let interval = args.interval.or(file.interval).unwrap_or(defaults.interval);
+        let load_adaptive = match args.interval_max.or(file.interval_max) {
+            None => None,
+            Some(max) if max < interval => {
+                return Err(invalid("interval-max", "must be at least --interval"));
+            }
+            Some(max) => Some(attenuation::LoadAdaptive {
+                max,
+                latency: args
+                    .load_latency
+                    .or(file.load_latency)
+                    .unwrap_or(Duration::from_secs(1)),
+                check_rate: args.load_check_rate.or(file.load_check_rate),
+            }),
+        };
+        let login_delay = match args.login_delay.map(Ok).or(file
+            .login_delay
+            .map(|secs| crate::cli::whole_seconds(&secs.to_string())))
+        {
+            None => None,
+            Some(Err(message)) => return Err(invalid("login-delay", &message)),
+            Some(Ok(delay)) => Some(attenuation::LoginDelay {
+                delay,
+                action: match args
+                    .login_delay_action
+                    .or(file.login_delay_action)
+                    .unwrap_or_default()
+                {
+                    crate::cli::LoginDelayChoice::Local => attenuation::LoginDelayAction::Local,
+                    crate::cli::LoginDelayChoice::Refuse => attenuation::LoginDelayAction::Refuse,
+                },
+            }),
+        };
         let engine = attenuation::Config {
-            interval: args.interval.or(file.interval).unwrap_or(defaults.interval),
+            interval,
             opt_out: args
                 .opt_out
                 .or(file.opt_out)
@@ -193,6 +235,9 @@ impl Settings {
                         .unwrap_or(Duration::from_secs(300)),
                 }),
             },
+            periodicity: args.periodicity.or(file.periodicity),
+            load_adaptive,
+            login_delay,
         };
         let notify = match (
             args.notify_listen.or(file.notify_listen),
@@ -359,6 +404,35 @@ mod tests {
         assert!(settings.engine.opt_out.contains("carol"));
         assert_eq!(settings.mode, EngineMode::Relay);
         assert_eq!(settings.servers.len(), 1);
+    }
+
+    #[test]
+    fn the_rules_of_issue_10_are_read_from_the_file() {
+        let file = r#"
+            iface = "eth0"
+            interval-min = "5m"
+            interval-max = "1h"
+            periodicity = 3
+            login-delay = 300
+            login-delay-action = "refuse"
+        "#;
+        let e = with_file(file, RunArgs::default()).unwrap().engine;
+        assert_eq!(e.interval, Duration::from_secs(300));
+        let load = e.load_adaptive.unwrap();
+        assert_eq!(load.max, Duration::from_secs(3600));
+        assert_eq!(load.latency, Duration::from_secs(1));
+        assert_eq!(e.periodicity, NonZeroU32::new(3));
+        let delay = e.login_delay.unwrap();
+        assert_eq!(delay.delay, Duration::from_secs(300));
+        assert_eq!(delay.action, attenuation::LoginDelayAction::Refuse);
+        let err = with_file(
+            "iface = \"eth0\"\ninterval = \"1h\"\ninterval-max = \"5m\"",
+            RunArgs::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("interval-max"), "{err}");
+        let err = with_file("iface = \"eth0\"\nlogin-delay = 0", RunArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("login-delay"), "{err}");
     }
 
     #[test]

@@ -232,6 +232,12 @@ pub fn render(status: &Status) -> String {
             e.gc_runs,
             e.users_not_mirrored,
         );
+        let rules: Vec<String> = common::RULE_DECISIONS
+            .iter()
+            .zip(e.rule_decisions)
+            .map(|((rule, decision), n)| format!("{rule} {decision} {n}"))
+            .collect();
+        out += &format!("n {}s; rules: {}\n", e.interval_secs, rules.join(", "));
     }
     out += &format!(
         "\n{:<24} {:<24} {:<12} {:<20} {:<20} {:>6} {:>6}  {}\n",

@@ -1,8 +1,10 @@
 //! A fake dataplane for unit tests: one connection, a fake clock, actions collected.
 //!
 //! Public only with the `testing` feature, for the fuzz targets; [`model`] holds the
-//! model mail server that the property tests and the engine fuzz target share.
+//! model mail server that the property tests and the engine fuzz target share, and
+//! [`alloc`] the counting allocator of the measurement binaries.
 
+pub mod alloc;
 pub mod model;
 
 use std::{

@@ -12,61 +12,16 @@
 //! glibc's in-use bytes (`mallinfo2`: `uordblks + hblkhd`), which add malloc's per-chunk
 //! overhead and rounding. The test fails when either passes [`TARGET_BYTES`].
 
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    sync::atomic::{AtomicIsize, Ordering},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use pop3_engine::{
     attenuation::{AttenuationEngine, Config, Entry, Salt, UserKey},
     session::{Action, ConnInfo, Event, Output, Pop3Engine},
+    testing::alloc::{CountingAlloc, live_bytes},
 };
 
 /// Bytes per entry the table must stay under, in both views.
 const TARGET_BYTES: f64 = 256.0;
-
-/// Heap bytes currently allocated through the global allocator (requested sizes).
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-/// The system allocator, counting live bytes.
-struct CountingAlloc;
-
-// SAFETY: every call is forwarded unchanged to the system allocator; only a counter is added.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-}
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
@@ -101,7 +56,7 @@ fn table_memory_per_entry() {
     let mut before: Option<(isize, usize)> = None;
     for i in 0..users {
         if i == 1 {
-            before = Some((LIVE_BYTES.load(Ordering::Relaxed), malloc_in_use()));
+            before = Some((live_bytes(), malloc_in_use()));
         }
         let now = t0 + Duration::from_millis(i as u64);
         let conn = i as u64;
@@ -171,7 +126,7 @@ fn table_memory_per_entry() {
         drop(engine.take_changes());
     }
     let (live0, malloc0) = before.unwrap_or((0, 0));
-    let live1 = LIVE_BYTES.load(Ordering::Relaxed);
+    let live1 = live_bytes();
     let malloc1 = malloc_in_use();
     let counted = users.saturating_sub(1).max(1) as f64;
     let c = engine.counters();

@@ -254,6 +254,26 @@ impl Interceptor {
         )
     }
 
+    /// Stops the daemon with SIGTERM and reads the engine counters it logs on the way out
+    /// (`engine=Some(Counters { checks_seen: 20, ... })`).
+    pub fn final_counters(&mut self) -> std::collections::BTreeMap<String, u64> {
+        let (_, clean) = self.terminate(Duration::from_secs(10));
+        assert!(clean, "the daemon exits on SIGTERM: {}", self.log_tail(20));
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("engine=Some(Counters {"))
+            .unwrap_or_else(|| panic!("no engine counters in the log:\n{}", self.log_tail(20)));
+        let body = &line[line.find("Counters {").unwrap() + "Counters {".len()..];
+        let body = &body[..body.find('}').unwrap()];
+        body.split(',')
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once(':')?;
+                Some((k.trim().to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
     /// SIGTERM and wait up to `timeout`: (status, exited by itself within the timeout).
     pub fn terminate(&mut self, timeout: Duration) -> (Option<ExitStatus>, bool) {
         match self.child.take() {

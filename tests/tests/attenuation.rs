@@ -6,8 +6,6 @@
 //! way round) fails the test. Run as root, one at a time:
 //! `cargo test -p pop3-interceptor-e2e --test attenuation -- --test-threads=1`.
 
-use std::collections::BTreeMap;
-
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -114,26 +112,6 @@ fn logins(dc: &Dovecot, user: &str, expected: usize) -> usize {
     dc.login_count(user)
 }
 
-/// Stops the daemon with SIGTERM and reads the engine counters it logs on the way out
-/// (`engine=Some(Counters { checks_seen: 20, ... })`).
-fn final_counters(ic: &mut Interceptor) -> BTreeMap<String, u64> {
-    let (_, clean) = ic.terminate(Duration::from_secs(10));
-    assert!(clean, "the daemon exits on SIGTERM: {}", ic.log_tail(20));
-    let log = ic.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("engine=Some(Counters {"))
-        .unwrap_or_else(|| panic!("no engine counters in the log:\n{}", ic.log_tail(20)));
-    let body = &line[line.find("Counters {").unwrap() + "Counters {".len()..];
-    let body = &body[..body.find('}').unwrap()];
-    body.split(',')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once(':')?;
-            Some((k.trim().to_string(), v.trim().parse().ok()?))
-        })
-        .collect()
-}
-
 fn auth_plain_line(user: &str, pass: &str) -> String {
     format!(
         "AUTH PLAIN {}",
@@ -168,7 +146,7 @@ fn twenty_checks_within_the_interval_cause_exactly_one_dovecot_login() {
     );
     assert_eq!(logins(&dc, "alice", 1), 1, "20 checks, one Dovecot login");
     assert_eq!(dc.login_count("bob"), 0);
-    let c = final_counters(&mut ic);
+    let c = ic.final_counters();
     for (k, v) in [
         ("checks_seen", 20),
         ("answered_locally", 19),
@@ -285,7 +263,7 @@ fn a_wrong_password_gets_dovecots_err_and_never_a_local_ok() {
         .filter(|l| l.contains("passwd-file(alice,198.51.100.2"))
         .count();
     assert_eq!(mismatches, 4, "{}", dc.log_text());
-    let c = final_counters(&mut ic);
+    let c = ic.final_counters();
     assert_eq!(c["checks_seen"], 7, "{c:?}");
     assert_eq!(c["upstream_logins_avoided"], 2);
 }
@@ -352,7 +330,7 @@ fn an_opted_out_user_always_reaches_dovecot() {
             .iter()
             .all(|l| l.rip == CLIENT_V4.to_string())
     );
-    let c = final_counters(&mut ic);
+    let c = ic.final_counters();
     // Opted-out sessions are tunnels: counted as passed through, not as checks.
     assert_eq!(c["checks_seen"], 5, "{c:?}");
     assert_eq!(c["passed_through"], 1 + 5 + 2, "{c:?}");
@@ -612,7 +590,7 @@ fn curl_and_fetchmail_work_through_the_attenuating_daemon() {
         3,
         "no empty fetchmail check reached Dovecot"
     );
-    let c = final_counters(&mut ic);
+    let c = ic.final_counters();
     assert_eq!(c["upstream_logins_avoided"], 3 + 3, "{c:?}");
 }
 
@@ -711,7 +689,7 @@ fn malformed_pop3_gets_err_and_the_daemon_keeps_serving() {
     assert!(ic.is_running());
     assert_eq!(logins(&dc, "alice", 1), 1);
     assert_eq!(logins(&dc, "carol", 1), 1);
-    let c = final_counters(&mut ic);
+    let c = ic.final_counters();
     assert_eq!(c["upstream_logins_avoided"], 2, "{c:?}");
 }
 
@@ -726,7 +704,7 @@ fn one_in_m_sends_every_mth_attenuable_check_to_dovecot() {
         empty_check(&topo, "alice", "alice-pw");
     }
     assert_eq!(logins(&dc, "alice", 4), 4);
-    let c = final_counters(&mut ic);
+    let c = ic.final_counters();
     assert_eq!(c["one_in_m_passed"], 3, "{c:?}");
 }
 
@@ -750,6 +728,6 @@ fn a_fast_third_check_is_rewarded_and_fast_polling_then_stays_at_the_edge() {
         empty_check(&topo, "alice", "alice-pw");
     }
     assert_eq!(logins(&dc, "alice", 2), 2);
-    let c = final_counters(&mut ic);
+    let c = ic.final_counters();
     assert_eq!(c["fast_checks_rewarded"], 1, "{c:?}");
 }

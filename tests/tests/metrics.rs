@@ -133,6 +133,15 @@ fn metrics_count_attenuated_checks_over_http() {
     );
     assert_eq!(get(&after, "pop3_interceptor_passed_through_total"), 1);
     assert_eq!(get(&after, "pop3_interceptor_table_entries"), 1);
+    // No load rule: n is the --interval, and no optional rule decided anything.
+    assert_eq!(get(&after, "pop3_interceptor_interval_seconds"), 600);
+    assert_eq!(
+        get(
+            &after,
+            "pop3_interceptor_rule_decisions_total{rule=\"one_in_m\",decision=\"passed\"}"
+        ),
+        0
+    );
     assert_eq!(
         get(&after, "pop3_interceptor_connections_accepted_total"),
         3

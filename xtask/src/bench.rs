@@ -638,6 +638,8 @@ pub fn table_memory(users: usize) -> Result<TableMemory> {
             "--quiet",
             "-p",
             "pop3-engine",
+            "--features",
+            "testing",
             "--test",
             "table_memory",
             "--",

@@ -4,6 +4,7 @@
 //! - `demo`:  a topology + Dovecot + the interceptor, polling clients, and what each side saw.
 //! - `bench`: check sessions and RETR throughput, direct vs through the interceptor.
 //! - `fuzz`:  the cargo-fuzz targets of fuzz/ (nightly), with their figures.
+//! - `simulate`: the attenuation engine in virtual time with a synthetic ISP, per rule.
 //! - `loadgen` (internal): the bench's tokio load generator, run inside the client namespace.
 
 mod bench;
@@ -11,6 +12,7 @@ mod demo;
 mod fuzz;
 mod loadgen;
 mod run;
+mod simulate;
 mod test;
 
 use std::process::ExitCode;
@@ -34,6 +36,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Run the cargo-fuzz targets (codec, frame, engine) on nightly; fails on a crash.
     Fuzz(fuzz::FuzzArgs),
+    /// Drive the engine in virtual time with a synthetic ISP, each rule on and off.
+    Simulate(simulate::SimulateArgs),
     /// (internal) POP3 load generator; prints JSON. Run by `bench` inside the client netns.
     #[command(hide = true)]
     Loadgen(loadgen::LoadgenArgs),
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Fuzz(a) => fuzz::run(a),
+        Cmd::Simulate(a) => simulate::run(a),
         Cmd::Loadgen(a) => loadgen::run(a),
     };
     match res {

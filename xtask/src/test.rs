@@ -58,6 +58,9 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
                 "pop3-interceptor-e2e",
                 "--exclude",
                 "pop3-interceptor-ebpf",
+                // The measurement binaries' allocator and the simulation's own test.
+                "--features",
+                "pop3-engine/testing",
             ]),
         )?;
         ok &= good;

@@ -25,7 +25,13 @@ fn sample() -> Snapshot {
             one_in_m_passed: 5,
             fast_checks_rewarded: 6,
             fast_checks_penalized: 7,
+            periodic_held: 11,
+            irregular_passed: 12,
+            login_delay_local: 13,
+            login_delay_refused: 14,
+            load_held: 15,
         },
+        interval_secs: 900,
         table_entries: 4,
         dataplane: DataplaneStats {
             frames_rx: 100,
@@ -65,6 +71,39 @@ fn the_exposition_has_every_metric_with_prometheus_names() {
         ("pop3_interceptor_one_in_m_passed_total", 5.0),
         ("pop3_interceptor_fast_checks_rewarded_total", 6.0),
         ("pop3_interceptor_fast_checks_penalized_total", 7.0),
+        (
+            "pop3_interceptor_rule_decisions_total{rule=\"periodicity\",decision=\"held\"}",
+            11.0,
+        ),
+        (
+            "pop3_interceptor_rule_decisions_total{rule=\"periodicity\",decision=\"passed\"}",
+            12.0,
+        ),
+        (
+            "pop3_interceptor_rule_decisions_total{rule=\"login_delay\",decision=\"local\"}",
+            13.0,
+        ),
+        (
+            "pop3_interceptor_rule_decisions_total{rule=\"login_delay\",decision=\"refused\"}",
+            14.0,
+        ),
+        (
+            "pop3_interceptor_rule_decisions_total{rule=\"load\",decision=\"held\"}",
+            15.0,
+        ),
+        (
+            "pop3_interceptor_rule_decisions_total{rule=\"one_in_m\",decision=\"passed\"}",
+            5.0,
+        ),
+        (
+            "pop3_interceptor_rule_decisions_total{rule=\"fast_check\",decision=\"rewarded\"}",
+            6.0,
+        ),
+        (
+            "pop3_interceptor_rule_decisions_total{rule=\"fast_check\",decision=\"penalized\"}",
+            7.0,
+        ),
+        ("pop3_interceptor_interval_seconds", 900.0),
         (
             "pop3_interceptor_notifications_total{outcome=\"accepted\"}",
             9.0,

@@ -59,7 +59,8 @@ impl ServerCaps {
     /// PIPELINING always (the engine queues commands itself); the rest only when the
     /// server offers it, STLS and SASL included (they are tunnelled to the server, so
     /// hiding them would be a downgrade). XCLIENT is for the proxy, never advertised.
-    pub fn local_capa(&self, out: &mut Vec<u8>) {
+    /// `login_delay`: RFC 2449's LOGIN-DELAY, in whole seconds.
+    pub fn local_capa(&self, login_delay: Option<std::time::Duration>, out: &mut Vec<u8>) {
         let mut body = String::new();
         let offered = [
             (self.top, "TOP"),
@@ -75,6 +76,9 @@ impl ServerCaps {
         }
         if let Some(mechs) = &self.sasl {
             body.push_str(&format!("SASL {mechs}\r\n"));
+        }
+        if let Some(delay) = login_delay {
+            body.push_str(&format!("LOGIN-DELAY {}\r\n", delay.as_secs()));
         }
         write_multiline(b"+OK Capability list follows", body.as_bytes(), out);
     }
@@ -101,13 +105,13 @@ mod tests {
         assert!(caps.xclient && caps.stls);
         assert_eq!(caps.sasl.as_deref(), Some("PLAIN LOGIN"));
         let mut out = Vec::new();
-        caps.local_capa(&mut out);
+        caps.local_capa(None, &mut out);
         assert_eq!(
             out,
             b"+OK Capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\nRESP-CODES\r\nPIPELINING\r\nSTLS\r\nSASL PLAIN LOGIN\r\n.\r\n"
         );
         let mut out = Vec::new();
-        ServerCaps::parse(b"USER\r\n").local_capa(&mut out);
+        ServerCaps::parse(b"USER\r\n").local_capa(None, &mut out);
         assert_eq!(
             out,
             b"+OK Capability list follows\r\nUSER\r\nPIPELINING\r\n.\r\n"

@@ -30,10 +30,51 @@ pub struct Config {
     /// held for all users together; past it, users get no snapshot and reach the server.
     pub maildrop_budget: usize,
     /// The patent's one-in-m rule: of m consecutive checks of a user that could be
-    /// answered locally, the m-th goes to the server (`None`: off).
+    /// answered locally, the m-th goes to the server (`None`: off). At most 255 (the
+    /// count is one byte of the user's entry); larger values act as 255.
     pub one_in_m: Option<std::num::NonZeroU32>,
     /// The patent's fast-check reward (`None`: off).
     pub fast_check: Option<FastCheck>,
+    /// The patent's periodicity rule (`None`: off): n is multiplied by this factor for
+    /// a user whose checks are metronomic (automated polling) and divided by it for a
+    /// user whose checks are irregular (a person); see [`super::periodicity`].
+    pub periodicity: Option<std::num::NonZeroU32>,
+    /// The patent's load-adaptive n (`None`: n is always [`Config::interval`]).
+    pub load_adaptive: Option<LoadAdaptive>,
+    /// RFC 2449's LOGIN-DELAY (`None`: not advertised).
+    pub login_delay: Option<LoginDelay>,
+}
+
+/// The patent's load-adaptive n: between [`Config::interval`] (no load) and `max`
+/// (full load), from what the engine measures; see [`super::load`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadAdaptive {
+    /// n under full load.
+    pub max: Duration,
+    /// Upstream login latency that counts as full load (a quarter of it counts as none).
+    pub latency: Duration,
+    /// Checks per second that count as full load (`None`: the rate is not used).
+    pub check_rate: Option<std::num::NonZeroU32>,
+}
+
+/// RFC 2449's LOGIN-DELAY: the least time between two logins of a user to the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginDelay {
+    /// Advertised in CAPA, in whole seconds.
+    pub delay: Duration,
+    /// What a check sooner than that after the server's last login for the user (with
+    /// the password the server accepted) gets.
+    pub action: LoginDelayAction,
+}
+
+/// What a check earlier than the LOGIN-DELAY gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginDelayAction {
+    /// Answered locally from the view held, however old n says it is (a user with no
+    /// view, after new mail for instance, reaches the server).
+    Local,
+    /// `-ERR [LOGIN-DELAY]`: the client is told to wait.
+    Refuse,
 }
 
 /// The patent's fast-check reward: a person who presses "check" again soon after a
@@ -42,6 +83,7 @@ pub struct Config {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FastCheck {
     /// `count` checks of a user within `window`: the last of them goes to the server.
+    /// At most 255 (one byte of the user's entry); larger values act as 255.
     pub count: std::num::NonZeroU32,
     /// How close together the checks must be.
     pub window: Duration,
@@ -64,6 +106,9 @@ impl Default for Config {
             maildrop_budget: 64 << 20,
             one_in_m: None,
             fast_check: None,
+            periodicity: None,
+            load_adaptive: None,
+            login_delay: None,
         }
     }
 }

@@ -13,8 +13,9 @@ use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Instant};
 use super::{
     Shared,
     caps::{ServerCaps, has_apop_timestamp},
+    check_rules::{self, Check, Outcome},
     maildrop::{MAX_MAILDROP, Maildrop},
-    table::{FastCheckVerdict, UserKey, UserName},
+    table::{UserKey, UserName},
     verifier::Verifier,
 };
 use crate::{
@@ -34,6 +35,8 @@ use crate::{
 pub const GREETING: &[u8] = b"+OK POP3 ready\r\n";
 /// Local answer to a PASS accepted inside the attenuation interval.
 pub const LOGGED_IN: &[u8] = b"+OK Logged in.\r\n";
+/// RFC 2449's answer to a check sooner than the advertised LOGIN-DELAY.
+const LOGIN_DELAYED: &[u8] = b"-ERR [LOGIN-DELAY] Checked too soon, try again later.\r\n";
 /// Local answer to QUIT.
 pub const LOGGING_OUT: &[u8] = b"+OK Logging out.\r\n";
 /// Local answer about any message of an empty maildrop.
@@ -181,8 +184,11 @@ pub struct Session {
     /// The snapshot this session was answered from locally (the maildrop the client
     /// was shown at its login), to check the server's numbering against.
     shown: Option<Arc<Maildrop>>,
-    /// Answered locally by the fast-check penalty: its view counts as fresh.
-    penalized: bool,
+    /// Answered locally by a rule that trusts a view older than n (the fast-check
+    /// penalty, periodicity, LOGIN-DELAY): the view counts as fresh for the session.
+    trust_view: bool,
+    /// When the login in flight was sent to the server (its latency is load).
+    login_sent: Option<Instant>,
     /// The pass-through of [`State::Tunnel`].
     gate: Option<Box<Gate>>,
     /// The client closed its side: what it sent is still answered, then the session ends.
@@ -214,7 +220,8 @@ impl Session {
             observed: None,
             deleted: false,
             shown: None,
-            penalized: false,
+            trust_view: false,
+            login_sent: None,
             gate: None,
             client_eof: false,
             deadline,
@@ -301,6 +308,11 @@ impl Session {
         }
         if self.state == State::Tunnel {
             return self.through_gate(sh, now, out, |g, o| g.upstream_failed(o));
+        }
+        let login_pending = self.login_sent.take().is_some()
+            || self.steps.iter().any(|s| matches!(s, Step::Login(_)));
+        if login_pending {
+            sh.load.failure(now);
         }
         if self.upstream_needed() {
             // Not inside a body the client is still receiving: it would corrupt it.
@@ -507,6 +519,11 @@ impl Session {
         out: &mut Vec<Action>,
     ) -> bool {
         self.user_upstream = false;
+        if let Some(sent) = self.login_sent.take() {
+            let server_fault = !ok && line.windows(10).any(|w| w == b"[SYS/TEMP]");
+            sh.load
+                .login(now.saturating_duration_since(sent), server_fault, now);
+        }
         match (ok, mode) {
             (true, LoginMode::Relayed) => {
                 out.push(Action::ToClient(line));
@@ -527,7 +544,6 @@ impl Session {
                     e.verifier = credentials.verifier;
                     e.sessions = e.sessions.saturating_add(1);
                     if new {
-                        e.set_last_check(now);
                         e.passed_through = 1;
                     }
                 });
@@ -694,7 +710,7 @@ impl Session {
                 sh.caps(self.info.server)
                     .cloned()
                     .unwrap_or_default()
-                    .local_capa(&mut capa);
+                    .local_capa(sh.config.login_delay.map(|d| d.delay), &mut capa);
                 out.push(Action::ToClient(capa));
                 self.steps.pop_front();
                 return true;
@@ -731,10 +747,12 @@ impl Session {
                     }
                 }
             }
-            Step::Login(_) => self
-                .credentials
-                .as_ref()
-                .map(|c| c.login_line.expose().to_vec()),
+            Step::Login(_) => {
+                self.login_sent = Some(now);
+                self.credentials
+                    .as_ref()
+                    .map(|c| c.login_line.expose().to_vec())
+            }
             Step::Stat => Some(b"STAT\r\n".to_vec()),
             Step::Snapshot { uidl: false } => Some(b"LIST\r\n".to_vec()),
             Step::Snapshot { uidl: true } => Some(b"UIDL\r\n".to_vec()),
@@ -979,56 +997,60 @@ impl Session {
             server: self.server(),
             user,
         };
-        let interval = sh.interval_for(&lookup, now);
+        let (interval, base_interval) = (
+            sh.interval_for(&lookup, now),
+            sh.base_interval_for(&lookup, now),
+        );
         let key = sh.table.key(&lookup);
-        let (one_in_m, fast_check) = (sh.config.one_in_m, sh.config.fast_check);
-        let (mut sampled, mut verdict) = (false, FastCheckVerdict::AsUsual);
-        let local = key.as_ref().and_then(|key| {
+        let config = &sh.config;
+        let mut genuine = false;
+        let decision = key.as_ref().and_then(|key| {
             sh.table.update(key, now, |e| {
-                e.set_last_check(now);
-                let known = e.sessions == 0 && e.verifier.matches(&verifier);
-                let fresh = known && e.fresh(now, interval);
-                if known && let Some(rule) = &fast_check {
-                    verdict = e.fast_check(rule, now, fresh);
-                }
-                let mut local = match verdict {
-                    FastCheckVerdict::AsUsual => fresh,
-                    FastCheckVerdict::Rewarded => false,
-                    FastCheckVerdict::Penalized => true,
+                let check = Check {
+                    now,
+                    interval,
+                    base_interval,
+                    password_ok: e.verifier.matches(&verifier),
+                    in_session: e.sessions > 0,
                 };
-                // The patent's one-in-m rule: every m-th check that could be answered
-                // here goes to the server anyway.
-                if local
-                    && verdict == FastCheckVerdict::AsUsual
-                    && let Some(m) = one_in_m
-                {
-                    e.local_streak = e.local_streak.saturating_add(1);
-                    if u32::from(e.local_streak) >= m.get() {
-                        e.local_streak = 0;
-                        (local, sampled) = (false, true);
+                genuine = check.password_ok;
+                let d = check_rules::decide(e, check, config);
+                match d.outcome {
+                    Outcome::Local { .. } => {
+                        e.answered_locally = e.answered_locally.saturating_add(1);
+                        e.sessions = 1;
                     }
+                    Outcome::Server => e.passed_through = e.passed_through.saturating_add(1),
+                    Outcome::Refuse => {}
                 }
-                if local {
-                    e.answered_locally = e.answered_locally.saturating_add(1);
-                    e.sessions = 1;
-                } else {
-                    e.passed_through = e.passed_through.saturating_add(1);
-                }
-                local
+                d
             })
         });
+        if let Some(d) = &decision {
+            sh.counters.count(d);
+        }
+        // Only checks of known users with their password are load: a stream of made-up
+        // logins must not stretch n for everyone.
+        if genuine {
+            sh.load.check(now);
+        }
+        let outcome = decision.map_or(Outcome::Server, |d| d.outcome);
+        if outcome == Outcome::Refuse {
+            // RFC 2449: the client is to wait; the next attempt starts afresh.
+            out.push(Action::ToClient(LOGIN_DELAYED.to_vec()));
+            self.user = None;
+            return;
+        }
         // Kept for the replay, or for a later Behind login of an attenuated session.
         self.credentials = Some(Credentials {
             user_line,
             login_line,
             verifier,
         });
-        sh.counters.fast_checks_rewarded += u64::from(verdict == FastCheckVerdict::Rewarded);
-        sh.counters.fast_checks_penalized += u64::from(verdict == FastCheckVerdict::Penalized);
-        if local == Some(true) {
+        if let Outcome::Local { trust_view } = outcome {
             sh.counters.answered_locally += 1;
             sh.counters.upstream_logins_avoided += 1;
-            self.penalized = verdict == FastCheckVerdict::Penalized;
+            self.trust_view = trust_view;
             // The maildrop this session shows, fixed at login as POP3's own is.
             self.shown = key
                 .as_ref()
@@ -1042,7 +1064,6 @@ impl Session {
             return;
         }
         sh.counters.passed_through += 1;
-        sh.counters.one_in_m_passed += u64::from(sampled);
         self.login_upstream(LoginMode::Relayed, out);
     }
 
@@ -1067,7 +1088,7 @@ impl Session {
             .entry
             .as_ref()
             .map_or(sh.config.interval, |k| sh.interval_for(k, now));
-        let still_fresh = self.penalized
+        let still_fresh = self.trust_view
             || self
                 .entry
                 .as_ref()

@@ -32,9 +32,12 @@
 //! answers for the password known before.
 
 mod caps;
+pub mod check_rules;
 mod config;
 mod fsm;
+pub mod load;
 mod maildrop;
+pub mod periodicity;
 mod stamp;
 mod table;
 mod verifier;
@@ -49,10 +52,10 @@ use std::{
 use hashbrown::HashMap;
 
 pub use caps::ServerCaps;
-pub use config::{Config, FastCheck};
+pub use config::{Config, FastCheck, LoadAdaptive, LoginDelay, LoginDelayAction};
 pub use fsm::State;
 pub use maildrop::{MAX_MAILDROP, Maildrop};
-pub use table::{Entry, EntryMut, EntryRef, Timed, UserKey, UserName, UserTable};
+pub use table::{Entry, EntryMut, EntryRef, FastCheckVerdict, Timed, UserKey, UserName, UserTable};
 pub use verifier::{Salt, Verifier};
 
 use crate::session::{Action, ConnId, ConnInfo, Event, Output, Pop3Engine};
@@ -85,6 +88,48 @@ pub struct Counters {
     pub fast_checks_rewarded: u64,
     /// Checks answered locally during a fast-check penalty (fresh view or not).
     pub fast_checks_penalized: u64,
+    /// Metronomic checks the periodicity rule answered locally (past n, or a fast-check
+    /// reward refused to a poller).
+    pub periodic_held: u64,
+    /// Irregular checks the periodicity rule passed through (inside n).
+    pub irregular_passed: u64,
+    /// Checks sooner than LOGIN-DELAY answered locally.
+    pub login_delay_local: u64,
+    /// Checks sooner than LOGIN-DELAY refused with `-ERR [LOGIN-DELAY]`.
+    pub login_delay_refused: u64,
+    /// Checks answered locally only because load had raised n.
+    pub load_held: u64,
+}
+
+impl Counters {
+    /// The optional rules' decisions as (rule, decision, count), for the operator.
+    pub fn rule_decisions(&self) -> [(&'static str, &'static str, u64); 8] {
+        [
+            ("one_in_m", "passed", self.one_in_m_passed),
+            ("fast_check", "rewarded", self.fast_checks_rewarded),
+            ("fast_check", "penalized", self.fast_checks_penalized),
+            ("periodicity", "held", self.periodic_held),
+            ("periodicity", "passed", self.irregular_passed),
+            ("login_delay", "local", self.login_delay_local),
+            ("login_delay", "refused", self.login_delay_refused),
+            ("load", "held", self.load_held),
+        ]
+    }
+
+    /// Counts what each rule decided about one check.
+    fn count(&mut self, d: &check_rules::Decision) {
+        use check_rules::Outcome;
+        use periodicity::Rhythm;
+        let local = matches!(d.outcome, Outcome::Local { .. });
+        self.fast_checks_rewarded += u64::from(d.fast_check == FastCheckVerdict::Rewarded);
+        self.fast_checks_penalized += u64::from(d.fast_check == FastCheckVerdict::Penalized);
+        self.one_in_m_passed += u64::from(d.one_in_m);
+        self.periodic_held += u64::from(local && d.periodicity == Some(Rhythm::Metronomic));
+        self.irregular_passed += u64::from(!local && d.periodicity == Some(Rhythm::Irregular));
+        self.login_delay_local += u64::from(local && d.login_delay);
+        self.login_delay_refused += u64::from(d.outcome == Outcome::Refuse);
+        self.load_held += u64::from(d.load_held);
+    }
 }
 
 /// A user whose table entry may have changed, for mirrors of the table (the pinned BPF
@@ -119,6 +164,7 @@ struct Shared {
     table: UserTable,
     servers: HashMap<SocketAddr, ServerRecord>,
     counters: Counters,
+    load: load::LoadMeter,
 }
 
 impl Shared {
@@ -160,10 +206,29 @@ impl Shared {
         self.record(server).caps = Some((caps, now));
     }
 
+    /// The patent's n for users of servers that send no notifications: [`Config::interval`],
+    /// raised by load when [`Config::load_adaptive`] is set.
+    fn interval(&self, now: Instant) -> std::time::Duration {
+        match &self.config.load_adaptive {
+            Some(rule) => self.load.interval(self.config.interval, rule, now),
+            None => self.config.interval,
+        }
+    }
+
     /// The patent's n for `key`: [`Config::notify_interval`] while its server sends
     /// new-mail notifications and one has reached this very user (so the server names
-    /// the user as the client does), [`Config::interval`] otherwise.
+    /// the user as the client does), [`Shared::interval`] otherwise.
     fn interval_for(&self, key: &UserKey, now: Instant) -> std::time::Duration {
+        let base = self.base_interval_for(key, now);
+        if base == self.config.interval {
+            self.interval(now)
+        } else {
+            base
+        }
+    }
+
+    /// [`Shared::interval_for`] without the load-adaptive rule.
+    fn base_interval_for(&self, key: &UserKey, now: Instant) -> std::time::Duration {
         let notifying = self
             .servers
             .get(&key.server)
@@ -206,7 +271,11 @@ impl AttenuationEngine {
             shared: Shared {
                 table: UserTable::new(
                     config.table_size,
-                    config.interval.max(config.notify_interval),
+                    config
+                        .interval
+                        .max(config.notify_interval)
+                        .max(config.load_adaptive.map_or(config.interval, |l| l.max))
+                        * config.periodicity.map_or(1, |f| f.get()),
                     config.maildrop_budget,
                     epoch,
                 ),
@@ -214,6 +283,7 @@ impl AttenuationEngine {
                 salt,
                 servers: HashMap::new(),
                 counters: Counters::default(),
+                load: load::LoadMeter::default(),
             },
             sessions: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -287,6 +357,12 @@ impl AttenuationEngine {
         }
         self.shared.counters.notifications_applied += ended as u64;
         ended
+    }
+
+    /// The n in force now for users of servers that send no notifications (moved by
+    /// load when [`Config::load_adaptive`] is set).
+    pub fn interval(&self, now: Instant) -> std::time::Duration {
+        self.shared.interval(now)
     }
 
     /// The n in force for `key` now (see [`Config::notify_interval`]).

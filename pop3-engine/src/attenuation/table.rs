@@ -22,7 +22,8 @@
 //! fast-check and expiry times as 8-byte stamps (nanoseconds from the
 //! table's epoch),
 //! an optional shared maildrop snapshot (its bytes counted against a budget of their
-//! own), a session count and check counters; plus the map's slots (8-byte `Arc` + entry +
+//! own), a session count, check counters and two 2-byte check intervals (the
+//! periodicity rule); plus the map's slots (8-byte `Arc` + entry +
 //! a control byte, at most 7/8 full) and the timer list's B-tree of 16-byte (expiry, key)
 //! pairs. `cargo xtask bench --table-only` measures it with 100,000 users.
 
@@ -41,6 +42,7 @@ use hashbrown::HashMap;
 use super::{
     config::FastCheck,
     maildrop::Maildrop,
+    periodicity::CheckHistory,
     stamp::{Epoch, Stamp},
     verifier::Verifier,
 };
@@ -178,15 +180,19 @@ pub struct Entry {
     /// Sessions of this user in TRANSACTION now. While there is one, further sessions
     /// go to the server, which applies its own locking; such entries are never removed.
     pub sessions: u16,
-    /// Checks answered locally since the last one the one-in-m rule passed through.
-    pub local_streak: u16,
-    /// Checks in the current fast-check window, and when it opened.
-    pub fast_count: u16,
+    /// Checks answered locally since the last one the one-in-m rule passed through
+    /// (M is at most 255).
+    pub local_streak: u8,
+    /// Checks in the current fast-check window (K is at most 255), and when it opened.
+    pub fast_count: u8,
     fast_since: Option<Stamp>,
     /// Until when the fast-check penalty holds.
     penalty_until: Option<Stamp>,
-    /// The last login attempt (the operator's "last check").
+    /// The last check with the password the server accepted (the operator's "last
+    /// check"; a wrong password is not the user's check).
     last_check: Stamp,
+    /// The intervals between the user's last checks (the periodicity rule).
+    pub history: CheckHistory,
     /// Login attempts answered without the server.
     pub answered_locally: u32,
     /// Login attempts that reached the server.
@@ -256,7 +262,7 @@ impl<E: Deref<Target = Entry>> Timed<E> {
         self.entry.notified.map(|s| self.epoch.instant(s))
     }
 
-    /// The last login attempt (the operator's "last check").
+    /// The last check with the password the server accepted.
     pub fn last_check(&self) -> Instant {
         self.epoch.instant(self.entry.last_check)
     }
@@ -269,8 +275,9 @@ impl<E: Deref<Target = Entry>> Timed<E> {
 }
 
 impl<E: DerefMut<Target = Entry>> Timed<E> {
-    /// Records a login attempt at `at`.
-    pub fn set_last_check(&mut self, at: Instant) {
+    /// Records a check at `at`, `since` after the previous one.
+    pub fn record_check(&mut self, at: Instant, since: Duration) {
+        self.entry.history.push(since);
         self.entry.last_check = self.epoch.stamp(at);
     }
 
@@ -300,7 +307,7 @@ impl<E: DerefMut<Target = Entry>> Timed<E> {
         } else {
             (e.fast_count, e.fast_since) = (1, Some(epoch.stamp(now)));
         }
-        if u32::from(e.fast_count) >= rule.count.get() {
+        if u32::from(e.fast_count) >= rule.count.get().min(u8::MAX.into()) {
             (e.fast_count, e.fast_since) = (0, None);
             e.penalty_until = Some(epoch.stamp(now + rule.penalty));
             FastCheckVerdict::Rewarded
@@ -506,6 +513,7 @@ impl UserTable {
                 fast_since: None,
                 penalty_until: None,
                 last_check: self.epoch.stamp(now),
+                history: CheckHistory::default(),
                 answered_locally: 0,
                 passed_through: 0,
                 expires,

@@ -12,6 +12,7 @@ use crate::{
 use fsm::{GREETING, LOGGED_IN, LOGGING_OUT, NO_SUCH_MESSAGE};
 
 mod model;
+mod rules;
 
 const INTERVAL: Duration = Duration::from_secs(60);
 const NOTIFY_INTERVAL: Duration = Duration::from_secs(3600);
@@ -33,6 +34,9 @@ fn config() -> Config {
         maildrop_budget: 1 << 20,
         one_in_m: None,
         fast_check: None,
+        periodicity: None,
+        load_adaptive: None,
+        login_delay: None,
     }
 }
 

@@ -849,7 +849,8 @@ impl<E: Judged> World<E> {
             plain(trim_eol(answered))
         } else {
             match cmd.verb {
-                Verb::User if !client.logged_in => {
+                // A refused USER (a control character, say) leaves the user as it was.
+                Verb::User if !client.logged_in && kind == StatusKind::Ok => {
                     client.user = lossy(cmd.rest);
                     None
                 }

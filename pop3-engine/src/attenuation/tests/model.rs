@@ -197,3 +197,17 @@ fn a_snapshot_answer_counts_the_old_mail() {
         check(&["STAT", "LIST", "UIDL"]),
     ]);
 }
+
+/// Found by the property test: a USER line the engine refuses (a control character)
+/// leaves the session's user as it was, so the PASS that follows is that user's.
+#[test]
+fn a_refused_user_line_does_not_change_whose_login_follows() {
+    run(vec![
+        check(&[]),
+        Op::Hostile {
+            // USER alice, USER alice\0x, PASS pw0
+            lines: vec![10, 13, 14],
+            chunk: 1,
+        },
+    ]);
+}
