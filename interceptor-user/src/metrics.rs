@@ -58,6 +58,8 @@ pub struct Snapshot {
     pub xdp: Vec<(common::Counter, u64)>,
     /// What became of new-mail notification requests, by outcome (empty when off).
     pub notifications: Vec<(&'static str, u64)>,
+    /// Whether the NATS broker is connected, and the fan-out's events (`None` without one).
+    pub fanout: Option<(bool, Vec<(&'static str, u64)>)>,
 }
 
 impl Snapshot {
@@ -75,6 +77,9 @@ impl Snapshot {
             dataplane: dataplane.stats(),
             xdp: attachment.counters().unwrap_or_default(),
             notifications: notifications.map(NotifyStats::outcomes).unwrap_or_default(),
+            fanout: notifications
+                .and_then(|n| n.fanout.as_deref())
+                .map(|f| (f.connected.load(Ordering::Relaxed) == 1, f.events())),
         }
     }
 }
@@ -90,6 +95,8 @@ pub struct Metrics {
     gc_runs: U64Counter,
     notifications: Family<Vec<(String, String)>, U64Counter>,
     notifications_applied: U64Counter,
+    nats_events: Family<Vec<(String, String)>, U64Counter>,
+    nats_connected: U64Gauge,
     one_in_m_passed: U64Counter,
     fast_checks_rewarded: U64Counter,
     fast_checks_penalized: U64Counter,
@@ -228,6 +235,18 @@ impl Metrics {
             "New-mail notification requests, by outcome (accepted, ignored, unauthorized, malformed, rate_limited, queue_full)",
             notifications.clone(),
         );
+        let nats_events = Family::<Vec<(String, String)>, U64Counter>::default();
+        registry.register(
+            "nats_events",
+            "NATS fan-out of notifications, by event (disconnect, published, publish_dropped, received, rejected, receive_dropped)",
+            nats_events.clone(),
+        );
+        let nats_connected = U64Gauge::default();
+        registry.register(
+            "nats_connected",
+            "1 while the NATS broker of the fan-out is connected",
+            nats_connected.clone(),
+        );
         let sessions_active = U64Gauge::default();
         registry.register(
             "sessions_active",
@@ -249,6 +268,8 @@ impl Metrics {
             gc_runs,
             notifications,
             notifications_applied,
+            nats_events,
+            nats_connected,
             one_in_m_passed,
             fast_checks_rewarded,
             fast_checks_penalized,
@@ -291,6 +312,13 @@ impl Metrics {
         for (outcome, count) in &snapshot.notifications {
             let labels = vec![("outcome".to_owned(), (*outcome).to_owned())];
             set(&self.notifications.get_or_create(&labels), *count);
+        }
+        if let Some((connected, events)) = &snapshot.fanout {
+            self.nats_connected.set(u64::from(*connected));
+            for (event, count) in events {
+                let labels = vec![("event".to_owned(), (*event).to_owned())];
+                set(&self.nats_events.get_or_create(&labels), *count);
+            }
         }
         self.table_entries.set(snapshot.table_entries);
         let dp = &snapshot.dataplane;
@@ -621,6 +649,7 @@ mod tests {
                 .map(|(i, &c)| (c, 1000 + i as u64))
                 .collect(),
             notifications: vec![("accepted", 9), ("unauthorized", 4)],
+            fanout: Some((true, vec![("disconnect", 2), ("received", 5)])),
         }
     }
 
@@ -646,6 +675,15 @@ mod tests {
             (
                 "pop3_interceptor_notifications_total{outcome=\"unauthorized\"}",
                 4.0,
+            ),
+            ("pop3_interceptor_nats_connected", 1.0),
+            (
+                "pop3_interceptor_nats_events_total{event=\"disconnect\"}",
+                2.0,
+            ),
+            (
+                "pop3_interceptor_nats_events_total{event=\"received\"}",
+                5.0,
             ),
             ("pop3_interceptor_sessions_active", 3.0),
             ("pop3_interceptor_table_entries", 4.0),
