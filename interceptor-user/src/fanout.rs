@@ -17,8 +17,10 @@
 //! bounded queue into the dataplane.
 //!
 //! Broker down: HTTP notifications still apply locally (publishing is skipped and counted
-//! as dropped), the time rule still bounds every delay, and the client reconnects by
-//! itself; the outage is logged and counted.
+//! as dropped), and the client reconnects by itself; the outage is logged and counted.
+//! While it lasts, the engine is told notifications may be missed: every view taken
+//! before the broker is back is trusted for the time rule's n only, so no delivery told
+//! during the outage waits for the longer `--notify-interval`.
 
 use std::{
     net::SocketAddr,
@@ -77,6 +79,11 @@ pub struct FanoutStats {
 }
 
 impl FanoutStats {
+    /// Whether the broker is connected now.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed) == 1
+    }
+
     /// Each event counter with its count, named as in the metrics' `event` label.
     pub fn events(&self) -> Vec<(&'static str, u64)> {
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);

@@ -79,7 +79,7 @@ impl Snapshot {
             notifications: notifications.map(NotifyStats::outcomes).unwrap_or_default(),
             fanout: notifications
                 .and_then(|n| n.fanout.as_deref())
-                .map(|f| (f.connected.load(Ordering::Relaxed) == 1, f.events())),
+                .map(|f| (f.is_connected(), f.events())),
         }
     }
 }
