@@ -208,6 +208,17 @@ impl Settings {
                     .unwrap_or_else(|| DEFAULT_SUBJECT.to_owned()),
             });
         if let Some(fanout) = &fanout
+            && fanout
+                .url
+                .split(',')
+                .any(|url| url.trim().parse::<async_nats::ServerAddr>().is_err())
+        {
+            return Err(invalid(
+                "notify-nats",
+                "a NATS URL, e.g. nats://203.0.113.5:4222 (several: comma-separated)",
+            ));
+        }
+        if let Some(fanout) = &fanout
             && !valid_subject(&fanout.subject)
         {
             return Err(invalid(
@@ -482,6 +493,11 @@ mod tests {
             .unwrap();
         assert_eq!(fanout.subject, DEFAULT_SUBJECT);
         assert!(Settings::resolve(args(false, None)).is_err(), "no endpoint");
+        let bad_url = RunArgs {
+            notify_nats: Some("http://[::1".into()),
+            ..args(true, None)
+        };
+        assert!(Settings::resolve(bad_url).is_err(), "not a NATS URL");
         for bad in ["", "a.*", "a.>", "a..b", "a b", ".a", "a\r\nPUB x 1"] {
             assert!(Settings::resolve(args(true, Some(bad))).is_err(), "{bad:?}");
         }
