@@ -2,14 +2,14 @@
 # Idempotent set-up of a fresh Debian 12 machine for building, testing and demoing
 # pop3-interceptor. Quiet when everything is present; says what it installs otherwise.
 #
-# Installs: apt packages (bpftool, Dovecot, clients), the nightly's rust-src (eBPF is built
+# Installs: apt packages (bpftool, Dovecot, clients, nats-server), the nightly's rust-src (eBPF is built
 # with -Z build-std=core), bpf-linker 0.13 linked against the nightly's own LLVM 22,
 # cargo-fuzz (with g++ for libFuzzer) for the fuzz smoke, and mounts bpffs at /sys/fs/bpf.
 set -euo pipefail
 
 say() { echo "setup: $*" >&2; }
 
-APT_PACKAGES=(bpftool ethtool iproute2 tcpdump dovecot-core dovecot-pop3d curl fetchmail python3 openssl procps g++)
+APT_PACKAGES=(bpftool ethtool iproute2 tcpdump dovecot-core dovecot-pop3d curl fetchmail python3 openssl procps g++ nats-server)
 BPF_LINKER_VERSION=0.13.0
 CARGO_FUZZ_VERSION=0.13.2
 # A permanent home for the LLVM symlinks that bpf-linker's RUNPATH points at.
@@ -25,10 +25,12 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The packaged Dovecot service is not ours: tests run their own instances.
-  if command -v systemctl >/dev/null && systemctl is-active -q dovecot 2>/dev/null; then
-    systemctl stop dovecot || true
-  fi
+  # The packaged Dovecot and NATS services are not ours: tests run their own instances.
+  for service in dovecot nats-server; do
+    if command -v systemctl >/dev/null && systemctl is-active -q "$service" 2>/dev/null; then
+      systemctl stop "$service" || true
+    fi
+  done
 fi
 
 if ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then

@@ -162,6 +162,14 @@ pub struct RunArgs {
     /// Most notification requests per second [default: 1000].
     #[arg(long)]
     pub notify_rate: Option<NonZeroU32>,
+    /// Fan notifications out to the other edges through this NATS broker, e.g.
+    /// nats://203.0.113.5:4222: publish those taken over HTTP, apply those received
+    /// (needs --notify-listen; every edge shares the secret) [default: off].
+    #[arg(long, value_name = "URL")]
+    pub notify_nats: Option<String>,
+    /// The NATS subject notifications travel on [default: pop3-interceptor.new-mail].
+    #[arg(long, value_name = "SUBJECT")]
+    pub notify_subject: Option<String>,
     /// How long a verified mailbox is trusted for users of a server that notifies [default: 1h].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub notify_interval: Option<Duration>,

@@ -17,6 +17,7 @@ pub mod dataplane;
 pub mod detach;
 pub mod ebpf;
 pub mod engine;
+pub mod fanout;
 pub mod metrics;
 pub mod mirror;
 pub mod notify;

@@ -67,6 +67,8 @@ pub struct Snapshot {
     pub xdp: Vec<(common::Counter, u64)>,
     /// What became of new-mail notification requests, by outcome (empty when off).
     pub notifications: Vec<(&'static str, u64)>,
+    /// Whether the NATS broker is connected, and the fan-out's events (`None` without one).
+    pub fanout: Option<(bool, Vec<(&'static str, u64)>)>,
 }
 
 impl Snapshot {
@@ -85,6 +87,9 @@ impl Snapshot {
             dataplane: dataplane.stats(),
             xdp: attachment.counters().unwrap_or_default(),
             notifications: notifications.map(NotifyStats::outcomes).unwrap_or_default(),
+            fanout: notifications
+                .and_then(|n| n.fanout.as_deref())
+                .map(|f| (f.is_connected(), f.events())),
         }
     }
 }
@@ -253,11 +258,16 @@ pub const METRICS: &[Metric] = &[
 const RULE_DECISIONS: &str = "rule_decisions";
 const RULE_DECISIONS_HELP: &str =
     "Decisions of the optional attenuation rules, by rule and decision";
+const NATS_CONNECTED: &str = "nats_connected";
+const NATS_CONNECTED_HELP: &str = "1 while the NATS broker of the fan-out is connected";
+const NATS_EVENTS: &str = "nats_events";
+const NATS_EVENTS_HELP: &str = "NATS fan-out of notifications, by event (disconnect, published, publish_dropped, received, rejected, receive_dropped)";
 const NOTIFICATIONS: &str = "notifications";
 const NOTIFICATIONS_HELP: &str = "New-mail notification requests, by outcome (accepted, ignored, unauthorized, malformed, rate_limited, queue_full)";
 
 /// Encodes one snapshot: the [`METRICS`] table, the XDP program's counters, the rules'
-/// decisions and the notifications by outcome (when the endpoint is on).
+/// decisions, the notifications by outcome (when the endpoint is on) and the NATS
+/// fan-out (when on).
 #[derive(Debug)]
 struct SnapshotCollector(Snapshot);
 
@@ -306,6 +316,16 @@ impl Collector for SnapshotCollector {
                     .notifications
                     .iter()
                     .map(|&(outcome, n)| ([("outcome", outcome)], n)),
+            )?;
+        }
+        if let Some((connected, events)) = &snapshot.fanout {
+            let connected = ConstGauge::new(u64::from(*connected));
+            encode_one(&mut encoder, NATS_CONNECTED, NATS_CONNECTED_HELP, connected)?;
+            encode_family(
+                &mut encoder,
+                NATS_EVENTS,
+                NATS_EVENTS_HELP,
+                events.iter().map(|&(event, n)| ([("event", event)], n)),
             )?;
         }
         Ok(())

@@ -17,7 +17,9 @@
 //! config sends); without it: 401 and nothing changes. Bodies are bounded
 //! ([`MAX_BODY`]), so are the request rate and the requests in progress. Accepted
 //! notifications go to the dataplane thread, which owns the engine, through a bounded
-//! channel, and wake it: they apply at once, not at the next tick.
+//! channel, and wake it: they apply at once, not at the next tick. With
+//! `--notify-nats`, each accepted notification is also published to the other edges
+//! ([`crate::fanout`]).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -44,7 +46,10 @@ use tower::limit::ConcurrencyLimitLayer;
 
 use pop3_engine::secret::Secret;
 
-use crate::upstream::Waker;
+use crate::{
+    fanout::{self, FanoutConfig, FanoutStats, Publisher, Sink},
+    upstream::Waker,
+};
 
 /// Largest request body accepted (Dovecot's notifications are a few hundred bytes).
 pub const MAX_BODY: usize = 16 * 1024;
@@ -60,8 +65,10 @@ pub struct NotifyConfig {
     pub listen: SocketAddr,
     /// The shared secret every request must carry.
     pub secret: Secret,
-    /// Most requests per second (over that: 429).
+    /// Most requests per second (over that: 429); notifications from the broker count too.
     pub rate: NonZeroU32,
+    /// Fan-out to other edges over NATS (`None`: this edge only).
+    pub fanout: Option<FanoutConfig>,
 }
 
 /// A mail server said new mail arrived for a user.
@@ -90,6 +97,8 @@ pub struct NotifyStats {
     pub rate_limited: AtomicU64,
     /// The dataplane's queue was full.
     pub queue_full: AtomicU64,
+    /// What the NATS fan-out did (`None` without one).
+    pub fanout: Option<Arc<FanoutStats>>,
 }
 
 impl NotifyStats {
@@ -116,10 +125,11 @@ pub struct Notifications {
 
 struct Endpoint {
     secret: Secret,
-    limiter: DefaultDirectRateLimiter,
+    limiter: Arc<DefaultDirectRateLimiter>,
     sender: mpsc::SyncSender<Notification>,
     waker: Arc<Waker>,
     stats: Arc<NotifyStats>,
+    fanout: Option<Publisher>,
 }
 
 /// The body: Dovecot's ox driver sends more fields; only these matter.
@@ -144,13 +154,31 @@ impl Notifications {
         listener.set_nonblocking(true)?;
         let local = listener.local_addr()?;
         let (sender, receiver) = mpsc::sync_channel(QUEUE);
-        let stats = Arc::new(NotifyStats::default());
+        let limiter = Arc::new(RateLimiter::direct(Quota::per_second(config.rate)));
+        let (publisher, fanout_stats) = match config.fanout {
+            Some(fanout) => {
+                let sink = Sink {
+                    sender: sender.clone(),
+                    waker: waker.clone(),
+                    limiter: limiter.clone(),
+                };
+                let (publisher, stats) =
+                    fanout::start(fanout, config.secret.expose(), sink, runtime);
+                (Some(publisher), Some(stats))
+            }
+            None => (None, None),
+        };
+        let stats = Arc::new(NotifyStats {
+            fanout: fanout_stats,
+            ..NotifyStats::default()
+        });
         let endpoint = Arc::new(Endpoint {
             secret: config.secret,
-            limiter: RateLimiter::direct(Quota::per_second(config.rate)),
+            limiter,
             sender,
             waker,
             stats: stats.clone(),
+            fanout: publisher,
         });
         let app = Router::new()
             .route(
@@ -220,6 +248,9 @@ async fn notify(
         count(&stats.ignored);
         return StatusCode::NO_CONTENT;
     };
+    if let Some(publisher) = &endpoint.fanout {
+        publisher.offer(&notification);
+    }
     match endpoint.sender.try_send(notification) {
         Ok(()) => {
             count(&stats.accepted);
@@ -262,25 +293,39 @@ fn authorized(headers: &HeaderMap, secret: &[u8]) -> bool {
 /// about new mail.
 fn parse(body: &[u8], peer: IpAddr) -> Option<Option<Notification>> {
     let body: Body = serde_json::from_slice(body).ok()?;
-    if body.user.is_empty() || body.user.contains(['\r', '\n', '\0']) {
-        return None;
-    }
-    let (server, port) = match body.server.as_deref() {
+    let server = match body.server.as_deref() {
         None => (peer, None),
-        Some(text) => match text.parse::<SocketAddr>() {
-            Ok(addr) => (addr.ip(), Some(addr.port())),
-            Err(_) => (text.parse::<IpAddr>().ok()?, None),
-        },
+        Some(text) => named_server(text)?,
     };
+    let notification = notification(body.user, server)?;
     let new_mail = body
         .event
         .as_deref()
         .is_none_or(|e| e.eq_ignore_ascii_case("messageNew"));
-    Some(new_mail.then(|| Notification {
+    Some(new_mail.then_some(notification))
+}
+
+/// A server named as `IP` or `IP:PORT`.
+pub(crate) fn named_server(text: &str) -> Option<(IpAddr, Option<u16>)> {
+    match text.parse::<SocketAddr>() {
+        Ok(addr) => Some((addr.ip(), Some(addr.port()))),
+        Err(_) => Some((text.parse::<IpAddr>().ok()?, None)),
+    }
+}
+
+/// A notification for `user` of `server`, unless the name cannot be a POP3 username.
+pub(crate) fn notification(
+    user: String,
+    (server, port): (IpAddr, Option<u16>),
+) -> Option<Notification> {
+    if user.is_empty() || user.contains(['\r', '\n', '\0']) {
+        return None;
+    }
+    Some(Notification {
         server,
         port,
-        user: body.user.into_bytes(),
-    }))
+        user: user.into_bytes(),
+    })
 }
 
 #[cfg(test)]

@@ -132,6 +132,15 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
                     let ended = engine.new_mail(n.server, n.port, &n.user, now);
                     tracing::debug!(server = %n.server, ended, "new-mail notification");
                 });
+                // Without the broker, news for this edge's users may be going astray.
+                if notifications
+                    .stats()
+                    .fanout
+                    .as_ref()
+                    .is_some_and(|f| !f.is_connected())
+                {
+                    engine.notifications_missed(now);
+                }
             }
             // Addresses come and go on a router: keep excluding all of its own.
             if excluded_at.elapsed() >= EXCLUDED_REFRESH {

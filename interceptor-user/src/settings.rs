@@ -14,7 +14,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::{
-    cli::RunArgs, dataplane::sources::SourceLimits, ebpf::AttachMode, notify::NotifyConfig,
+    cli::RunArgs, dataplane::sources::SourceLimits, ebpf::AttachMode, fanout::FanoutConfig,
+    notify::NotifyConfig,
 };
 
 /// Which POP3 engine terminates the sessions.
@@ -70,6 +71,8 @@ pub struct FileSettings {
     pub notify_listen: Option<SocketAddr>,
     pub notify_secret_file: Option<PathBuf>,
     pub notify_rate: Option<NonZeroU32>,
+    pub notify_nats: Option<String>,
+    pub notify_subject: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub notify_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -239,10 +242,45 @@ impl Settings {
             load_adaptive,
             login_delay,
         };
+        let fanout = args
+            .notify_nats
+            .or(file.notify_nats)
+            .map(|url| FanoutConfig {
+                url,
+                subject: args
+                    .notify_subject
+                    .or(file.notify_subject)
+                    .unwrap_or_else(|| DEFAULT_SUBJECT.to_owned()),
+            });
+        if let Some(fanout) = &fanout
+            && fanout
+                .url
+                .split(',')
+                .any(|url| url.trim().parse::<async_nats::ServerAddr>().is_err())
+        {
+            return Err(invalid(
+                "notify-nats",
+                "a NATS URL, e.g. nats://203.0.113.5:4222 (several: comma-separated)",
+            ));
+        }
+        if let Some(fanout) = &fanout
+            && !valid_subject(&fanout.subject)
+        {
+            return Err(invalid(
+                "notify-subject",
+                "a NATS subject: dot-separated tokens of printable characters, no wildcards",
+            ));
+        }
         let notify = match (
             args.notify_listen.or(file.notify_listen),
             args.notify_secret_file.or(file.notify_secret_file),
         ) {
+            (None, _) if fanout.is_some() => {
+                return Err(invalid(
+                    "notify-nats",
+                    "the fan-out needs --notify-listen and its secret",
+                ));
+            }
             (None, _) => None,
             (Some(_), None) => {
                 return Err(invalid(
@@ -257,6 +295,7 @@ impl Settings {
                     .notify_rate
                     .or(file.notify_rate)
                     .unwrap_or(NonZeroU32::new(1000).expect("non-zero")),
+                fanout,
             }),
         };
         if engine.table_size == 0 {
@@ -325,6 +364,21 @@ impl Settings {
             config_file: args.config,
         })
     }
+}
+
+/// The subject notifications travel on by default.
+pub const DEFAULT_SUBJECT: &str = "pop3-interceptor.new-mail";
+
+/// A subject this edge may publish on: no wildcard, no empty token, no space or control.
+fn valid_subject(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject.len() <= 256
+        && subject.split('.').all(|token| {
+            !token.is_empty()
+                && token != "*"
+                && token != ">"
+                && token.bytes().all(|b| b.is_ascii_graphic())
+        })
 }
 
 /// The first line of a secret file, which must not be empty.
@@ -491,5 +545,36 @@ mod tests {
             });
             assert!(documented, "{key} is not in {}", path.display());
         }
+    }
+
+    #[test]
+    fn the_fan_out_needs_the_endpoint_and_a_plain_subject() {
+        let secret = std::env::temp_dir().join(format!("p3i-secret-{}", std::process::id()));
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let args = |listen: bool, subject: Option<&str>| RunArgs {
+            iface: Some("eth1".into()),
+            notify_listen: listen.then(|| "127.0.0.1:0".parse().unwrap()),
+            notify_secret_file: Some(secret.clone()),
+            notify_nats: Some("nats://203.0.113.5:4222".into()),
+            notify_subject: subject.map(str::to_owned),
+            ..RunArgs::default()
+        };
+        let fanout = Settings::resolve(args(true, None))
+            .unwrap()
+            .notify
+            .unwrap()
+            .fanout
+            .unwrap();
+        assert_eq!(fanout.subject, DEFAULT_SUBJECT);
+        assert!(Settings::resolve(args(false, None)).is_err(), "no endpoint");
+        let bad_url = RunArgs {
+            notify_nats: Some("http://[::1".into()),
+            ..args(true, None)
+        };
+        assert!(Settings::resolve(bad_url).is_err(), "not a NATS URL");
+        for bad in ["", "a.*", "a.>", "a..b", "a b", ".a", "a\r\nPUB x 1"] {
+            assert!(Settings::resolve(args(true, Some(bad))).is_err(), "{bad:?}");
+        }
+        assert!(Settings::resolve(args(true, Some("isp.edge-mail.new"))).is_ok());
     }
 }

@@ -88,6 +88,8 @@ pub fn ensure_test_bpffs() -> Result<PathBuf> {
 pub struct InterceptorOptions {
     /// Daemon binary; `None` = [`interceptor_bin`].
     pub bin: Option<PathBuf>,
+    /// The router namespace to run in ([`Node::Router`], or [`Node::EdgeRouter`]).
+    pub node: Node,
     /// Interface to attach to (in the router namespace).
     pub iface: String,
     /// Extra arguments after `run --iface IF --pin-dir DIR` (e.g. `--xdp-mode skb`).
@@ -102,6 +104,7 @@ impl Default for InterceptorOptions {
     fn default() -> Self {
         Self {
             bin: None,
+            node: Node::Router,
             iface: ROUTER_CLIENT_IFACE.to_string(),
             extra_args: Vec::new(),
             rust_log: "info".to_string(),
@@ -149,7 +152,7 @@ impl Interceptor {
         let dir = TempDir::new(&format!("{}-icpt{n}", topo.prefix()))?;
         let log = dir.path().join("interceptor.log");
         let mut me = Interceptor {
-            ns: topo.ns(Node::Router).to_string(),
+            ns: topo.ns(opts.node).to_string(),
             bin,
             pin_dir,
             log,

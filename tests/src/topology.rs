@@ -6,6 +6,17 @@
 //!       2001:db8:1::2/64         2001:db8:1::1/64      2001:db8:2::1/64         2001:db8:2::2/64
 //! ```
 //!
+//! [`Topology::add_edge`] adds a second edge router and its own subscriber in front of the
+//! same mail server (for notifications fanned out across edges):
+//!
+//! ```text
+//!  edge-client ns               edge-router ns                            server ns
+//!  eth0 198.51.100.130/25 ---- rc0 198.51.100.129/25  rs0 203.0.113.129/25 ---- eth1 203.0.113.130/25
+//! ```
+//!
+//! The edge router reaches the server's 203.0.113.2 through `eth1`; the server routes
+//! 198.51.100.128/25 back through the edge router.
+//!
 //! The interceptor attaches to the router's `rc0` (the subscriber-facing interface). Only the
 //! TEST-NET ranges 198.51.100.0/24 and 203.0.113.0/24 and the documentation prefix 2001:db8::/32
 //! are used, inside namespaces this guard creates and deletes.
@@ -45,6 +56,14 @@ pub const ROUTER_SERVER_IFACE: &str = "rs0";
 /// The interface name inside the client and the server namespaces.
 pub const HOST_IFACE: &str = "eth0";
 
+/// The second edge's subscriber, router and the server's interface towards it.
+pub const EDGE_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 130);
+pub const EDGE_ROUTER_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 129);
+pub const EDGE_ROUTER_SERVER_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 129);
+pub const SERVER_EDGE_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 130);
+/// The server's interface towards the second edge.
+pub const SERVER_EDGE_IFACE: &str = "eth1";
+
 pub const POP3_PORT: u16 = 110;
 
 /// The mail server's POP3 address (IPv4).
@@ -62,6 +81,10 @@ pub enum Node {
     Client,
     Router,
     Server,
+    /// The second edge's subscriber (after [`Topology::add_edge`]).
+    EdgeClient,
+    /// The second edge router (after [`Topology::add_edge`]).
+    EdgeRouter,
 }
 
 impl Node {
@@ -70,6 +93,8 @@ impl Node {
             Node::Client => "client",
             Node::Router => "router",
             Node::Server => "server",
+            Node::EdgeClient => "edge-client",
+            Node::EdgeRouter => "edge-router",
         }
     }
 }
@@ -102,6 +127,8 @@ pub struct Topology {
     client: String,
     router: String,
     server: String,
+    /// The second edge's client and router namespaces, once added.
+    edge: Option<(String, String)>,
     options: TopologyOptions,
     created: Vec<String>,
     // Declared last: dropped after the namespaces are gone.
@@ -123,6 +150,7 @@ impl Topology {
             client: format!("{prefix}-client"),
             router: format!("{prefix}-router"),
             server: format!("{prefix}-server"),
+            edge: None,
             prefix,
             options,
             created: Vec::new(),
@@ -266,6 +294,81 @@ impl Topology {
         Ok(())
     }
 
+    /// Adds the second edge (see the module's picture): its router and subscriber
+    /// namespaces, removed with the rest.
+    pub fn add_edge(&mut self) -> Result<()> {
+        if self.edge.is_some() {
+            bail!("the second edge exists already");
+        }
+        let (c, r, s) = (
+            format!("{}-edge-client", self.prefix),
+            format!("{}-edge-router", self.prefix),
+            self.server.clone(),
+        );
+        for ns in [&c, &r] {
+            self.ip(&["netns", "add", ns])?;
+            self.created.push(ns.clone());
+            self.ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        self.edge = Some((c.clone(), r.clone()));
+        self.ip(&[
+            "-n",
+            &r,
+            "link",
+            "add",
+            ROUTER_CLIENT_IFACE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            HOST_IFACE,
+            "netns",
+            &c,
+        ])?;
+        self.ip(&[
+            "-n",
+            &r,
+            "link",
+            "add",
+            ROUTER_SERVER_IFACE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            SERVER_EDGE_IFACE,
+            "netns",
+            &s,
+        ])?;
+        for (ns, dev, addr) in [
+            (&c, HOST_IFACE, EDGE_CLIENT_V4),
+            (&r, ROUTER_CLIENT_IFACE, EDGE_ROUTER_CLIENT_V4),
+            (&r, ROUTER_SERVER_IFACE, EDGE_ROUTER_SERVER_V4),
+            (&s, SERVER_EDGE_IFACE, SERVER_EDGE_V4),
+        ] {
+            self.ip(&["-n", ns, "addr", "add", &format!("{addr}/25"), "dev", dev])?;
+            self.ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        self.sysctl(&r, &["net.ipv4.ip_forward=1"])?;
+        let (router_c, router_s, server_e) = (
+            EDGE_ROUTER_CLIENT_V4.to_string(),
+            EDGE_ROUTER_SERVER_V4.to_string(),
+            SERVER_EDGE_V4.to_string(),
+        );
+        self.ip(&["-n", &c, "route", "add", "default", "via", &router_c])?;
+        let server = format!("{SERVER_V4}/32");
+        self.ip(&["-n", &r, "route", "add", &server, "via", &server_e])?;
+        self.ip(&[
+            "-n",
+            &s,
+            "route",
+            "add",
+            "198.51.100.128/25",
+            "via",
+            &router_s,
+        ])?;
+        Ok(())
+    }
+
     fn ip(&self, args: &[&str]) -> Result<()> {
         let out = run_cmd(
             Command::new("ip").args(args),
@@ -296,6 +399,8 @@ impl Topology {
             Node::Client => &self.client,
             Node::Router => &self.router,
             Node::Server => &self.server,
+            Node::EdgeClient => &self.edge.as_ref().expect("Topology::add_edge first").0,
+            Node::EdgeRouter => &self.edge.as_ref().expect("Topology::add_edge first").1,
         }
     }
     pub fn options(&self) -> &TopologyOptions {

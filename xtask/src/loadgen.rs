@@ -95,7 +95,8 @@ pub struct LoadReport {
     pub first_errors: Vec<String>,
 }
 
-struct Conn {
+/// One POP3 connection of the load generator (also driven by `soak`).
+pub(crate) struct Conn {
     r: BufReader<OwnedReadHalf>,
     w: OwnedWriteHalf,
     line: String,
@@ -104,7 +105,7 @@ struct Conn {
 impl Conn {
     /// Connects and reads the greeting; `step` names what is being waited for (so a session
     /// that times out can say where it stalled).
-    async fn open(addr: SocketAddr, step: &mut &'static str) -> Result<Self> {
+    pub(crate) async fn open(addr: SocketAddr, step: &mut &'static str) -> Result<Self> {
         *step = "connect";
         let s = TcpStream::connect(addr).await.context("connect")?;
         *step = "greeting";
@@ -129,15 +130,47 @@ impl Conn {
         }
         Ok(())
     }
-    async fn cmd(&mut self, what: &str, line: &str) -> Result<()> {
+    /// Sends `line` and requires a `+OK` answer (then in [`Conn::reply`]).
+    pub(crate) async fn cmd(&mut self, what: &str, line: &str) -> Result<()> {
         self.w.write_all(line.as_bytes()).await?;
         self.expect_ok(what).await
     }
-    async fn login(&mut self, user: &str, pass: &str, step: &mut &'static str) -> Result<()> {
+    pub(crate) async fn login(
+        &mut self,
+        user: &str,
+        pass: &str,
+        step: &mut &'static str,
+    ) -> Result<()> {
         *step = "USER";
         self.cmd("USER", &format!("USER {user}\r\n")).await?;
         *step = "PASS";
         self.cmd("PASS", &format!("PASS {pass}\r\n")).await
+    }
+    /// The last status line read.
+    pub(crate) fn reply(&self) -> &str {
+        self.line.trim_end()
+    }
+    /// Reads a multi-line body after its +OK line, dot-unstuffed, one line per entry
+    /// (line ends removed); at most `limit` bytes.
+    pub(crate) async fn read_lines(&mut self, limit: usize) -> Result<Vec<String>> {
+        let mut lines = Vec::new();
+        let mut total = 0;
+        loop {
+            self.line.clear();
+            let n = (&mut self.r).take(4096).read_line(&mut self.line).await?;
+            if n == 0 {
+                bail!("connection closed inside a multi-line response");
+            }
+            total += n;
+            if total > limit {
+                bail!("multi-line response over {limit} bytes");
+            }
+            let line = self.line.trim_end_matches(['\r', '\n']);
+            if line == "." {
+                return Ok(lines);
+            }
+            lines.push(line.strip_prefix('.').unwrap_or(line).to_owned());
+        }
     }
     /// Reads a multi-line body after its +OK line; returns its size in bytes
     /// (terminator excluded).

@@ -3,6 +3,7 @@
 //! - `test`:  set-up, release build of the daemon, unit tests, then the privileged e2e tests.
 //! - `demo`:  a topology + Dovecot + the interceptor, polling clients, and what each side saw.
 //! - `bench`: check sessions and RETR throughput, direct vs through the interceptor.
+//! - `soak`:  a population of clients with real deliveries: direct, time rule, notifications.
 //! - `fuzz`:  the cargo-fuzz targets of fuzz/ (nightly), with their figures.
 //! - `simulate`: the attenuation engine in virtual time with a synthetic ISP, per rule.
 //! - `loadgen` (internal): the bench's tokio load generator, run inside the client namespace.
@@ -13,6 +14,7 @@ mod fuzz;
 mod loadgen;
 mod run;
 mod simulate;
+mod soak;
 mod test;
 
 use std::process::ExitCode;
@@ -34,6 +36,9 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Measure check sessions/s, latency and RETR throughput, direct vs through.
     Bench(bench::BenchArgs),
+    /// A population of POP3 clients with real deliveries, direct vs through the interceptor
+    /// with and without new-mail notifications: checks reaching Dovecot, losses, delays.
+    Soak(soak::SoakArgs),
     /// Run the cargo-fuzz targets (codec, frame, engine) on nightly; fails on a crash.
     Fuzz(fuzz::FuzzArgs),
     /// Drive the engine in virtual time with a synthetic ISP, each rule on and off.
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         Cmd::Test(a) => test::run(a),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Soak(a) => soak::run(a),
         Cmd::Fuzz(a) => fuzz::run(a),
         Cmd::Simulate(a) => simulate::run(a),
         Cmd::Loadgen(a) => loadgen::run(a),

@@ -55,6 +55,7 @@ fn sample() -> Snapshot {
             .map(|(i, &c)| (c, 1000 + i as u64))
             .collect(),
         notifications: vec![("accepted", 9), ("unauthorized", 4)],
+        fanout: Some((true, vec![("disconnect", 2), ("received", 5)])),
     }
 }
 
@@ -104,6 +105,15 @@ fn the_exposition_has_every_metric_with_prometheus_names() {
             7.0,
         ),
         ("pop3_interceptor_interval_seconds", 900.0),
+        ("pop3_interceptor_nats_connected", 1.0),
+        (
+            "pop3_interceptor_nats_events_total{event=\"disconnect\"}",
+            2.0,
+        ),
+        (
+            "pop3_interceptor_nats_events_total{event=\"received\"}",
+            5.0,
+        ),
         (
             "pop3_interceptor_notifications_total{outcome=\"accepted\"}",
             9.0,

@@ -163,6 +163,9 @@ struct Shared {
     salt: Salt,
     table: UserTable,
     servers: HashMap<SocketAddr, ServerRecord>,
+    /// Notifications may have been lost until then (the way they come by was down): a
+    /// view taken before it is trusted for [`Config::interval`] only.
+    missed_until: Option<Instant>,
     counters: Counters,
     load: load::LoadMeter,
 }
@@ -234,8 +237,13 @@ impl Shared {
             .get(&key.server)
             .and_then(|r| r.last_notification)
             .is_some_and(|t| now.saturating_duration_since(t) < self.config.notify_silence);
-        let reachable = self.table.get(key).is_some_and(|e| e.notified().is_some());
-        if notifying && reachable {
+        let entry = self.table.get(key);
+        let reachable = entry.as_ref().is_some_and(|e| e.notified().is_some());
+        // A view older than a possible loss of notifications could hide mail they told.
+        let complete = entry
+            .and_then(|e| e.verified())
+            .is_some_and(|v| self.missed_until.is_none_or(|m| v >= m));
+        if notifying && reachable && complete {
             self.config.notify_interval
         } else {
             self.config.interval
@@ -282,6 +290,7 @@ impl AttenuationEngine {
                 config,
                 salt,
                 servers: HashMap::new(),
+                missed_until: None,
                 counters: Counters::default(),
                 load: load::LoadMeter::default(),
             },
@@ -363,6 +372,13 @@ impl AttenuationEngine {
     /// load when [`Config::load_adaptive`] is set).
     pub fn interval(&self, now: Instant) -> std::time::Duration {
         self.shared.interval(now)
+    }
+
+    /// Notifications may have been lost until `now` (the broker that fans them out was
+    /// down): every view taken before is trusted for [`Config::interval`] only, even for
+    /// users of a notifying server, until a later session renews it.
+    pub fn notifications_missed(&mut self, now: Instant) {
+        self.shared.missed_until = self.shared.missed_until.max(Some(now));
     }
 
     /// The n in force for `key` now (see [`Config::notify_interval`]).

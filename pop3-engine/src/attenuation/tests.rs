@@ -1117,6 +1117,16 @@ fn a_notified_user_gets_the_longer_interval_until_the_server_falls_silent() {
     h.now += Duration::from_secs(1);
     passed_through_check(&mut h, 2, "pw", 0);
     assert_eq!(h.engine.interval_for(&alice, h.now), NOTIFY_INTERVAL);
+    // Notifications may have been lost (the fan-out's broker was down): her view is
+    // trusted for n only, until a session renews it.
+    h.engine.notifications_missed(h.now);
+    assert_eq!(h.engine.interval_for(&alice, h.now), NOTIFY_INTERVAL);
+    h.now += Duration::from_secs(1);
+    h.engine.notifications_missed(h.now);
+    assert_eq!(h.engine.interval_for(&alice, h.now), INTERVAL);
+    h.now += INTERVAL + Duration::from_secs(1);
+    passed_through_check(&mut h, 5, "pw", 0);
+    assert_eq!(h.engine.interval_for(&alice, h.now), NOTIFY_INTERVAL);
     h.now += INTERVAL * 3;
     attenuated_login(&mut h, 3, "pw");
     h.client(3, b"QUIT\r\n");
