@@ -11,6 +11,7 @@
 //! The POP3 decisions themselves live in the sans-IO `pop3-engine` crate.
 
 pub mod btf_text;
+pub mod choice;
 pub mod cli;
 pub mod dataplane;
 pub mod detach;
