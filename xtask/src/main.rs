@@ -10,6 +10,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod loadgen;
+mod other_traffic;
 mod run;
 mod test;
 
