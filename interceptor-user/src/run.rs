@@ -190,6 +190,11 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         ?engine,
         "stopping: detaching from {iface}"
     );
+    if dataplane.tap().is_some() {
+        // The classifier passes everything again before the TAP goes away, rather than
+        // redirecting to a device that no longer exists (which drops).
+        let _ = attachment.register_tap(0);
+    }
     drop(dataplane);
     drop(attachment);
     Ok(())
