@@ -74,7 +74,7 @@ pub struct DataplaneConfig {
 pub enum DataplaneError {
     #[error(transparent)]
     Xsk(#[from] XskError),
-    #[error("TAP device: {0}")]
+    #[error(transparent)]
     Tap(#[from] TapError),
     #[error("no interface named {0:?}")]
     NoSuchInterface(String),

@@ -28,17 +28,16 @@ const TAP_NAME: &CStr = c"pop3i%d";
 
 /// Why the TAP or the reply socket could not be set up.
 #[derive(Debug, Error)]
-#[error("{step}: {source}")]
+#[error("{step}: {err}")]
 pub struct TapError {
     step: &'static str,
-    #[source]
-    source: io::Error,
+    err: io::Error,
 }
 
 fn last_error(step: &'static str) -> TapError {
     TapError {
         step,
-        source: io::Error::last_os_error(),
+        err: io::Error::last_os_error(),
     }
 }
 
@@ -105,7 +104,7 @@ impl TapQueue {
         }
         let ifindex_tap = crate::ebpf::interface_index(&name).ok_or_else(|| TapError {
             step: "looking up the TAP's index",
-            source: io::Error::from(io::ErrorKind::NotFound),
+            err: io::Error::from(io::ErrorKind::NotFound),
         })?;
         tracing::debug!(tap = %name, ifindex = ifindex_tap, "TAP device up");
         Ok(Self {
