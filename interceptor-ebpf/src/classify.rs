@@ -8,24 +8,23 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use common::{Counter, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue};
+use core::mem::offset_of;
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    vlan::VlanHdr,
+};
 
 use crate::maps::{
     CONFIG, COUNTERS, EXCLUDED_V4, EXCLUDED_V6, FLOWS, HALF_OPEN, PORTS, SERVERS_V4, SERVERS_V6,
 };
 
-const ETH_HDR_LEN: usize = 14;
-const VLAN_HDR_LEN: usize = 4;
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-const IPV6_HDR_LEN: usize = 40;
 const IPPROTO_TCP: u8 = 6;
-const TCP_MIN_HDR_LEN: usize = 20;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
-const TCP_FLAG_FIN: u8 = 0x01;
-const TCP_FLAG_RST: u8 = 0x04;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
@@ -109,36 +108,39 @@ pub struct Flow {
 }
 
 /// Parses Ethernet, up to two VLAN tags, IPv4 or IPv6, and TCP. `Ok(None)` for anything
-/// that is not an unfragmented TCP segment; `Err` for a truncated frame.
+/// that is not an unfragmented TCP segment; `Err` for a truncated frame. Header layouts
+/// come from `network-types`; headers with enum fields (an IP protocol, an EtherType) are
+/// read field by field as bytes, since hostile frames may hold values no variant has.
 #[inline(always)]
 fn parse_flow<F: Frame>(ctx: &F, inline_tags: u8) -> Result<Option<Flow>, ()> {
-    let mut offset = ETH_HDR_LEN;
-    let mut ether_type = u16::from_be(ctx.read::<u16>(12)?);
+    let mut offset = EthHdr::LEN;
+    let mut ether_type = u16::from_be(ctx.read::<u16>(offset_of!(EthHdr, ether_type))?);
     // Up to two tags (802.1ad QinQ: outer S-tag, inner C-tag), counting one the kernel
     // already took into the skb's metadata; a third is not ours.
     if inline_tags >= 1 && (ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD) {
-        ether_type = u16::from_be(ctx.read::<u16>(offset + 2)?);
-        offset += VLAN_HDR_LEN;
+        ether_type = u16::from_be(ctx.read::<u16>(offset + offset_of!(VlanHdr, eth_type))?);
+        offset += VlanHdr::LEN;
         if inline_tags >= 2 && (ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD) {
-            ether_type = u16::from_be(ctx.read::<u16>(offset + 2)?);
-            offset += VLAN_HDR_LEN;
+            ether_type = u16::from_be(ctx.read::<u16>(offset + offset_of!(VlanHdr, eth_type))?);
+            offset += VlanHdr::LEN;
         }
     }
     let mut key = FlowKey::default();
     match ether_type {
         ETH_P_IPV4 => {
-            let version_ihl: u8 = ctx.read(offset)?;
+            let version_ihl: u8 = ctx.read(offset + offset_of!(Ipv4Hdr, vihl))?;
             let ihl = usize::from(version_ihl & 0x0f) * 4;
-            if version_ihl >> 4 != 4 || ihl < 20 {
+            if version_ihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
                 return Ok(None);
             }
             // Any fragment, first or later, has no complete TCP header we could trust.
-            let frag = u16::from_be(ctx.read::<u16>(offset + 6)?);
-            if frag & 0x3fff != 0 || ctx.read::<u8>(offset + 9)? != IPPROTO_TCP {
+            let frag = u16::from_be(ctx.read::<u16>(offset + offset_of!(Ipv4Hdr, frags))?);
+            let proto: u8 = ctx.read(offset + offset_of!(Ipv4Hdr, proto))?;
+            if frag & 0x3fff != 0 || proto != IPPROTO_TCP {
                 return Ok(None);
             }
-            let src: [u8; 4] = ctx.read(offset + 12)?;
-            let dst: [u8; 4] = ctx.read(offset + 16)?;
+            let src: [u8; 4] = ctx.read(offset + offset_of!(Ipv4Hdr, src_addr))?;
+            let dst: [u8; 4] = ctx.read(offset + offset_of!(Ipv4Hdr, dst_addr))?;
             key.client_addr[..4].copy_from_slice(&src);
             key.server_addr[..4].copy_from_slice(&dst);
             key.family = FAMILY_V4;
@@ -146,29 +148,31 @@ fn parse_flow<F: Frame>(ctx: &F, inline_tags: u8) -> Result<Option<Flow>, ()> {
         }
         ETH_P_IPV6 => {
             // Extension headers are rare on POP3 and not worth parsing here: pass them.
-            if ctx.read::<u8>(offset)? >> 4 != 6 || ctx.read::<u8>(offset + 6)? != IPPROTO_TCP {
+            let version = ctx.read::<u8>(offset + offset_of!(Ipv6Hdr, vcf))? >> 4;
+            if version != 6
+                || ctx.read::<u8>(offset + offset_of!(Ipv6Hdr, next_hdr))? != IPPROTO_TCP
+            {
                 return Ok(None);
             }
-            key.client_addr = ctx.read(offset + 8)?;
-            key.server_addr = ctx.read(offset + 24)?;
+            key.client_addr = ctx.read(offset + offset_of!(Ipv6Hdr, src_addr))?;
+            key.server_addr = ctx.read(offset + offset_of!(Ipv6Hdr, dst_addr))?;
             key.family = FAMILY_V6;
-            offset += IPV6_HDR_LEN;
+            offset += Ipv6Hdr::LEN;
         }
         _ => return Ok(None),
     }
     // One bounds check for the whole minimal TCP header, then reads from the copy: the
     // verifier cannot follow a variable (IHL-based) offset through separate checks.
-    let tcp: [u8; TCP_MIN_HDR_LEN] = ctx.read(offset)?;
-    let flags = tcp[13];
-    if usize::from(tcp[12] >> 4) * 4 < TCP_MIN_HDR_LEN {
+    let tcp: TcpHdr = ctx.read(offset)?;
+    if usize::from(tcp.doff()) * 4 < TcpHdr::LEN {
         return Ok(None);
     }
-    key.client_port = u16::from_be_bytes([tcp[0], tcp[1]]);
-    key.server_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+    key.client_port = u16::from_be_bytes(tcp.source);
+    key.server_port = u16::from_be_bytes(tcp.dest);
     Ok(Some(Flow {
         key,
         // A plain SYN: SYN|FIN, SYN|RST and friends open nothing.
-        is_syn: flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_FIN | TCP_FLAG_RST) == TCP_FLAG_SYN,
+        is_syn: tcp.syn() == 1 && tcp.ack() == 0 && tcp.fin() == 0 && tcp.rst() == 0,
     }))
 }
 
