@@ -78,7 +78,9 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
     };
     tracing::info!(%iface, %driver, dataplane = hook.label(), reason = why, "dataplane chosen");
     let mut attachment = match Attachment::attach(&options) {
-        Err(EbpfError::Attach { source, .. }) if settings.dataplane == DataplaneKind::Auto => {
+        Err(EbpfError::Attach { source, .. })
+            if settings.dataplane == DataplaneKind::Auto && matches!(hook, Hook::Xdp(_)) =>
+        {
             tracing::warn!(%iface, err = %source, "XDP cannot attach here: falling back to the TC dataplane");
             hook = Hook::Tc;
             options.hook = hook;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use pop3_interceptor_e2e::clients::{self, FetchmailOptions, PoplibOptions, RawSession};
 use pop3_interceptor_e2e::dovecot::make_message;
+use pop3_interceptor_e2e::interceptor::dataplane_args;
 use pop3_interceptor_e2e::topology::{CLIENT_V4, CLIENT_V6, server_pop3_v4, server_pop3_v6};
 use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
 use rstest::rstest;
@@ -25,14 +26,18 @@ const INTERVAL: Duration = Duration::from_secs(5);
 /// Dovecot's answer to a refused login.
 const AUTH_FAILED: &str = "-ERR [AUTH] Authentication failed.";
 
-/// `--dataplane` of the tests that do not run on both.
+/// The dataplane of the tests that do not run on both: the daemon's own choice.
 const DEFAULT_DATAPLANE: &str = "auto";
 
-/// The daemon in its default mode (attenuate) on `dataplane`, with `interval` and `extra`
-/// flags.
+/// The daemon in its default mode (attenuate) on `dataplane` (`xdp`: native, `tc`, or
+/// [`DEFAULT_DATAPLANE`]), with `interval` and `extra` flags.
 fn attenuator(topo: &Topology, dataplane: &str, interval: Duration, extra: &[&str]) -> Interceptor {
     let iv = format!("{}s", interval.as_secs());
-    let mut args = vec!["--dataplane", dataplane, "--interval", iv.as_str()];
+    let mut args = match dataplane {
+        DEFAULT_DATAPLANE => Vec::new(),
+        chosen => dataplane_args(chosen).to_vec(),
+    };
+    args.extend(["--interval", iv.as_str()]);
     args.extend_from_slice(extra);
     let ic = Interceptor::start(topo, &args).expect("interceptor");
     assert!(

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use pop3_interceptor_e2e::clients::{self, FetchmailOptions, PoplibOptions, RawSession};
 use pop3_interceptor_e2e::dovecot::{make_large_message, make_message};
+use pop3_interceptor_e2e::interceptor::dataplane_args;
 use pop3_interceptor_e2e::raw::{self, RawLink, Seg, subscriber};
 use pop3_interceptor_e2e::topology::{
     CLIENT_V4, CLIENT_V6, HOST_IFACE, ROUTER_SERVER_V4, ROUTER_SERVER_V6, SERVER_V4,
@@ -22,9 +23,11 @@ use rstest::rstest;
 const MATCHED: u32 = 1;
 const REDIRECTED: u32 = 2;
 
-/// The daemon in relay mode on `dataplane` (`xdp` or `tc`).
+/// The daemon in relay mode on `dataplane` (`xdp`: native, or `tc`).
 fn relay(topo: &Topology, dataplane: &str) -> Interceptor {
-    Interceptor::start(topo, &["--mode", "relay", "--dataplane", dataplane]).expect("interceptor")
+    let mut args = vec!["--mode", "relay"];
+    args.extend_from_slice(dataplane_args(dataplane));
+    Interceptor::start(topo, &args).expect("interceptor")
 }
 
 /// A per-CPU counter of the pinned COUNTERS map, summed, read with the real bpftool.
