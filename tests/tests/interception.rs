@@ -188,6 +188,13 @@ fn after_kill_9_sessions_reach_dovecot_directly(#[case] dataplane: &str) {
     let mut ic = relay(&topo, dataplane);
     poplib_ok(&topo, "alice", &PoplibOptions::default());
     assert_eq!(last_login_rip(&dc, "alice"), ROUTER_SERVER_V4.to_string());
+    let links = || {
+        topo.exec(Node::Router, &["ip", "-o", "link", "show"])
+            .unwrap()
+            .stdout_str()
+    };
+    // The TC dataplane's TAP (pop3iN) lives exactly as long as the daemon's descriptor.
+    assert_eq!(links().contains("pop3i"), dataplane == "tc", "{}", links());
 
     ic.kill9();
     poplib_ok(&topo, "alice", &PoplibOptions::default());
@@ -196,11 +203,18 @@ fn after_kill_9_sessions_reach_dovecot_directly(#[case] dataplane: &str) {
         CLIENT_V4.to_string(),
         "fail-open: the session went straight to Dovecot"
     );
+    // bpftool 7.1 (Debian 12) lists XDP links here but not TCX ones: for TC the session
+    // above and the TAP being gone are the evidence.
     let net = topo.exec(Node::Router, &["bpftool", "net"]).unwrap();
     assert!(
         !net.stdout_str().contains("pop3_intercept"),
         "the program died with the daemon: {}",
         net.stdout_str()
+    );
+    assert!(
+        !links().contains("pop3i"),
+        "the TAP died with the daemon: {}",
+        links()
     );
 }
 
