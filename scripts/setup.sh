@@ -9,7 +9,7 @@ set -euo pipefail
 
 say() { echo "setup: $*" >&2; }
 
-APT_PACKAGES=(bpftool ethtool iproute2 tcpdump dovecot-core dovecot-pop3d curl fetchmail python3 openssl procps g++ nats-server)
+APT_PACKAGES=(bpftool ethtool iproute2 tcpdump dovecot-core dovecot-pop3d curl fetchmail python3 openssl procps g++ nats-server iperf3)
 BPF_LINKER_VERSION=0.13.0
 CARGO_FUZZ_VERSION=0.13.2
 # A permanent home for the LLVM symlinks that bpf-linker's RUNPATH points at.

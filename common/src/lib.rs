@@ -66,6 +66,8 @@ pub mod map_names {
 
 /// Name of the XDP program in the object.
 pub const XDP_PROGRAM: &str = "pop3_intercept";
+/// Name of the TC classifier in the eBPF object (the TC dataplane).
+pub const TC_PROGRAM: &str = "pop3_intercept_tc";
 
 /// Most RX queues the XSKMAP can address.
 pub const MAX_QUEUES: u32 = 64;
@@ -89,6 +91,9 @@ pub struct Config {
     /// Non-zero: only destinations inside `SERVERS_V4`/`SERVERS_V6` are intercepted.
     /// Zero: any destination on an intercepted port is.
     pub server_filter: u32,
+    /// TC dataplane: the daemon's TAP device, where chosen skbs are redirected. Zero
+    /// (no TAP yet, or the XDP dataplane): the TC program passes everything.
+    pub redirect_ifindex: u32,
 }
 
 /// Address family tag in [`FlowKey`].

@@ -5,7 +5,11 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
-use crate::{ebpf::AttachMode, settings::EngineMode, status::SortBy};
+use crate::{
+    choice::{DataplaneKind, XdpMode},
+    settings::EngineMode,
+    status::SortBy,
+};
 
 /// Cuts empty POP3 checks off at the edge router: XDP -> AF_XDP -> userspace TCP ->
 /// attenuation engine -> real mail server.
@@ -74,9 +78,14 @@ pub struct RunArgs {
     /// The subscriber-facing interface to attach to.
     #[arg(long)]
     pub iface: Option<String>,
-    /// XDP attach mode [default: auto].
+    /// Dataplane: `xdp`, `tc`, or `auto` (tc on veth, where XDP slows all other traffic,
+    /// and where XDP cannot attach) [default: auto].
     #[arg(long, value_enum)]
-    pub xdp_mode: Option<AttachMode>,
+    pub dataplane: Option<DataplaneKind>,
+    /// XDP attach mode; `auto` is generic on veth, else native where the driver has it
+    /// [default: auto].
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpMode>,
     /// Intercepted TCP ports [default: 110].
     #[arg(long, value_delimiter = ',')]
     pub ports: Option<Vec<u16>>,

@@ -1,9 +1,10 @@
 //! `pop3-interceptor detach`: cleans up after a daemon that did not exit cleanly.
 //!
-//! A daemon killed with SIGKILL takes its XDP link and AF_XDP sockets with it, but its
-//! pinned maps stay on the bpffs, and a program attached the legacy netlink way (on
-//! kernels without XDP links) stays on the interface. This removes both, and refuses
-//! while the daemon that owns them still runs.
+//! A daemon killed with SIGKILL takes its XDP or TCX link, its AF_XDP sockets and its TAP
+//! device with it, but its pinned maps stay on the bpffs, and an XDP program attached the
+//! legacy netlink way (on kernels without XDP links) stays on the interface. This removes
+//! both, and refuses while the daemon that owns them still runs. The TC classifier is
+//! only ever attached as a TCX link, so nothing of it can stay behind.
 
 use std::{path::Path, process::Command};
 

@@ -1,8 +1,10 @@
-//! Loading the XDP program, configuring its maps, attaching it and pinning the maps.
+//! Loading the eBPF object, configuring its maps, attaching one of its programs (XDP, or
+//! the TC classifier) and pinning the maps.
 //!
-//! The XDP program is attached through a BPF link held by this process: when the daemon
-//! dies, however it dies, the kernel detaches the program and closes the AF_XDP sockets,
-//! and traffic flows to the mail server as if we were never there (fail-open).
+//! Either program is attached through a BPF link held by this process (an XDP link, or
+//! a TCX link): when the daemon dies, however it dies, the kernel detaches the program
+//! and closes the AF_XDP sockets or the TAP device, and traffic flows to the mail server
+//! as if we were never there (fail-open).
 
 use std::{
     fs,
@@ -13,13 +15,20 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, XskMap, lpm_trie::Key},
-    programs::{Xdp, XdpMode},
+    programs::{
+        Program, SchedClassifier, Xdp, XdpMode as AyaXdpMode,
+        links::LinkOrder,
+        tc::{TcAttachOptions, TcAttachType},
+    },
 };
 use common::{AttachInfo, Config, Counter, FlowKey, FlowValue, map_names};
 use ipnet::IpNet;
 use thiserror::Error;
 
-use crate::mirror::text;
+use crate::{
+    choice::{Hook, XdpMode},
+    mirror::text,
+};
 
 /// The XDP object built by build.rs from `interceptor-ebpf`.
 pub(crate) static XDP_OBJECT: &[u8] =
@@ -28,25 +37,11 @@ pub(crate) static XDP_OBJECT: &[u8] =
 /// bpffs magic number, from `statfs(2)`.
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
-/// How to attach the program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AttachMode {
-    /// Driver (native) mode if the driver supports it, else generic.
-    Auto,
-    /// Native XDP in the driver.
-    Native,
-    /// Generic XDP in the kernel's network stack (works everywhere, slower).
-    Skb,
-}
-
-impl AttachMode {
-    fn xdp_mode(self) -> XdpMode {
-        match self {
-            AttachMode::Auto => XdpMode::Default,
-            AttachMode::Native => XdpMode::Driver,
-            AttachMode::Skb => XdpMode::Skb,
-        }
+fn aya_xdp_mode(mode: XdpMode) -> AyaXdpMode {
+    match mode {
+        XdpMode::Auto => AyaXdpMode::Default,
+        XdpMode::Native => AyaXdpMode::Driver,
+        XdpMode::Skb => AyaXdpMode::Skb,
     }
 }
 
@@ -54,7 +49,8 @@ impl AttachMode {
 #[derive(Clone, Debug)]
 pub struct AttachOptions {
     pub ifname: String,
-    pub mode: AttachMode,
+    /// Which program, and how.
+    pub hook: Hook,
     pub ports: Vec<u16>,
     /// Mail-server prefixes; empty means any destination.
     pub servers: Vec<IpNet>,
@@ -96,10 +92,10 @@ pub enum EbpfError {
         #[source]
         source: aya::pin::PinError,
     },
-    #[error("XDP attach to {ifname} in {mode:?} mode refused: {source}")]
+    #[error("attaching {} to {ifname} refused: {source}", hook.label())]
     Attach {
         ifname: String,
-        mode: AttachMode,
+        hook: Hook,
         #[source]
         source: aya::programs::ProgramError,
     },
@@ -115,6 +111,8 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> EbpfError {
 pub struct Attachment {
     ebpf: Ebpf,
     xsks: XskMap<aya::maps::MapData>,
+    config: Array<aya::maps::MapData, Config>,
+    hook: Hook,
     flows: HashMap<aya::maps::MapData, FlowKey, FlowValue>,
     half_open: HashMap<aya::maps::MapData, FlowKey, FlowValue>,
     counters: PerCpuArray<aya::maps::MapData, u64>,
@@ -145,22 +143,36 @@ impl Attachment {
         configure(&mut ebpf, options)?;
         pin_maps(&ebpf, &options.pin_dir)?;
 
-        let program: &mut Xdp = ebpf
-            .program_mut(common::XDP_PROGRAM)
-            .ok_or(EbpfError::Missing("XDP program"))?
-            .try_into()
-            .map_err(EbpfError::Program)?;
-        program.load().map_err(EbpfError::Program)?;
-        program
-            .attach(&options.ifname, options.mode.xdp_mode())
-            .map_err(|source| EbpfError::Attach {
-                ifname: options.ifname.clone(),
-                mode: options.mode,
-                source,
-            })?;
+        let attached = match options.hook {
+            Hook::Xdp(mode) => {
+                let program: &mut Xdp = program_mut(&mut ebpf, common::XDP_PROGRAM)?;
+                program.load().map_err(EbpfError::Program)?;
+                program
+                    .attach(&options.ifname, aya_xdp_mode(mode))
+                    .map(drop)
+            }
+            Hook::Tc => {
+                let program: &mut SchedClassifier = program_mut(&mut ebpf, common::TC_PROGRAM)?;
+                program.load().map_err(EbpfError::Program)?;
+                // A TCX link, owned by this process like the XDP link: it goes with us.
+                program
+                    .attach_with_options(
+                        &options.ifname,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map(drop)
+            }
+        };
+        attached.map_err(|source| EbpfError::Attach {
+            ifname: options.ifname.clone(),
+            hook: options.hook,
+            source,
+        })?;
 
         write_info(&mut ebpf, options)?;
         let xsks = take_map(&mut ebpf, map_names::XSKS)?;
+        let config = take_map(&mut ebpf, map_names::CONFIG)?;
         let flows = take_map(&mut ebpf, map_names::FLOWS)?;
         let half_open = take_map(&mut ebpf, map_names::HALF_OPEN)?;
         let counters = take_map(&mut ebpf, map_names::COUNTERS)?;
@@ -169,6 +181,8 @@ impl Attachment {
         Ok(Self {
             ebpf,
             xsks,
+            config,
+            hook: options.hook,
             flows,
             half_open,
             counters,
@@ -190,6 +204,20 @@ impl Attachment {
         self.xsks
             .set(queue, socket, 0)
             .map_err(map_err(map_names::XSKS))
+    }
+
+    /// Points the TC program at the TAP device that reads the chosen skbs.
+    pub fn register_tap(&mut self, ifindex: u32) -> Result<(), EbpfError> {
+        let mut value = self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
+        value.redirect_ifindex = ifindex;
+        self.config
+            .set(0, value, 0)
+            .map_err(map_err(map_names::CONFIG))
+    }
+
+    /// What is attached.
+    pub fn hook(&self) -> Hook {
+        self.hook
     }
 
     /// Moves flows whose handshake completed from `HALF_OPEN` to `FLOWS`, where no SYN
@@ -271,11 +299,15 @@ impl Attachment {
 impl Drop for Attachment {
     fn drop(&mut self) {
         // Detach first so no frame is redirected to a socket that is going away.
-        if let Some(program) = self.ebpf.program_mut(common::XDP_PROGRAM)
-            && let Ok(program) = <&mut Xdp>::try_from(program)
-        {
-            let _ = program.unload();
-        }
+        let name = match self.hook {
+            Hook::Xdp(_) => common::XDP_PROGRAM,
+            Hook::Tc => common::TC_PROGRAM,
+        };
+        let _ = match self.ebpf.program_mut(name) {
+            Some(Program::Xdp(program)) => program.unload(),
+            Some(Program::SchedClassifier(program)) => program.unload(),
+            _ => Ok(()),
+        };
         if !self.keep_pins {
             remove_pins(&self.pin_dir);
         }
@@ -339,6 +371,7 @@ fn configure(ebpf: &mut Ebpf, options: &AttachOptions) -> Result<(), EbpfError> 
     let mut config: Array<_, Config> = map_mut(ebpf, map_names::CONFIG)?;
     let value = Config {
         server_filter: u32::from(!options.servers.is_empty()),
+        redirect_ifindex: 0,
     };
     config
         .set(0, value, 0)
@@ -376,14 +409,9 @@ fn insert_prefixes<const N: usize>(
 /// Records the attach point in `INFO` for `status` and `detach`.
 fn write_info(ebpf: &mut Ebpf, options: &AttachOptions) -> Result<(), EbpfError> {
     let mut info: Array<_, AttachInfo> = map_mut(ebpf, map_names::INFO)?;
-    let mode = match options.mode {
-        AttachMode::Auto => "auto",
-        AttachMode::Native => "native",
-        AttachMode::Skb => "skb",
-    };
     let value = AttachInfo {
         iface: text(&options.ifname),
-        mode: text(mode),
+        mode: text(options.hook.label()),
         ifindex: interface_index(&options.ifname).unwrap_or(0),
         pid: std::process::id(),
         attached_at: std::time::SystemTime::now()
@@ -391,6 +419,14 @@ fn write_info(ebpf: &mut Ebpf, options: &AttachOptions) -> Result<(), EbpfError>
             .map_or(0, |d| d.as_secs()),
     };
     info.set(0, value, 0).map_err(map_err(map_names::INFO))
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<&'a mut Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or(EbpfError::Missing(name))?;
+    T::try_from(program).map_err(EbpfError::Program)
 }
 
 fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, EbpfError>

@@ -12,6 +12,7 @@
 
 pub mod bounded_listener;
 pub mod btf_text;
+pub mod choice;
 pub mod cli;
 pub mod dataplane;
 pub mod detach;

@@ -3,9 +3,10 @@
 use anyhow::{Context as _, bail};
 
 use crate::{
+    choice::{self, DataplaneKind, Hook},
     cli::RunArgs,
-    dataplane::{Dataplane, DataplaneConfig, destinations},
-    ebpf::{self, AttachOptions, Attachment},
+    dataplane::{Dataplane, DataplaneConfig, destinations, queue::FrameSource},
+    ebpf::{self, AttachOptions, Attachment, EbpfError},
     engine::Engine,
     metrics,
     notify::Notifications,
@@ -50,6 +51,8 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
     if ebpf::interface_index(iface).is_none() {
         bail!("no interface named {iface:?} in this network namespace (see `ip link`)");
     }
+    let driver = choice::driver(iface);
+    let (mut hook, why) = choice::choose(settings.dataplane, settings.xdp_mode, &driver);
     let queues = ebpf::rx_queue_count(iface);
     // A frame must fit one UMEM chunk: larger segments would be dropped on TX.
     let mtu = ebpf::interface_mtu(iface)
@@ -62,20 +65,36 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
             settings.intercept_private,
         )
     };
-    let mut attachment = Attachment::attach(&AttachOptions {
+    let mut options = AttachOptions {
         ifname: iface.clone(),
-        mode: settings.xdp_mode,
+        hook,
         ports: settings.ports.clone(),
         servers: settings.servers.clone(),
         excluded: excluded(),
         max_conns: u32::try_from(settings.max_conns).unwrap_or(u32::MAX),
         pin_dir: settings.pin_dir.clone(),
         mirror_size: settings.mirror_size,
-    })?;
+    };
+    tracing::info!(%iface, %driver, dataplane = hook.label(), reason = why, "dataplane chosen");
+    let mut attachment = match Attachment::attach(&options) {
+        Err(EbpfError::Attach { source, .. })
+            if settings.dataplane == DataplaneKind::Auto && matches!(hook, Hook::Xdp(_)) =>
+        {
+            tracing::warn!(%iface, err = %source, "XDP cannot attach here: falling back to the TC dataplane");
+            hook = Hook::Tc;
+            options.hook = hook;
+            Attachment::attach(&options)?
+        }
+        attached => attached?,
+    };
     attachment.keep_pins(settings.keep_pins);
 
     let config = DataplaneConfig {
         ifname: iface.clone(),
+        source: match hook {
+            Hook::Xdp(_) => FrameSource::AfXdp,
+            Hook::Tc => FrameSource::Tap,
+        },
         queues,
         mtu,
         max_conns: settings.max_conns,
@@ -87,12 +106,21 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         response_timeout: settings.response_timeout,
     };
     let engine = Engine::new(&settings).context("drawing the verifier salt from the OS")?;
-    let mut dataplane = Dataplane::new(config, engine)
-        .with_context(|| format!("opening AF_XDP sockets on {iface}"))?;
+    let mut dataplane = Dataplane::new(config, engine).with_context(|| {
+        format!(
+            "opening the {} dataplane's frame queues on {iface}",
+            hook.label()
+        )
+    })?;
     for (queue, fd) in dataplane.sockets() {
         attachment
             .register_socket(queue, fd)
             .with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
+    }
+    if let Some(tap) = dataplane.tap() {
+        attachment
+            .register_tap(tap)
+            .context("pointing the TC classifier at the TAP device")?;
     }
     let notifications = match &settings.notify {
         Some(config) => Some(
@@ -106,6 +134,7 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
             .context("serving Prometheus metrics (--metrics)")?;
     tracing::info!(
         %iface,
+        dataplane = hook.label(),
         queues,
         mode = ?settings.mode,
         interval = ?settings.engine.interval,
@@ -175,6 +204,11 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         ?engine,
         "stopping: detaching from {iface}"
     );
+    if dataplane.tap().is_some() {
+        // The classifier passes everything again before the TAP goes away, rather than
+        // redirecting to a device that no longer exists (which drops).
+        let _ = attachment.register_tap(0);
+    }
     drop(dataplane);
     drop(attachment);
     Ok(())

@@ -14,7 +14,10 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::{
-    cli::RunArgs, dataplane::sources::SourceLimits, ebpf::AttachMode, fanout::FanoutConfig,
+    choice::{DataplaneKind, XdpMode},
+    cli::RunArgs,
+    dataplane::sources::SourceLimits,
+    fanout::FanoutConfig,
     notify::NotifyConfig,
 };
 
@@ -34,7 +37,8 @@ pub enum EngineMode {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileSettings {
     pub iface: Option<String>,
-    pub xdp_mode: Option<AttachMode>,
+    pub dataplane: Option<DataplaneKind>,
+    pub xdp_mode: Option<XdpMode>,
     pub ports: Option<Vec<u16>>,
     pub servers: Option<Vec<IpNet>>,
     pub pin_dir: Option<PathBuf>,
@@ -92,7 +96,8 @@ pub struct FileSettings {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub iface: String,
-    pub xdp_mode: AttachMode,
+    pub dataplane: DataplaneKind,
+    pub xdp_mode: XdpMode,
     pub ports: Vec<u16>,
     pub servers: Vec<IpNet>,
     pub pin_dir: PathBuf,
@@ -313,7 +318,11 @@ impl Settings {
                 .iface
                 .or(file.iface)
                 .ok_or(SettingsError::NoInterface)?,
-            xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or(AttachMode::Auto),
+            dataplane: args
+                .dataplane
+                .or(file.dataplane)
+                .unwrap_or(DataplaneKind::Auto),
+            xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or(XdpMode::Auto),
             ports,
             servers: args.servers.or(file.servers).unwrap_or_default(),
             pin_dir: args

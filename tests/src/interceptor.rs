@@ -84,6 +84,16 @@ pub fn ensure_test_bpffs() -> Result<PathBuf> {
     Ok(p)
 }
 
+/// The daemon flags for a dataplane the suites run on: `xdp` is native XDP (the mode of a
+/// physical NIC; on veth `--xdp-mode auto` would pick skb), `tc` the TC classifier.
+pub fn dataplane_args(dataplane: &str) -> &'static [&'static str] {
+    match dataplane {
+        "xdp" => &["--dataplane", "xdp", "--xdp-mode", "native"],
+        "tc" => &["--dataplane", "tc"],
+        other => panic!("no dataplane {other:?}: xdp or tc"),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct InterceptorOptions {
     /// Daemon binary; `None` = [`interceptor_bin`].

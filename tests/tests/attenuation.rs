@@ -1,4 +1,6 @@
-//! Issue 3: the attenuation engine end to end, with the real Dovecot.
+//! Issue 3: the attenuation engine end to end, with the real Dovecot. The tests of what
+//! reaches Dovecot, the real clients, STLS and XCLIENT run on both dataplanes (`rstest`
+//! cases); the rest on the default one.
 //!
 //! The daemon runs in its default `--mode attenuate` with an interval of a few seconds. Every
 //! test counts what reached Dovecot in Dovecot's own log (`Login:` lines) and asserts exact
@@ -12,18 +14,28 @@ use std::time::{Duration, Instant};
 
 use pop3_interceptor_e2e::clients::{self, FetchmailOptions, PoplibOptions, RawSession};
 use pop3_interceptor_e2e::dovecot::make_message;
+use pop3_interceptor_e2e::interceptor::dataplane_args;
 use pop3_interceptor_e2e::topology::{CLIENT_V4, CLIENT_V6, server_pop3_v4, server_pop3_v6};
 use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
+use rstest::rstest;
 
 /// The attenuation interval of most tests.
 const INTERVAL: Duration = Duration::from_secs(5);
 /// Dovecot's answer to a refused login.
 const AUTH_FAILED: &str = "-ERR [AUTH] Authentication failed.";
 
-/// The daemon in its default mode (attenuate) with `interval` and `extra` flags.
-fn attenuator(topo: &Topology, interval: Duration, extra: &[&str]) -> Interceptor {
+/// The dataplane of the tests that do not run on both: the daemon's own choice.
+const DEFAULT_DATAPLANE: &str = "auto";
+
+/// The daemon in its default mode (attenuate) on `dataplane` (`xdp`: native, `tc`, or
+/// [`DEFAULT_DATAPLANE`]), with `interval` and `extra` flags.
+fn attenuator(topo: &Topology, dataplane: &str, interval: Duration, extra: &[&str]) -> Interceptor {
     let iv = format!("{}s", interval.as_secs());
-    let mut args = vec!["--interval", iv.as_str()];
+    let mut args = match dataplane {
+        DEFAULT_DATAPLANE => Vec::new(),
+        chosen => dataplane_args(chosen).to_vec(),
+    };
+    args.extend(["--interval", iv.as_str()]);
     args.extend_from_slice(extra);
     let ic = Interceptor::start(topo, &args).expect("interceptor");
     assert!(
@@ -128,13 +140,15 @@ fn wait_past(since: Instant, interval: Duration) {
     }
 }
 
-#[test]
-fn twenty_checks_within_the_interval_cause_exactly_one_dovecot_login() {
+#[rstest]
+#[case::xdp("xdp")]
+#[case::tc("tc")]
+fn twenty_checks_within_the_interval_cause_exactly_one_dovecot_login(#[case] dataplane: &str) {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
     // Long enough for 20 checks on a slow machine; the test checks that it was.
     let interval = Duration::from_secs(10);
-    let mut ic = attenuator(&topo, interval, &[]);
+    let mut ic = attenuator(&topo, dataplane, interval, &[]);
     let start = Instant::now();
     for _ in 0..20 {
         empty_check(&topo, "alice", "alice-pw");
@@ -157,11 +171,13 @@ fn twenty_checks_within_the_interval_cause_exactly_one_dovecot_login() {
     }
 }
 
-#[test]
-fn mail_delivered_is_seen_by_the_first_check_after_the_interval() {
+#[rstest]
+#[case::xdp("xdp")]
+#[case::tc("tc")]
+fn mail_delivered_is_seen_by_the_first_check_after_the_interval(#[case] dataplane: &str) {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
-    let _ic = attenuator(&topo, INTERVAL, &[]);
+    let _ic = attenuator(&topo, dataplane, INTERVAL, &[]);
     empty_check(&topo, "alice", "alice-pw");
     // The mailbox was verified empty when that check's QUIT went upstream (its STAT).
     let verified = Instant::now();
@@ -210,11 +226,13 @@ fn mail_delivered_is_seen_by_the_first_check_after_the_interval() {
     assert_eq!(logins(&dc, "alice", 3), 3);
 }
 
-#[test]
-fn a_wrong_password_gets_dovecots_err_and_never_a_local_ok() {
+#[rstest]
+#[case::xdp("xdp")]
+#[case::tc("tc")]
+fn a_wrong_password_gets_dovecots_err_and_never_a_local_ok(#[case] dataplane: &str) {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
-    let mut ic = attenuator(&topo, Duration::from_secs(30), &[]);
+    let mut ic = attenuator(&topo, dataplane, Duration::from_secs(30), &[]);
     // Unknown to the edge.
     let c = check(&topo, "alice", "wrong");
     assert_eq!(c.pass, AUTH_FAILED, "{c:?}");
@@ -272,7 +290,7 @@ fn a_wrong_password_gets_dovecots_err_and_never_a_local_ok() {
 fn a_password_changed_in_dovecots_passwd_file_is_picked_up() {
     let topo = Topology::new().unwrap();
     let mut dc = Dovecot::start(&topo).unwrap();
-    let _ic = attenuator(&topo, INTERVAL, &[]);
+    let _ic = attenuator(&topo, DEFAULT_DATAPLANE, INTERVAL, &[]);
     empty_check(&topo, "bob", "bob-pw");
     dc.set_password("bob", "bob-new").unwrap();
     // The new password differs from the one the edge knows: replayed, Dovecot accepts it.
@@ -304,7 +322,12 @@ fn a_password_changed_in_dovecots_passwd_file_is_picked_up() {
 fn an_opted_out_user_always_reaches_dovecot() {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
-    let mut ic = attenuator(&topo, Duration::from_secs(30), &["--opt-out", "bob,dave"]);
+    let mut ic = attenuator(
+        &topo,
+        DEFAULT_DATAPLANE,
+        Duration::from_secs(30),
+        &["--opt-out", "bob,dave"],
+    );
     for _ in 0..5 {
         let c = empty_check(&topo, "bob", "bob-pw");
         assert!(c.pass.starts_with("+OK"), "{c:?}");
@@ -337,11 +360,13 @@ fn an_opted_out_user_always_reaches_dovecot() {
     assert_eq!(c["upstream_logins_avoided"], 4, "{c:?}");
 }
 
-#[test]
-fn stls_reaches_dovecots_tls_unchanged() {
+#[rstest]
+#[case::xdp("xdp")]
+#[case::tc("tc")]
+fn stls_reaches_dovecots_tls_unchanged(#[case] dataplane: &str) {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
-    let _ic = attenuator(&topo, Duration::from_secs(30), &[]);
+    let _ic = attenuator(&topo, dataplane, Duration::from_secs(30), &[]);
     let opts = PoplibOptions {
         capa: true,
         stls: true,
@@ -381,7 +406,12 @@ fn stls_reaches_dovecots_tls_unchanged() {
 fn a_stopped_mail_server_still_answers_attenuated_checks_only() {
     let topo = Topology::new().unwrap();
     let mut dc = Dovecot::start(&topo).unwrap();
-    let _ic = attenuator(&topo, Duration::from_secs(60), &["--connect-timeout", "2s"]);
+    let _ic = attenuator(
+        &topo,
+        DEFAULT_DATAPLANE,
+        Duration::from_secs(60),
+        &["--connect-timeout", "2s"],
+    );
     empty_check(&topo, "alice", "alice-pw");
     // bob keeps one message on the server: his check is answered from its snapshot.
     dc.deliver("bob", &make_message("x@p3i.test.example", "bob", "s", "b"))
@@ -428,7 +458,7 @@ fn a_stopped_mail_server_still_answers_attenuated_checks_only() {
 fn a_client_that_disconnects_mid_session_never_causes_a_quit_upstream() {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
-    let _ic = attenuator(&topo, INTERVAL, &[]);
+    let _ic = attenuator(&topo, DEFAULT_DATAPLANE, INTERVAL, &[]);
     for subject in ["one", "two"] {
         dc.deliver(
             "dave",
@@ -483,11 +513,13 @@ fn a_client_that_disconnects_mid_session_never_causes_a_quit_upstream() {
     assert_eq!(dc.message_count("dave"), 1);
 }
 
-#[test]
-fn xclient_makes_dovecot_log_the_subscribers_address() {
+#[rstest]
+#[case::xdp("xdp")]
+#[case::tc("tc")]
+fn xclient_makes_dovecot_log_the_subscribers_address(#[case] dataplane: &str) {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
-    let _ic = attenuator(&topo, Duration::from_secs(30), &[]);
+    let _ic = attenuator(&topo, dataplane, Duration::from_secs(30), &[]);
     for user in ["alice", "bob", "carol"] {
         empty_check(&topo, user, &format!("{user}-pw"));
     }
@@ -503,11 +535,13 @@ fn xclient_makes_dovecot_log_the_subscribers_address() {
     assert_eq!(l.rip, CLIENT_V6.to_string(), "{}", l.line);
 }
 
-#[test]
-fn curl_and_fetchmail_work_through_the_attenuating_daemon() {
+#[rstest]
+#[case::xdp("xdp")]
+#[case::tc("tc")]
+fn curl_and_fetchmail_work_through_the_attenuating_daemon(#[case] dataplane: &str) {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
-    let mut ic = attenuator(&topo, Duration::from_secs(30), &[]);
+    let mut ic = attenuator(&topo, dataplane, Duration::from_secs(30), &[]);
     let addr = server_pop3_v4();
     // An empty mailbox: the first curl check reaches Dovecot, the next ones do not, and
     // curl cannot tell them apart.
@@ -598,7 +632,7 @@ fn curl_and_fetchmail_work_through_the_attenuating_daemon() {
 fn malformed_pop3_gets_err_and_the_daemon_keeps_serving() {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
-    let mut ic = attenuator(&topo, Duration::from_secs(30), &[]);
+    let mut ic = attenuator(&topo, DEFAULT_DATAPLANE, Duration::from_secs(30), &[]);
     let addr = server_pop3_v4();
     empty_check(&topo, "alice", "alice-pw");
 
@@ -697,7 +731,12 @@ fn malformed_pop3_gets_err_and_the_daemon_keeps_serving() {
 fn one_in_m_sends_every_mth_attenuable_check_to_dovecot() {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
-    let mut ic = attenuator(&topo, Duration::from_secs(30), &["--one-in-m", "3"]);
+    let mut ic = attenuator(
+        &topo,
+        DEFAULT_DATAPLANE,
+        Duration::from_secs(30),
+        &["--one-in-m", "3"],
+    );
     // The first check teaches the edge; of the next 9 that could be answered here, every
     // third reaches Dovecot.
     for _ in 0..10 {
@@ -712,7 +751,12 @@ fn one_in_m_sends_every_mth_attenuable_check_to_dovecot() {
 fn a_fast_third_check_is_rewarded_and_fast_polling_then_stays_at_the_edge() {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
-    let mut ic = attenuator(&topo, Duration::from_secs(30), &["--fast-check", "3/20s"]);
+    let mut ic = attenuator(
+        &topo,
+        DEFAULT_DATAPLANE,
+        Duration::from_secs(30),
+        &["--fast-check", "3/20s"],
+    );
     empty_check(&topo, "alice", "alice-pw");
     // Three quick checks: the third is a person pressing "check" again.
     for _ in 0..3 {

@@ -1,26 +1,33 @@
 //! Issue 2: transparent interception on the router's client-facing interface, end to end:
-//! XDP -> AF_XDP -> smoltcp -> the real Dovecot, with real clients.
+//! XDP -> AF_XDP (or TC -> TAP) -> smoltcp -> the real Dovecot, with real clients. The
+//! tests that say what interception means run on both dataplanes (`rstest` cases).
 //!
 //! The daemon runs with `--mode relay` here, so every byte a client sees must be what
 //! Dovecot sent. Run as root, one at a time (`cargo xtask test`).
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use pop3_interceptor_e2e::clients::{self, FetchmailOptions, PoplibOptions, RawSession};
 use pop3_interceptor_e2e::dovecot::{make_large_message, make_message};
+use pop3_interceptor_e2e::interceptor::dataplane_args;
+use pop3_interceptor_e2e::raw::{self, RawLink, Seg, subscriber};
 use pop3_interceptor_e2e::topology::{
     CLIENT_V4, CLIENT_V6, HOST_IFACE, ROUTER_SERVER_V4, ROUTER_SERVER_V6, SERVER_V4,
     server_pop3_v4, server_pop3_v6,
 };
 use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology, TopologyOptions};
+use rstest::rstest;
 
 /// Slots of the XDP program's COUNTERS map (see `common::Counter`).
 const MATCHED: u32 = 1;
 const REDIRECTED: u32 = 2;
 
-fn relay(topo: &Topology) -> Interceptor {
-    Interceptor::start(topo, &["--mode", "relay"]).expect("interceptor")
+/// The daemon in relay mode on `dataplane` (`xdp`: native, or `tc`).
+fn relay(topo: &Topology, dataplane: &str) -> Interceptor {
+    let mut args = vec!["--mode", "relay"];
+    args.extend_from_slice(dataplane_args(dataplane));
+    Interceptor::start(topo, &args).expect("interceptor")
 }
 
 /// A per-CPU counter of the pinned COUNTERS map, summed, read with the real bpftool.
@@ -42,15 +49,17 @@ fn last_login_rip(dc: &Dovecot, user: &str) -> String {
 
 /// Runs the same client sessions against Dovecot with the interceptor detached and
 /// attached; returns both transcripts.
-fn both_ways<T>(topo: &Topology, session: impl Fn() -> T) -> (T, T, Interceptor) {
+fn both_ways<T>(topo: &Topology, dataplane: &str, session: impl Fn() -> T) -> (T, T, Interceptor) {
     let direct = session();
-    let ic = relay(topo);
+    let ic = relay(topo, dataplane);
     let through = session();
     (direct, through, ic)
 }
 
-#[test]
-fn curl_poplib_and_fetchmail_see_the_same_bytes_through_the_relay() {
+#[rstest]
+#[case::xdp("xdp")]
+#[case::tc("tc")]
+fn curl_poplib_and_fetchmail_see_the_same_bytes_through_the_relay(#[case] dataplane: &str) {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
     let message = make_message(
@@ -64,7 +73,7 @@ fn curl_poplib_and_fetchmail_see_the_same_bytes_through_the_relay() {
         .unwrap();
     let addr = server_pop3_v4();
 
-    let (direct, through, ic) = both_ways(&topo, || {
+    let (direct, through, ic) = both_ways(&topo, dataplane, || {
         let list = clients::curl_list(&topo, addr, "alice", "alice-pw").unwrap();
         let first = clients::curl_retr(&topo, addr, "alice", "alice-pw", 1).unwrap();
         let second = clients::curl_retr(&topo, addr, "alice", "alice-pw", 2).unwrap();
@@ -106,15 +115,17 @@ fn curl_poplib_and_fetchmail_see_the_same_bytes_through_the_relay() {
     assert!(rips.contains(&CLIENT_V4.to_string()), "{rips:?}");
 }
 
-#[test]
-fn poplib_dele_through_the_relay_deletes_exactly_what_was_asked() {
+#[rstest]
+#[case::xdp("xdp")]
+#[case::tc("tc")]
+fn poplib_dele_through_the_relay_deletes_exactly_what_was_asked(#[case] dataplane: &str) {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
     for subject in ["one", "two", "three"] {
         let m = make_message("x@p3i.test.example", "bob", subject, "body");
         dc.deliver("bob", &m).unwrap();
     }
-    let _ic = relay(&topo);
+    let _ic = relay(&topo, dataplane);
     let opts = PoplibOptions {
         dele: vec![2],
         ..Default::default()
@@ -136,8 +147,10 @@ fn poplib_dele_through_the_relay_deletes_exactly_what_was_asked() {
     assert_eq!(dc.message_count("bob"), 2);
 }
 
-#[test]
-fn ipv6_client_reaches_the_ipv6_server_through_the_interceptor() {
+#[rstest]
+#[case::xdp("xdp")]
+#[case::tc("tc")]
+fn ipv6_client_reaches_the_ipv6_server_through_the_interceptor(#[case] dataplane: &str) {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
     dc.deliver(
@@ -146,7 +159,7 @@ fn ipv6_client_reaches_the_ipv6_server_through_the_interceptor() {
     )
     .unwrap();
     let addr = server_pop3_v6();
-    let (direct, through, ic) = both_ways(&topo, || {
+    let (direct, through, ic) = both_ways(&topo, dataplane, || {
         clients::poplib(&topo, addr, "alice", "alice-pw", &PoplibOptions::default())
             .unwrap()
             .normalized()
@@ -166,13 +179,22 @@ fn ipv6_client_reaches_the_ipv6_server_through_the_interceptor() {
     );
 }
 
-#[test]
-fn after_kill_9_sessions_reach_dovecot_directly() {
+#[rstest]
+#[case::xdp("xdp")]
+#[case::tc("tc")]
+fn after_kill_9_sessions_reach_dovecot_directly(#[case] dataplane: &str) {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
-    let mut ic = relay(&topo);
+    let mut ic = relay(&topo, dataplane);
     poplib_ok(&topo, "alice", &PoplibOptions::default());
     assert_eq!(last_login_rip(&dc, "alice"), ROUTER_SERVER_V4.to_string());
+    let links = || {
+        topo.exec(Node::Router, &["ip", "-o", "link", "show"])
+            .unwrap()
+            .stdout_str()
+    };
+    // The TC dataplane's TAP (pop3iN) lives exactly as long as the daemon's descriptor.
+    assert_eq!(links().contains("pop3i"), dataplane == "tc", "{}", links());
 
     ic.kill9();
     poplib_ok(&topo, "alice", &PoplibOptions::default());
@@ -181,19 +203,28 @@ fn after_kill_9_sessions_reach_dovecot_directly() {
         CLIENT_V4.to_string(),
         "fail-open: the session went straight to Dovecot"
     );
+    // bpftool 7.1 (Debian 12) lists XDP links here but not TCX ones: for TC the session
+    // above and the TAP being gone are the evidence.
     let net = topo.exec(Node::Router, &["bpftool", "net"]).unwrap();
     assert!(
         !net.stdout_str().contains("pop3_intercept"),
-        "the XDP program died with the daemon: {}",
+        "the program died with the daemon: {}",
         net.stdout_str()
+    );
+    assert!(
+        !links().contains("pop3i"),
+        "the TAP died with the daemon: {}",
+        links()
     );
 }
 
-#[test]
-fn other_tcp_ports_pass_untouched() {
+#[rstest]
+#[case::xdp("xdp")]
+#[case::tc("tc")]
+fn other_tcp_ports_pass_untouched(#[case] dataplane: &str) {
     let topo = Topology::new().unwrap();
     let _dc = Dovecot::start(&topo).unwrap();
-    let ic = relay(&topo);
+    let ic = relay(&topo, dataplane);
     // An echo-like service on another port of the server.
     let log = topo.dir().join("other-port.log");
     let script = "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('203.0.113.2', 2525)); s.listen(1); s.settimeout(20)\nc,a=s.accept(); c.sendall(('peer %s' % a[0]).encode() + b'\\r\\n'); c.close()";
@@ -217,14 +248,18 @@ fn other_tcp_ports_pass_untouched() {
         format!("peer {CLIENT_V4}\r\n"),
         "the kernel forwarded it"
     );
-    assert_eq!(counter(&ic, MATCHED), matched_before, "XDP left it alone");
+    assert_eq!(
+        counter(&ic, MATCHED),
+        matched_before,
+        "the program left it alone"
+    );
 }
 
 #[test]
 fn every_session_is_intercepted_on_a_four_queue_interface() {
     let topo = Topology::with_options(TopologyOptions { rc0_queues: 4 }).unwrap();
     let dc = Dovecot::start(&topo).unwrap();
-    let ic = relay(&topo);
+    let ic = relay(&topo, "xdp");
     assert!(
         ic.log_text().contains("queues=4"),
         "one AF_XDP socket per RX queue: {}",
@@ -263,7 +298,7 @@ fn rss_kib(pid: u32) -> u64 {
 fn a_100_kb_line_gets_err_and_memory_stays_bounded() {
     let topo = Topology::new().unwrap();
     let _dc = Dovecot::start(&topo).unwrap();
-    let ic = relay(&topo);
+    let ic = relay(&topo, "xdp");
     // The fixture's pid is `ip netns exec`, which execs the daemon: same pid.
     let before = rss_kib(ic.pid());
     for _ in 0..5 {
@@ -384,4 +419,38 @@ fn a_client_reading_slowly_never_makes_the_server_look_silent() {
     assert!(!String::from_utf8_lossy(&body).contains("[SYS/TEMP]"));
     assert!(s.read_line().unwrap().starts_with("+OK"), "NOOP answered");
     assert!(s.command("QUIT").unwrap().starts_with("+OK"));
+}
+
+/// A subscriber behind an access switch that tags (802.1Q, or QinQ): its SYN is taken over
+/// and the SYN-ACK leaves with the same tags, outer first. On TC the kernel has moved the
+/// outer tag into the skb's metadata before the classifier runs.
+#[rstest]
+#[case::xdp_one_tag("xdp", vec![100])]
+#[case::tc_one_tag("tc", vec![100])]
+#[case::xdp_qinq("xdp", vec![100, 200])]
+#[case::tc_qinq("tc", vec![100, 200])]
+fn a_vlan_tagged_client_is_answered_with_its_tags(
+    #[case] dataplane: &str,
+    #[case] vlans: Vec<u16>,
+) {
+    let topo = Topology::new().unwrap();
+    let ic = relay(&topo, dataplane);
+    let link = RawLink::client(&topo).unwrap();
+    let ip = subscriber(72);
+    raw::add_neighbour(&topo, ip.into(), link.mac).unwrap();
+    let mut syn = Seg::syn(
+        link.mac,
+        raw::router_mac(&topo).unwrap(),
+        SocketAddrV4::new(ip, 40001),
+        SocketAddrV4::new(SERVER_V4, 110),
+        1_000_000,
+    );
+    syn.vlans = vlans.clone();
+    link.send(&syn.frame()).unwrap();
+    let reply = link
+        .recv_tcp(syn.dst, syn.src, Duration::from_secs(5))
+        .expect("a SYN-ACK for the tagged SYN");
+    assert!(reply.is_syn_ack(), "{reply:?}");
+    assert_eq!(reply.vlans, vlans, "the client's tags kept, outer first");
+    assert!(counter(&ic, REDIRECTED) > 0);
 }

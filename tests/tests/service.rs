@@ -86,6 +86,9 @@ fn start(topo: &Topology, bin: PathBuf) -> anyhow::Result<Interceptor> {
         topo,
         InterceptorOptions {
             bin: Some(bin),
+            // The expectations below are the AF_XDP ones (UMEM, memlock); on veth the
+            // default would be the TC dataplane.
+            extra_args: vec!["--dataplane".into(), "xdp".into()],
             ready_timeout: Duration::from_secs(20),
             ..Default::default()
         },

@@ -7,7 +7,12 @@
 //!   is warm (every user checked once, so its mailbox is verified empty), with the number of
 //!   Dovecot logins the attenuated runs caused, read from Dovecot's log;
 //! - memory per attenuation-table entry with 100,000 users (pop3-engine's `table_memory`
-//!   test, see [`table_memory`]).
+//!   test, see [`table_memory`]);
+//! - what other traffic pays: iperf3 through the router with no interceptor and with each
+//!   dataplane and XDP mode, and the programs' own cost per frame (see [`other_traffic`]).
+//!
+//! The session rows run on `--dataplane` (default `auto`: tc on veth); run the bench once
+//! with `--dataplane xdp` and once with `--dataplane tc` for the A/B figures.
 //!
 //! The load generator (`xtask loadgen`) runs inside the client namespace. Add scenarios in
 //! `scenarios()`.
@@ -24,6 +29,7 @@ use e2e::{Dovecot, DovecotOptions, Interceptor, InterceptorOptions, Node, Topolo
 use serde::Serialize;
 
 use crate::loadgen::LoadReport;
+use crate::other_traffic::{self, OtherTraffic};
 use crate::run;
 
 const BENCH_PASS: &str = "bench-pw";
@@ -65,6 +71,15 @@ pub struct BenchArgs {
     /// test: no set-up, daemon build, namespaces, Dovecot or root; no JSON written).
     #[arg(long)]
     table_only: bool,
+    /// Dataplane of the session rows: `xdp`, `tc` or `auto`.
+    #[arg(long, default_value = "auto", value_parser = ["xdp", "tc", "auto"])]
+    dataplane: String,
+    /// Skip the other-traffic rows (iperf3 per dataplane and mode).
+    #[arg(long, conflicts_with = "other_traffic_only")]
+    skip_other_traffic: bool,
+    /// Only the other-traffic rows (no Dovecot, no sessions; no JSON written).
+    #[arg(long)]
+    other_traffic_only: bool,
     /// Extra arguments for `pop3-interceptor run` (repeatable), after `--mode`.
     #[arg(long = "daemon-arg", allow_hyphen_values = true)]
     daemon_args: Vec<String>,
@@ -147,6 +162,8 @@ struct AttenuationCheck {
 
 #[derive(Debug, Serialize)]
 struct BenchJson {
+    /// `--dataplane` of the session rows.
+    dataplane: String,
     duration_s: f64,
     users: u64,
     retr_bytes: usize,
@@ -155,6 +172,7 @@ struct BenchJson {
     measurements: Vec<Measurement>,
     attenuation: Option<AttenuationCheck>,
     table_memory: Option<TableMemory>,
+    other_traffic: Option<OtherTraffic>,
 }
 
 struct Bench<'a> {
@@ -272,6 +290,7 @@ impl Bench<'_> {
         out: &mut Vec<Measurement>,
     ) -> Result<AttenuationCheck> {
         let mut extra_args = vec!["--mode".to_string(), "attenuate".to_string()];
+        extra_args.extend(["--dataplane".to_string(), self.args.dataplane.clone()]);
         extra_args.extend(one_source_load());
         if !self.bin_args.iter().any(|a| a.starts_with("--interval")) {
             // Far longer than the run: every check after the warm-up may be attenuated.
@@ -362,6 +381,14 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     } else {
         Some(run::build_daemon()?)
     };
+    if args.other_traffic_only {
+        let Some(bin) = &bin else {
+            bail!("--other-traffic-only needs the daemon: drop --direct-only");
+        };
+        let topo = Topology::new()?;
+        other_traffic::print(&other_traffic::measure(&topo, bin, args.duration)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let exe = loadgen_exe(args.skip_build)?;
 
     let topo = Topology::new()?;
@@ -396,6 +423,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     bench.run_path("direct", "", &mut ms)?;
     if let Some(bin) = &bin {
         let mut extra_args = vec!["--mode".to_string(), "relay".to_string()];
+        extra_args.extend(["--dataplane".to_string(), args.dataplane.clone()]);
         extra_args.extend(one_source_load());
         extra_args.extend(args.daemon_args.iter().cloned());
         let opts = InterceptorOptions {
@@ -413,6 +441,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         _ => None,
     };
     drop(dovecot);
+    let other = match &bin {
+        Some(bin) if !args.skip_other_traffic => {
+            Some(other_traffic::measure(&topo, bin, args.duration)?)
+        }
+        _ => None,
+    };
     let table_memory = if args.table_users > 0 {
         eprint!("bench: table memory with {} users ... ", args.table_users);
         let t = table_memory(args.table_users as usize)?;
@@ -427,7 +461,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 
     print_table(&ms);
     print_attenuation_targets(&ms, attenuation.as_ref(), table_memory.as_ref());
+    if let Some(other) = &other {
+        other_traffic::print(other);
+    }
     let json = BenchJson {
+        dataplane: args.dataplane.clone(),
+        other_traffic: other,
         duration_s: args.duration.as_secs_f64(),
         users: args.users,
         retr_bytes: big.len(),

@@ -12,6 +12,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod loadgen;
+mod other_traffic;
 mod run;
 mod simulate;
 mod soak;

@@ -1,7 +1,8 @@
-//! The packet path in userspace: AF_XDP frames in, TCP terminated by smoltcp, POP3 bytes
-//! to and from the engine, upstream connections on tokio, frames out.
+//! The packet path in userspace: frames in (AF_XDP sockets, or the TC dataplane's TAP),
+//! TCP terminated by smoltcp, POP3 bytes to and from the engine, upstream connections on
+//! tokio, frames out.
 //!
-//! One thread runs the whole loop (`poll(2)` on the XDP sockets, the upstream eventfd
+//! One thread runs the whole loop (`poll(2)` on the frame queues, the upstream eventfd
 //! and the signalfd), so connection state needs no locks. Data flows one way through
 //! each step: frames -> [`frame::parse`] -> [`stack::Stack`] -> [`Pop3Engine`] ->
 //! actions -> stack -> frames.
@@ -9,9 +10,11 @@
 mod conn;
 pub mod destinations;
 pub mod frame;
+pub mod queue;
 pub mod rfc5961;
 pub mod sources;
 pub mod stack;
+pub mod tap;
 pub mod xsk;
 
 use std::{
@@ -35,9 +38,11 @@ use crate::{
 };
 use conn::{Conn, ConnTable};
 use frame::ReplyHeader;
+use queue::{FrameQueue, FrameSource};
 use rfc5961::{ChallengeLimit, Verdict};
 use sources::{Refusal, SourceLimits, Sources};
 use stack::Stack;
+use tap::{TapError, TapQueue};
 use xsk::{XskError, XskQueue};
 
 /// Tunables of the dataplane.
@@ -45,6 +50,8 @@ use xsk::{XskError, XskQueue};
 pub struct DataplaneConfig {
     /// The subscriber-facing interface.
     pub ifname: String,
+    /// Where frames come from: AF_XDP sockets or the TC dataplane's TAP.
+    pub source: FrameSource,
     /// Number of RX queues of the interface; one AF_XDP socket each.
     pub queues: u32,
     /// IP MTU of the interface.
@@ -71,6 +78,10 @@ pub struct DataplaneConfig {
 pub enum DataplaneError {
     #[error(transparent)]
     Xsk(#[from] XskError),
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error("no interface named {0:?}")]
+    NoSuchInterface(String),
     #[error("starting the upstream runtime: {0}")]
     Runtime(std::io::Error),
     #[error("poll: {0}")]
@@ -123,7 +134,7 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// The dataplane of one interface.
 pub struct Dataplane<E> {
     config: DataplaneConfig,
-    queues: Vec<XskQueue>,
+    queues: Vec<FrameQueue>,
     stack: Stack,
     conns: ConnTable,
     engine: E,
@@ -151,12 +162,20 @@ pub struct Dataplane<E> {
 }
 
 impl<E: Pop3Engine> Dataplane<E> {
-    /// Opens one AF_XDP socket per RX queue of the interface and starts the upstream
-    /// runtime. The sockets still have to be put into the XSKMAP (see [`Self::sockets`]).
+    /// Opens one AF_XDP socket per RX queue of the interface (or the TAP) and starts the
+    /// upstream runtime. The sockets still have to be put into the XSKMAP (see
+    /// [`Self::sockets`]), or the TAP into the classifier's config (see [`Self::tap`]).
     pub fn new(config: DataplaneConfig, engine: E) -> Result<Self, DataplaneError> {
-        let queues = (0..config.queues)
-            .map(|q| XskQueue::open(&config.ifname, q))
-            .collect::<Result<Vec<_>, _>>()?;
+        let queues = match config.source {
+            FrameSource::AfXdp => (0..config.queues)
+                .map(|q| XskQueue::open(&config.ifname, q).map(FrameQueue::Xsk))
+                .collect::<Result<Vec<_>, _>>()?,
+            FrameSource::Tap => {
+                let ifindex = crate::ebpf::interface_index(&config.ifname)
+                    .ok_or_else(|| DataplaneError::NoSuchInterface(config.ifname.clone()))?;
+                vec![FrameQueue::Tap(TapQueue::open(ifindex, config.mtu)?)]
+            }
+        };
         let waker = Arc::new(Waker::new().map_err(DataplaneError::Runtime)?);
         let (upstream, upstream_events) = Upstream::new(config.connect_timeout, waker.clone())
             .map_err(DataplaneError::Runtime)?;
@@ -189,7 +208,18 @@ impl<E: Pop3Engine> Dataplane<E> {
 
     /// `(queue id, socket)` pairs for the XSKMAP.
     pub fn sockets(&self) -> impl Iterator<Item = (u32, BorrowedFd<'_>)> {
-        self.queues.iter().map(|q| (q.queue_id(), q.fd()))
+        self.queues.iter().filter_map(|q| match q {
+            FrameQueue::Xsk(q) => Some((q.queue_id(), q.fd())),
+            FrameQueue::Tap(_) => None,
+        })
+    }
+
+    /// The TAP's interface index, for the TC classifier (`None` on AF_XDP).
+    pub fn tap(&self) -> Option<u32> {
+        self.queues.iter().find_map(|q| match q {
+            FrameQueue::Tap(q) => Some(q.ifindex()),
+            FrameQueue::Xsk(_) => None,
+        })
     }
 
     pub fn engine(&self) -> &E {

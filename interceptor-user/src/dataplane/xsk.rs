@@ -4,12 +4,7 @@
 //! per RX queue. Each has a private UMEM (no shared-UMEM bookkeeping): half of its frames
 //! feed the fill ring for RX, the other half are the TX pool.
 
-use std::{
-    ffi::CString,
-    num::NonZeroU32,
-    os::fd::{AsRawFd, BorrowedFd, RawFd},
-    ptr::NonNull,
-};
+use std::{ffi::CString, num::NonZeroU32, os::fd::BorrowedFd, ptr::NonNull};
 
 use rustix::mm;
 use thiserror::Error;
@@ -296,11 +291,5 @@ impl XskQueue {
             self.tx_free.push(addr);
         }
         done.release();
-    }
-}
-
-impl AsRawFd for XskQueue {
-    fn as_raw_fd(&self) -> RawFd {
-        self.rx.as_raw_fd()
     }
 }

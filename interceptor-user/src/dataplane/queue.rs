@@ -1,0 +1,69 @@
+//! Where frames come from and go to: AF_XDP sockets (the XDP dataplane) or the TAP
+//! device and its reply socket (the TC dataplane). The dataplane loop is the same for
+//! both; only this edge differs.
+
+use std::os::fd::BorrowedFd;
+
+use super::{
+    tap::TapQueue,
+    xsk::{XskQueue, XskStats},
+};
+
+/// Which frame source the dataplane opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameSource {
+    /// One AF_XDP socket per RX queue, fed by the XDP program.
+    AfXdp,
+    /// A TAP device fed by the TC classifier; replies through `AF_PACKET`.
+    Tap,
+}
+
+/// One source and sink of frames.
+// A few of these per daemon, built once: their size does not matter, and a box would
+// only add a pointer to chase on the hot path.
+#[allow(clippy::large_enum_variant)]
+pub enum FrameQueue {
+    Xsk(XskQueue),
+    Tap(TapQueue),
+}
+
+impl FrameQueue {
+    /// Hands up to `budget` received frames to `on_frame`; returns how many.
+    pub fn receive(&mut self, budget: u32, on_frame: impl FnMut(&[u8])) -> u32 {
+        match self {
+            FrameQueue::Xsk(q) => q.receive(budget, on_frame),
+            FrameQueue::Tap(q) => q.receive(budget, on_frame),
+        }
+    }
+
+    /// Queues (or sends) one frame made of `header` then `payload`.
+    pub fn transmit(&mut self, header: &[u8], payload: &[u8]) -> bool {
+        match self {
+            FrameQueue::Xsk(q) => q.transmit(header, payload),
+            FrameQueue::Tap(q) => q.transmit(header, payload),
+        }
+    }
+
+    /// Pushes out what `transmit` queued (the TAP's socket sends at once).
+    pub fn flush(&mut self) {
+        if let FrameQueue::Xsk(q) = self {
+            q.flush();
+        }
+    }
+
+    /// The counters; for AF_XDP one syscall, so take a snapshot, not per packet.
+    /// The descriptor that becomes readable when frames wait, for the poll set.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            FrameQueue::Xsk(q) => q.fd(),
+            FrameQueue::Tap(q) => q.fd(),
+        }
+    }
+
+    pub fn stats(&self) -> XskStats {
+        match self {
+            FrameQueue::Xsk(q) => q.stats(),
+            FrameQueue::Tap(q) => q.stats(),
+        }
+    }
+}

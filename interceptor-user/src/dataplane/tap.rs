@@ -1,0 +1,227 @@
+//! The TC dataplane's frame source and sink: a TAP device owned by the daemon, to which
+//! the TC classifier redirects the chosen skbs, and an `AF_PACKET` socket on the
+//! subscriber interface for the replies.
+//!
+//! The frames read from the TAP look exactly like those an AF_XDP socket delivers (the
+//! classifier rewrote the MACs to the router's view, and the TAP writes a tag the NIC
+//! took into the skb's metadata back into the frame), so the replies go out with the
+//! same mirrored Ethernet and VLAN header. Replies leave through `AF_PACKET` on the
+//! interface itself rather than a redirect program on the TAP: it needs no second
+//! program, and the kernel's qdisc and offloads see them as any locally sent frame.
+//! The TAP is not persistent: it disappears with the daemon's descriptor.
+
+use std::{
+    ffi::CStr,
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+};
+
+use thiserror::Error;
+
+use super::xsk::XskStats;
+
+/// Largest frame read from the TAP (a TAP without offloads hands over segmented
+/// frames, so anything near the MTU fits many times over).
+const MAX_FRAME: usize = 64 * 1024;
+/// Name pattern of the TAP; the kernel fills in the number.
+const TAP_NAME: &CStr = c"pop3i%d";
+
+/// Why the TAP or the reply socket could not be set up.
+#[derive(Debug, Error)]
+#[error("{step}: {err}")]
+pub struct TapError {
+    step: &'static str,
+    err: io::Error,
+}
+
+fn last_error(step: &'static str) -> TapError {
+    TapError {
+        step,
+        err: io::Error::last_os_error(),
+    }
+}
+
+/// The TAP device and the reply socket of one interface.
+pub struct TapQueue {
+    tap: OwnedFd,
+    reply: OwnedFd,
+    ifindex: u32,
+    buffer: Vec<u8>,
+    stats: XskStats,
+}
+
+impl TapQueue {
+    /// Creates the TAP (up, no ARP, no IPv6, so the kernel sends nothing into it) and a
+    /// packet socket bound to `ifindex`, the subscriber interface.
+    pub fn open(ifindex: u32, mtu: usize) -> Result<Self, TapError> {
+        // SAFETY: plain open(2) of a constant path.
+        let fd = unsafe {
+            libc::open(
+                c"/dev/net/tun".as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(last_error("opening /dev/net/tun"));
+        }
+        // SAFETY: fd was just opened and is owned by nobody else.
+        let tap = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut ifr = ifreq(TAP_NAME.to_bytes());
+        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one ifreq.
+        if unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETIFF, &mut ifr) } < 0 {
+            return Err(last_error("creating the TAP device (TUNSETIFF)"));
+        }
+        let name: Vec<u8> = ifr
+            .ifr_name
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        let name = String::from_utf8_lossy(&name).into_owned();
+        // Best effort: without it the kernel may send router solicitations into the TAP,
+        // which the dataplane counts as malformed and drops.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        // SAFETY: a datagram socket for the interface ioctls, closed when dropped.
+        let control =
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if control < 0 {
+            return Err(last_error("socket for the TAP's settings"));
+        }
+        // SAFETY: just created, owned here.
+        let control = unsafe { OwnedFd::from_raw_fd(control) };
+        let mut ifr = ifreq(name.as_bytes());
+        ifr.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+        // SAFETY: SIOCSIFMTU reads one ifreq.
+        if unsafe { libc::ioctl(control.as_raw_fd(), libc::SIOCSIFMTU, &mut ifr) } < 0 {
+            return Err(last_error("setting the TAP's MTU"));
+        }
+        let mut ifr = ifreq(name.as_bytes());
+        ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_NOARP) as libc::c_short;
+        // SAFETY: SIOCSIFFLAGS reads one ifreq.
+        if unsafe { libc::ioctl(control.as_raw_fd(), libc::SIOCSIFFLAGS, &mut ifr) } < 0 {
+            return Err(last_error("bringing the TAP up"));
+        }
+        let ifindex_tap = crate::ebpf::interface_index(&name).ok_or_else(|| TapError {
+            step: "looking up the TAP's index",
+            err: io::Error::from(io::ErrorKind::NotFound),
+        })?;
+        tracing::debug!(tap = %name, ifindex = ifindex_tap, "TAP device up");
+        Ok(Self {
+            tap,
+            reply: reply_socket(ifindex)?,
+            ifindex: ifindex_tap,
+            buffer: vec![0; MAX_FRAME],
+            stats: XskStats::default(),
+        })
+    }
+
+    /// The TAP's interface index, for the classifier's redirect.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Frames read and sent, and replies the kernel refused (full queue: TCP retransmits).
+    pub fn stats(&self) -> XskStats {
+        self.stats
+    }
+
+    /// Hands up to `budget` frames read from the TAP to `on_frame`; returns how many.
+    pub fn receive(&mut self, budget: u32, mut on_frame: impl FnMut(&[u8])) -> u32 {
+        let mut count = 0;
+        while count < budget {
+            // SAFETY: reads into a live buffer of the length passed.
+            let n = unsafe {
+                libc::read(
+                    self.tap.as_raw_fd(),
+                    self.buffer.as_mut_ptr().cast(),
+                    self.buffer.len(),
+                )
+            };
+            let Ok(n) = usize::try_from(n) else {
+                // EAGAIN: drained. Anything else would repeat; the next poll retries.
+                break;
+            };
+            on_frame(&self.buffer[..n]);
+            count += 1;
+        }
+        self.stats.rx_frames += u64::from(count);
+        count
+    }
+
+    /// Sends one frame made of `header` then `payload` out of the subscriber interface.
+    /// Returns false (and counts it) when the kernel refused it; TCP will retransmit.
+    pub fn transmit(&mut self, header: &[u8], payload: &[u8]) -> bool {
+        let iov = [
+            libc::iovec {
+                iov_base: header.as_ptr() as *mut libc::c_void,
+                iov_len: header.len(),
+            },
+            libc::iovec {
+                iov_base: payload.as_ptr() as *mut libc::c_void,
+                iov_len: payload.len(),
+            },
+        ];
+        // SAFETY: an all-zero msghdr is valid; it points at `iov`, alive across the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len();
+        // SAFETY: the socket is bound to the interface; msg and its buffers are live.
+        let sent = unsafe { libc::sendmsg(self.reply.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
+        if sent < 0 {
+            self.stats.tx_ring_full += 1;
+            return false;
+        }
+        self.stats.tx_frames += 1;
+        true
+    }
+}
+
+impl TapQueue {
+    /// The TAP's descriptor, for the dataplane's poll set.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.tap.as_fd()
+    }
+}
+
+/// An `AF_PACKET` socket that only sends (protocol 0: it receives nothing), bound to the
+/// subscriber interface.
+fn reply_socket(ifindex: u32) -> Result<OwnedFd, TapError> {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(last_error("opening the AF_PACKET reply socket"));
+    }
+    // SAFETY: just created, owned here.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_ll is valid.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: addr is a live sockaddr_ll of the size passed.
+    let bound = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if bound < 0 {
+        return Err(last_error("binding the AF_PACKET reply socket"));
+    }
+    Ok(socket)
+}
+
+/// An `ifreq` naming `name` (truncated to what fits).
+fn ifreq(name: &[u8]) -> libc::ifreq {
+    // SAFETY: an all-zero ifreq is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in ifr
+        .ifr_name
+        .iter_mut()
+        .zip(name.iter().take(libc::IFNAMSIZ - 1))
+    {
+        *dst = src as libc::c_char;
+    }
+    ifr
+}
