@@ -403,10 +403,7 @@ impl Bench<'_> {
             };
             let before = settle(0);
             let users = self.args.users;
-            eprint!(
-                "bench: {:<9} {:<22} ... ",
-                "through", "warm-up (1 per user)"
-            );
+            eprint!("bench: {:<10} {:<16} ... ", "attenuated", "warm-up, 1/user");
             let one = Scenario {
                 mode: "check",
                 concurrency: 1,
