@@ -20,9 +20,9 @@ pub fn print_table_memory(m: &TableMemory) {
         }
     );
     println!(
-        "  (size_of Entry {} B, UserKey {} B; the rest is the hash map's slots and control \
-         bytes, the Arc header and the timer list's B-tree nodes; usernames of up to 22 bytes \
-         are inside the key)",
+        "  (size_of Entry {} B, UserKey {} B; the rest is the hash map's slots (key and entry \
+         pointers) and control bytes, the Arc header and the timer list's B-tree nodes; \
+         usernames of up to 22 bytes are inside the key)",
         m.entry_struct_bytes, m.key_struct_bytes
     );
     let l = &m.leave_on_server;
