@@ -2,14 +2,15 @@
 # Idempotent set-up of a fresh Debian 12 machine for building, testing and demoing
 # pop3-interceptor. Quiet when everything is present; says what it installs otherwise.
 #
-# Installs: apt packages (bpftool, Dovecot, clients, nats-server), the nightly's rust-src (eBPF is built
+# Installs: apt packages (bpftool, Dovecot, clients, nats-server, nginx with its mail module for the
+# bench), the nightly's rust-src (eBPF is built
 # with -Z build-std=core), bpf-linker 0.13 linked against the nightly's own LLVM 22,
 # cargo-fuzz (with g++ for libFuzzer) for the fuzz smoke, and mounts bpffs at /sys/fs/bpf.
 set -euo pipefail
 
 say() { echo "setup: $*" >&2; }
 
-APT_PACKAGES=(bpftool ethtool iproute2 tcpdump dovecot-core dovecot-pop3d curl fetchmail python3 openssl procps g++ nats-server iperf3)
+APT_PACKAGES=(bpftool ethtool iproute2 tcpdump dovecot-core dovecot-pop3d curl fetchmail python3 openssl procps g++ nats-server iperf3 nginx libnginx-mod-mail)
 BPF_LINKER_VERSION=0.13.0
 CARGO_FUZZ_VERSION=0.13.2
 # A permanent home for the LLVM symlinks that bpf-linker's RUNPATH points at.
@@ -25,8 +26,8 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The packaged Dovecot and NATS services are not ours: tests run their own instances.
-  for service in dovecot nats-server; do
+  # The packaged Dovecot, NATS and nginx services are not ours: tests run their own instances.
+  for service in dovecot nats-server nginx; do
     if command -v systemctl >/dev/null && systemctl is-active -q "$service" 2>/dev/null; then
       systemctl stop "$service" || true
     fi

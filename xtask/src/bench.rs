@@ -1,22 +1,35 @@
-//! `cargo xtask bench`: in one run on one topology, against the same Dovecot:
+//! `cargo xtask bench`: in one run on one topology, against the same Dovecot, every path a
+//! POP3 check can take ([`Path`]):
 //!
-//! - relay rows (daemon `--mode relay`): check sessions/s and p50/p99 latency at concurrency
-//!   1 and 32, and RETR throughput of a 10 MB message, directly to Dovecot and through the
-//!   transparent relay;
-//! - attenuation rows (daemon `--mode attenuate`): the same check load once the attenuation table
-//!   is warm (every user checked once, so its mailbox is verified empty), with the number of
-//!   Dovecot logins the attenuated runs caused, read from Dovecot's log;
-//! - memory per attenuation-table entry with 100,000 users (pop3-engine's `table_memory`
-//!   test, see [`table_memory`]);
-//! - what other traffic pays: iperf3 through the router with no interceptor and with each
-//!   dataplane and XDP mode, and the programs' own cost per frame (see [`other_traffic`]).
+//! - `direct`: the client to Dovecot, nothing on the path;
+//! - `nginx`: through nginx's mail proxy on the router (what an operator would otherwise
+//!   deploy; see [`peers`]);
+//! - `relay`: through the daemon in `--mode relay`;
+//! - `attenuated`: through the daemon in `--mode attenuate` once its table is warm (every user
+//!   checked once, so its mailbox is verified empty), with the Dovecot logins the attenuated
+//!   runs caused, read from Dovecot's log;
+//! - `ideal`: an ideal responder on kernel TCP (any login, every maildrop empty): the ceiling
+//!   for attenuated checks.
 //!
-//! The session rows run on `--dataplane` (default `auto`: tc on veth); run the bench once
+//! Each path runs check sessions at every `--concurrency` (sessions/s, p50/p99 latency, and
+//! the CPU time per session of the process on the path, from /proc, see [`cpu`]); `direct`,
+//! `nginx` and `relay` also RETR a 10 MB message. Every row is printed as a ratio against
+//! `direct` and against `nginx` ([`report`]) and drawn as SVG charts ([`charts`]). Then:
+//! memory per attenuation-table entry ([`table_memory`]) and what other traffic pays
+//! ([`other_traffic`]).
+//!
+//! The daemon's rows run on `--dataplane` (default `auto`: tc on veth); run the bench once
 //! with `--dataplane xdp` and once with `--dataplane tc` for the A/B figures.
 //!
-//! The load generator (`xtask loadgen`) runs inside the client namespace. Add scenarios in
-//! `scenarios()`.
+//! The load generator (`xtask loadgen`) runs inside the client namespace.
 
+mod charts;
+mod cpu;
+mod peers;
+mod report;
+mod table_memory;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -31,6 +44,7 @@ use serde::Serialize;
 use crate::loadgen::LoadReport;
 use crate::other_traffic::{self, OtherTraffic};
 use crate::run;
+use table_memory::{TableMemory, print_table_memory};
 
 const BENCH_PASS: &str = "bench-pw";
 const BENCH_PREFIX: &str = "bench";
@@ -44,9 +58,13 @@ pub struct BenchArgs {
     /// Do not build the daemon (use the existing release binary).
     #[arg(long)]
     skip_build: bool,
-    /// Duration of each check measurement (max 60s).
+    /// Duration of each check measurement, per path and concurrency (max 60s).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Concurrencies of the check measurements (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: Vec<u16>,
     /// Number of check users (sessions go round-robin over them). Keep it well above the
     /// concurrency: a user with a session open is never answered at the edge, so
     /// concurrent sessions of one user would all reach Dovecot.
@@ -58,9 +76,12 @@ pub struct BenchArgs {
     /// RETR repetitions per path.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
     retr_count: u64,
-    /// Only measure the direct path (no interceptor).
+    /// Only measure the direct path (no daemon, no peers).
     #[arg(long)]
     direct_only: bool,
+    /// Skip the peers (nginx's mail proxy and the ideal responder).
+    #[arg(long)]
+    skip_peers: bool,
     /// Skip the attenuation rows (daemon in attenuate mode).
     #[arg(long)]
     skip_attenuate: bool,
@@ -71,7 +92,7 @@ pub struct BenchArgs {
     /// test: no set-up, daemon build, namespaces, Dovecot or root; no JSON written).
     #[arg(long)]
     table_only: bool,
-    /// Dataplane of the session rows: `xdp`, `tc` or `auto`.
+    /// Dataplane of the daemon's rows: `xdp`, `tc` or `auto`.
     #[arg(long, default_value = "auto", value_parser = ["xdp", "tc", "auto"])]
     dataplane: String,
     /// Skip the other-traffic rows (iperf3 per dataplane and mode).
@@ -89,56 +110,94 @@ pub struct BenchArgs {
     /// Where to write the JSON (default: <target>/bench.json).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Folder for the SVG charts (default: <target>/bench-charts; the README's are in
+    /// docs/bench).
+    #[arg(long)]
+    charts: Option<PathBuf>,
 }
 
-/// One measurement, made directly and through the daemon in `daemon_mode`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Scenario {
-    pub name: String,
-    /// Load generator mode: `check` or `retr`.
-    pub mode: &'static str,
-    pub concurrency: usize,
-    /// `pop3-interceptor run --mode` for the "through" measurement: `relay` or `attenuate`.
-    pub daemon_mode: &'static str,
+/// What a measured session goes through on its way to an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    Direct,
+    Nginx,
+    Relay,
+    Attenuated,
+    Ideal,
 }
 
-fn scenario(
-    name: &str,
-    mode: &'static str,
-    concurrency: usize,
-    daemon_mode: &'static str,
-) -> Scenario {
-    Scenario {
-        name: name.into(),
-        mode,
-        concurrency,
-        daemon_mode,
+impl Path {
+    /// Every path, in the order of the tables and chart legends.
+    pub const ALL: [Path; 5] = [
+        Path::Direct,
+        Path::Nginx,
+        Path::Relay,
+        Path::Attenuated,
+        Path::Ideal,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Nginx => "nginx",
+            Path::Relay => "relay",
+            Path::Attenuated => "attenuated",
+            Path::Ideal => "ideal",
+        }
+    }
+
+    /// Whether the path can serve a real message (the attenuated and ideal ones answer
+    /// checks only).
+    fn serves_retr(self) -> bool {
+        matches!(self, Path::Direct | Path::Nginx | Path::Relay)
     }
 }
 
-fn scenarios() -> Vec<Scenario> {
-    vec![
-        scenario("check c=1", "check", 1, "relay"),
-        scenario("check c=32", "check", 32, "relay"),
-        scenario("retr 1 session", "retr", 1, "relay"),
-        scenario("attenuated check c=1", "check", 1, "attenuate"),
-        scenario("attenuated check c=32", "check", 32, "attenuate"),
-    ]
+/// One load: check sessions at a concurrency, or RETR of the big message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    /// Load generator mode: `check` or `retr`.
+    pub mode: &'static str,
+    pub concurrency: usize,
 }
 
-/// The same load directly to Dovecot is measured once and compared with every daemon mode.
-fn same_load(a: &Scenario, b: &Scenario) -> bool {
-    a.mode == b.mode && a.concurrency == b.concurrency
+impl Scenario {
+    pub fn name(&self) -> String {
+        match self.mode {
+            "retr" => "retr 1 session".to_string(),
+            m => format!("{m} c={}", self.concurrency),
+        }
+    }
+}
+
+/// The loads of `path`: checks at every concurrency, then RETR where the path serves it.
+fn scenarios(args: &BenchArgs, path: Path) -> Vec<Scenario> {
+    let mut v: Vec<Scenario> = args
+        .concurrency
+        .iter()
+        .map(|&c| Scenario {
+            mode: "check",
+            concurrency: c.into(),
+        })
+        .collect();
+    if path.serves_retr() {
+        v.push(Scenario {
+            mode: "retr",
+            concurrency: 1,
+        });
+    }
+    v
 }
 
 #[derive(Debug, Serialize)]
-struct Measurement {
-    /// `direct` (client to Dovecot, no daemon) or `through` (the daemon on the path).
-    path: String,
-    /// The daemon's `--mode` for `through` measurements; `None` for `direct` ones.
-    daemon_mode: Option<&'static str>,
-    scenario: Scenario,
-    report: LoadReport,
+pub struct Measurement {
+    pub path: Path,
+    pub scenario: Scenario,
+    pub report: LoadReport,
+    /// CPU time (user + system, all threads and direct children) of the process on the
+    /// path (daemon, nginx, ideal responder) per completed session; `None` for `direct`.
+    pub cpu_us_per_session: Option<f64>,
 }
 
 /// What Dovecot saw of the attenuated runs.
@@ -162,7 +221,7 @@ struct AttenuationCheck {
 
 #[derive(Debug, Serialize)]
 struct BenchJson {
-    /// `--dataplane` of the session rows.
+    /// `--dataplane` of the daemon's rows.
     dataplane: String,
     duration_s: f64,
     users: u64,
@@ -176,42 +235,37 @@ struct BenchJson {
 }
 
 struct Bench<'a> {
-    bin_args: Vec<String>,
     args: &'a BenchArgs,
     topo: &'a Topology,
     exe: PathBuf,
 }
 
 impl Bench<'_> {
-    fn loadgen(&self, sc: &Scenario) -> Result<LoadReport> {
-        self.loadgen_bounded(sc, None)
-    }
-
-    /// Like `loadgen`, stopping after `max_sessions` check sessions if given.
-    fn loadgen_bounded(&self, sc: &Scenario, max_sessions: Option<u64>) -> Result<LoadReport> {
+    /// Runs `sc` against `target` from the client namespace, stopping after `max_sessions`
+    /// check sessions if given.
+    fn loadgen(
+        &self,
+        target: SocketAddr,
+        sc: &Scenario,
+        max_sessions: Option<u64>,
+    ) -> Result<LoadReport> {
         let exe = self.exe.display().to_string();
-        let target = server_pop3_v4().to_string();
-        let conc = sc.concurrency.to_string();
         let mut args: Vec<String> = vec![
             exe,
             "loadgen".into(),
             "--json".into(),
             "--target".into(),
-            target,
+            target.to_string(),
             "--mode".into(),
             sc.mode.into(),
             "--pass".into(),
             BENCH_PASS.into(),
             "--concurrency".into(),
-            conc,
+            sc.concurrency.to_string(),
         ];
         let limit = if sc.mode == "retr" {
-            args.extend([
-                "--user".into(),
-                BIG_USER.into(),
-                "--duration".into(),
-                "60s".into(),
-            ]);
+            args.extend(["--user".into(), BIG_USER.into()]);
+            args.extend(["--duration".into(), "60s".into()]);
             args.extend(["--max-sessions".into(), self.args.retr_count.to_string()]);
             Duration::from_secs(120)
         } else {
@@ -236,30 +290,34 @@ impl Bench<'_> {
         Ok(r)
     }
 
-    /// Runs the scenarios whose daemon mode is `daemon_mode` (for "direct": the distinct loads
-    /// of every mode, once each).
-    fn run_path(&self, path: &str, daemon_mode: &str, out: &mut Vec<Measurement>) -> Result<()> {
-        let mut todo: Vec<Scenario> = Vec::new();
-        for sc in scenarios() {
-            let wanted = if path == "direct" {
-                !todo.iter().any(|t| same_load(t, &sc))
-            } else {
-                sc.daemon_mode == daemon_mode
+    /// Runs every scenario of `path` against `target`; `cpu_pid` is the process on the path
+    /// whose CPU time each run costs.
+    fn measure(
+        &self,
+        path: Path,
+        target: SocketAddr,
+        cpu_pid: Option<u32>,
+        out: &mut Vec<Measurement>,
+    ) -> Result<()> {
+        for sc in scenarios(self.args, path) {
+            eprint!("bench: {:<10} {:<16} ... ", path.label(), sc.name());
+            let before = cpu_pid.map(cpu::tree_cpu).transpose()?;
+            let r = self.loadgen(target, &sc, None)?;
+            let used = match (cpu_pid, before) {
+                (Some(pid), Some(b)) => Some(cpu::tree_cpu(pid)?.saturating_sub(b)),
+                _ => None,
             };
-            if wanted {
-                todo.push(sc);
-            }
-        }
-        for sc in todo {
-            eprint!("bench: {path:<9} {:<22} ... ", sc.name);
-            let r = self.loadgen(&sc)?;
+            let cpu_us_per_session = used.map(|u| u.as_secs_f64() * 1e6 / r.sessions.max(1) as f64);
             eprintln!(
-                "{} sessions, {} errors, {:.0}/s, p50 {} us, p99 {} us{}",
+                "{} sessions, {} errors, {:.0}/s, p50 {} us, p99 {} us{}{}",
                 r.sessions,
                 r.errors,
                 r.sessions_per_s,
                 r.p50_us,
                 r.p99_us,
+                cpu_us_per_session
+                    .map(|c| format!(", {c:.0} us CPU/session"))
+                    .unwrap_or_default(),
                 if sc.mode == "retr" {
                     format!(", {:.1} MB/s", r.mb_per_s)
                 } else {
@@ -270,39 +328,67 @@ impl Bench<'_> {
                 eprintln!("bench:   errors: {:?}", r.first_errors);
             }
             out.push(Measurement {
-                path: path.into(),
-                daemon_mode: (path != "direct").then_some(sc.daemon_mode),
+                path,
                 scenario: sc,
                 report: r,
+                cpu_us_per_session,
             });
         }
         Ok(())
     }
-}
 
-impl Bench<'_> {
+    /// The peers' rows: nginx's mail proxy, then the ideal responder, each alone on the path.
+    fn measure_peers(&self, out: &mut Vec<Measurement>) -> Result<()> {
+        let dir = self.topo.dir().join("peers");
+        let nginx = peers::start_nginx(self.topo, &dir).context("starting nginx's mail proxy")?;
+        self.measure(Path::Nginx, nginx.addr, Some(nginx.pid()), out)?;
+        drop(nginx);
+        let ideal = peers::start_ideal(self.topo, &self.exe, &dir)
+            .context("starting the ideal responder")?;
+        self.measure(Path::Ideal, ideal.addr, Some(ideal.pid()), out)
+    }
+
+    /// The daemon's arguments for `mode`, the bench's own first.
+    fn daemon_opts(&self, bin: &std::path::Path, mode: &str) -> InterceptorOptions {
+        let mut extra_args = vec!["--mode".to_string(), mode.to_string()];
+        extra_args.extend(["--dataplane".to_string(), self.args.dataplane.clone()]);
+        extra_args.extend(one_source_load());
+        if mode == "attenuate"
+            && !self
+                .args
+                .daemon_args
+                .iter()
+                .any(|a| a.starts_with("--interval"))
+        {
+            // Far longer than the run: every check after the warm-up may be attenuated.
+            extra_args.extend(["--interval".to_string(), "15m".to_string()]);
+        }
+        extra_args.extend(self.args.daemon_args.iter().cloned());
+        InterceptorOptions {
+            bin: Some(bin.to_path_buf()),
+            extra_args,
+            ..Default::default()
+        }
+    }
+
+    /// The relay rows: the daemon in relay mode.
+    fn measure_relay(&self, bin: &std::path::Path, out: &mut Vec<Measurement>) -> Result<()> {
+        let mut icpt = Interceptor::start_with(self.topo, self.daemon_opts(bin, "relay"))
+            .context("starting the interceptor (relay)")?;
+        let res = self.measure(Path::Relay, server_pop3_v4(), Some(icpt.pid()), out);
+        icpt.terminate(Duration::from_secs(10));
+        res
+    }
+
     /// The attenuation rows: the daemon in attenuate mode, its table warmed by one check per
-    /// user, then the attenuated check scenarios; Dovecot's log says how many logins they cost.
-    fn run_attenuated(
+    /// user, then the attenuated checks; Dovecot's log says how many logins they cost.
+    fn measure_attenuated(
         &self,
         bin: &std::path::Path,
         dovecot: &Dovecot,
         out: &mut Vec<Measurement>,
     ) -> Result<AttenuationCheck> {
-        let mut extra_args = vec!["--mode".to_string(), "attenuate".to_string()];
-        extra_args.extend(["--dataplane".to_string(), self.args.dataplane.clone()]);
-        extra_args.extend(one_source_load());
-        if !self.bin_args.iter().any(|a| a.starts_with("--interval")) {
-            // Far longer than the run: every check after the warm-up may be attenuated.
-            extra_args.extend(["--interval".to_string(), "15m".to_string()]);
-        }
-        extra_args.extend(self.bin_args.iter().cloned());
-        let opts = InterceptorOptions {
-            bin: Some(bin.to_path_buf()),
-            extra_args,
-            ..Default::default()
-        };
-        let mut icpt = Interceptor::start_with(self.topo, opts)
+        let mut icpt = Interceptor::start_with(self.topo, self.daemon_opts(bin, "attenuate"))
             .context("starting the interceptor (attenuate)")?;
         let first = out.len();
         let res = (|| -> Result<AttenuationCheck> {
@@ -317,12 +403,12 @@ impl Bench<'_> {
             };
             let before = settle(0);
             let users = self.args.users;
-            eprint!(
-                "bench: {:<9} {:<22} ... ",
-                "through", "warm-up (1 per user)"
-            );
-            let warm =
-                self.loadgen_bounded(&scenario("warm-up", "check", 1, "attenuate"), Some(users))?;
+            eprint!("bench: {:<10} {:<16} ... ", "attenuated", "warm-up, 1/user");
+            let one = Scenario {
+                mode: "check",
+                concurrency: 1,
+            };
+            let warm = self.loadgen(server_pop3_v4(), &one, Some(users))?;
             eprintln!("{} sessions, {} errors", warm.sessions, warm.errors);
             if warm.sessions != users || warm.errors != 0 {
                 bail!(
@@ -333,7 +419,7 @@ impl Bench<'_> {
                 );
             }
             let warmed = settle(before + users as usize);
-            self.run_path("through", "attenuate", out)?;
+            self.measure(Path::Attenuated, server_pop3_v4(), Some(icpt.pid()), out)?;
             let after = settle(0);
             Ok(AttenuationCheck {
                 warm_sessions: warm.sessions,
@@ -367,7 +453,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         bail!("--duration is limited to 60s");
     }
     if args.table_only {
-        let t = table_memory(args.table_users.max(1) as usize)?;
+        let t = table_memory::measure(args.table_users.max(1) as usize)?;
         print_table_memory(&t);
         return Ok(ExitCode::SUCCESS);
     }
@@ -409,7 +495,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     dovecot.deliver(BIG_USER, &big)?;
 
     let bench = Bench {
-        bin_args: args.daemon_args.clone(),
         args: &args,
         topo: &topo,
         exe,
@@ -417,27 +502,24 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut ms = Vec::new();
     // Dovecot's first login of a user creates its index files (several ms): log every user in
     // once first, or whichever path runs first pays for it.
-    eprint!("bench: {:<9} {:<22} ... ", "direct", "Dovecot warm-up");
-    let warm = bench.loadgen_bounded(&scenario("warm-up", "check", 8, "none"), Some(args.users))?;
+    eprint!("bench: {:<10} {:<16} ... ", "direct", "Dovecot warm-up");
+    let eight = Scenario {
+        mode: "check",
+        concurrency: 8,
+    };
+    let warm = bench.loadgen(server_pop3_v4(), &eight, Some(args.users))?;
     eprintln!("{} sessions, {} errors", warm.sessions, warm.errors);
-    bench.run_path("direct", "", &mut ms)?;
+    bench.measure(Path::Direct, server_pop3_v4(), None, &mut ms)?;
+    if !args.direct_only && !args.skip_peers {
+        bench.measure_peers(&mut ms)?;
+    }
     if let Some(bin) = &bin {
-        let mut extra_args = vec!["--mode".to_string(), "relay".to_string()];
-        extra_args.extend(["--dataplane".to_string(), args.dataplane.clone()]);
-        extra_args.extend(one_source_load());
-        extra_args.extend(args.daemon_args.iter().cloned());
-        let opts = InterceptorOptions {
-            bin: Some(bin.clone()),
-            extra_args,
-            ..Default::default()
-        };
-        let mut icpt = Interceptor::start_with(&topo, opts).context("starting the interceptor")?;
-        let res = bench.run_path("through", "relay", &mut ms);
-        icpt.terminate(Duration::from_secs(10));
-        res?;
+        bench.measure_relay(bin, &mut ms)?;
     }
     let attenuation = match &bin {
-        Some(bin) if !args.skip_attenuate => Some(bench.run_attenuated(bin, &dovecot, &mut ms)?),
+        Some(bin) if !args.skip_attenuate => {
+            Some(bench.measure_attenuated(bin, &dovecot, &mut ms)?)
+        }
         _ => None,
     };
     drop(dovecot);
@@ -449,7 +531,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     };
     let table_memory = if args.table_users > 0 {
         eprint!("bench: table memory with {} users ... ", args.table_users);
-        let t = table_memory(args.table_users as usize)?;
+        let t = table_memory::measure(args.table_users as usize)?;
         eprintln!(
             "{:.0} B/entry requested, {:.0} B/entry malloc ({:.1} s)",
             t.requested_bytes_per_entry, t.malloc_bytes_per_entry, t.elapsed_s
@@ -459,8 +541,14 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         None
     };
 
-    print_table(&ms);
-    print_attenuation_targets(&ms, attenuation.as_ref(), table_memory.as_ref());
+    report::print_paths(&ms);
+    report::print_attenuation_targets(&ms);
+    if let Some(a) = &attenuation {
+        print_attenuation_check(a);
+    }
+    if let Some(t) = &table_memory {
+        print_table_memory(t);
+    }
     if let Some(other) = &other {
         other_traffic::print(other);
     }
@@ -484,6 +572,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     };
     std::fs::write(&out, serde_json::to_string_pretty(&json)?)?;
     println!("wrote {}", out.display());
+    let charts_dir = match &args.charts {
+        Some(p) => p.clone(),
+        None => run::target_dir()?.join("bench-charts"),
+    };
+    for chart in charts::write(&json.measurements, &charts_dir, &chart_caption(&json))? {
+        println!("wrote {}", chart.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -506,215 +601,6 @@ fn loadgen_exe(skip_build: bool) -> Result<PathBuf> {
     std::env::current_exe().context("locating the xtask binary")
 }
 
-fn print_table(ms: &[Measurement]) {
-    let direct = |sc: &Scenario| {
-        ms.iter()
-            .find(|m| m.path == "direct" && same_load(&m.scenario, sc))
-            .map(|m| &m.report)
-    };
-    let through = |sc: &Scenario| {
-        ms.iter()
-            .find(|m| m.path == "through" && m.scenario.name == sc.name)
-            .map(|m| &m.report)
-    };
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(d), Some(t)) if d > 0.0 => format!("{:.2}x", t / d),
-        _ => "-".to_string(),
-    };
-    let fmt = |v: Option<f64>, prec: usize| v.map(|v| format!("{v:.prec$}")).unwrap_or("-".into());
-    println!();
-    println!(
-        "{:<40} {:<10} {:>10} {:>10} {:>15}",
-        "metric", "daemon", "direct", "through", "through/direct"
-    );
-    for sc in scenarios() {
-        let (d, t) = (direct(&sc), through(&sc));
-        type Row = (String, fn(&LoadReport) -> f64, usize);
-        let rows: Vec<Row> = if sc.mode == "retr" {
-            vec![
-                (format!("{} MB/s", sc.name), |r| r.mb_per_s, 1),
-                (
-                    format!("{} p50 ms", sc.name),
-                    |r| r.p50_us as f64 / 1000.0,
-                    1,
-                ),
-            ]
-        } else {
-            vec![
-                (format!("{} sessions/s", sc.name), |r| r.sessions_per_s, 0),
-                (format!("{} p50 us", sc.name), |r| r.p50_us as f64, 0),
-                (format!("{} p99 us", sc.name), |r| r.p99_us as f64, 0),
-                (format!("{} errors", sc.name), |r| r.errors as f64, 0),
-                (
-                    format!("{} of which timeouts", sc.name),
-                    |r| r.timeouts as f64,
-                    0,
-                ),
-            ]
-        };
-        for (label, f, prec) in rows {
-            let (dv, tv) = (d.map(f), t.map(f));
-            println!(
-                "{label:<40} {:<10} {:>10} {:>10} {:>15}",
-                sc.daemon_mode,
-                fmt(dv, prec),
-                fmt(tv, prec),
-                ratio(dv, tv)
-            );
-        }
-    }
-}
-
-/// The attenuation targets: attenuated >= 3x Dovecot's sessions/s and <= 0.5x its p50; table entries
-/// under 256 bytes; and what the attenuated runs cost Dovecot.
-fn print_attenuation_targets(
-    ms: &[Measurement],
-    att: Option<&AttenuationCheck>,
-    mem: Option<&TableMemory>,
-) {
-    println!();
-    println!("attenuation targets:");
-    for sc in scenarios().iter().filter(|s| s.daemon_mode == "attenuate") {
-        let d = ms
-            .iter()
-            .find(|m| m.path == "direct" && same_load(&m.scenario, sc));
-        let t = ms
-            .iter()
-            .find(|m| m.path == "through" && m.scenario.name == sc.name);
-        let (Some(d), Some(t)) = (d, t) else { continue };
-        let (d, t) = (&d.report, &t.report);
-        let speed = if d.sessions_per_s > 0.0 {
-            t.sessions_per_s / d.sessions_per_s
-        } else {
-            0.0
-        };
-        let lat = if d.p50_us > 0 {
-            t.p50_us as f64 / d.p50_us as f64
-        } else {
-            f64::INFINITY
-        };
-        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-        println!(
-            "  {:<24} sessions/s {:>8.0} vs {:>6.0} = {:>5.2}x (target >= 3x: {}); p50 {:>6} us vs {:>6} us = {:.2}x (target <= 0.5x: {})",
-            sc.name,
-            t.sessions_per_s,
-            d.sessions_per_s,
-            speed,
-            verdict(speed >= 3.0),
-            t.p50_us,
-            d.p50_us,
-            lat,
-            verdict(lat <= 0.5)
-        );
-    }
-    if let Some(a) = att {
-        println!(
-            "  Dovecot logins: warm-up {} for {} sessions; attenuated runs {} for {} sessions",
-            a.warm_logins, a.warm_sessions, a.logins, a.sessions
-        );
-        if let Some(c) = &a.engine_counters {
-            println!("  daemon engine counters at exit: {c}");
-        }
-        if let Some(n) = a.fill_ring_empty {
-            println!(
-                "  frames dropped by the kernel for want of a fill-ring frame (attenuate runs): {n}"
-            );
-        }
-    }
-    if let Some(m) = mem {
-        print_table_memory(m);
-    }
-}
-
-fn print_table_memory(m: &TableMemory) {
-    println!(
-        "  table memory, {} users (usernames of {} bytes): {:.0} B/entry requested from the \
-         allocator, {:.0} B/entry in glibc malloc (target < 256: {})",
-        m.users,
-        m.username_len,
-        m.requested_bytes_per_entry,
-        m.malloc_bytes_per_entry,
-        if m.malloc_bytes_per_entry < 256.0 && m.requested_bytes_per_entry < 256.0 {
-            "met"
-        } else {
-            "MISSED"
-        }
-    );
-    println!(
-        "  (size_of Entry {} B, UserKey {} B; the rest is the hash map's slots and control \
-         bytes, the Arc header and the timer list's B-tree nodes; usernames of up to 22 bytes \
-         are inside the key)",
-        m.entry_struct_bytes, m.key_struct_bytes
-    );
-    println!("  method: {}", m.method);
-}
-
-/// What [`table_memory`] measured.
-#[derive(Debug, Clone, Serialize)]
-pub struct TableMemory {
-    pub method: &'static str,
-    pub users: usize,
-    /// Net bytes requested from the allocator, per entry (strings included).
-    pub requested_bytes_per_entry: f64,
-    /// Net glibc in-use bytes (malloc overhead included), per entry.
-    pub malloc_bytes_per_entry: f64,
-    pub username_len: usize,
-    /// `size_of::<Entry>()` and `size_of::<UserKey>()`: what each map slot and each shared key
-    /// hold before the map's, the timer list's and malloc's overheads.
-    pub entry_struct_bytes: usize,
-    pub key_struct_bytes: usize,
-    pub elapsed_s: f64,
-}
-
-/// Memory per attenuation-table entry with `users` users: runs pop3-engine's ignored
-/// `table_memory` test (its counting allocator is that test binary's alone) in release
-/// and reads the line it prints.
-pub fn table_memory(users: usize) -> Result<TableMemory> {
-    let out = std::process::Command::new(env!("CARGO"))
-        .args([
-            "test",
-            "--release",
-            "--quiet",
-            "-p",
-            "pop3-engine",
-            "--features",
-            "testing",
-            "--test",
-            "table_memory",
-            "--",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("TABLE_USERS", users.to_string())
-        .output()
-        .context("running cargo test --test table_memory")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("TABLE_MEMORY ")) else {
-        bail!(
-            "the table_memory test printed no result:\n{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let field = |name: &str| -> Result<f64> {
-        line.split(' ')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("{name} in {line:?}"))
-    };
-    Ok(TableMemory {
-        method: "pop3-engine's table_memory test: the AttenuationEngine driven through N check \
-                 sessions, fake clock, counting global allocator (net live bytes after - before) \
-                 and glibc mallinfo2",
-        users: field("users")? as usize,
-        requested_bytes_per_entry: field("requested")?,
-        malloc_bytes_per_entry: field("malloc")?,
-        username_len: field("username_len")? as usize,
-        entry_struct_bytes: field("entry")? as usize,
-        key_struct_bytes: field("key")? as usize,
-        elapsed_s: field("elapsed_s")?,
-    })
-}
-
 /// The load generator is one subscriber making thousands of sessions per second: the
 /// per-source limits (meant for real subscribers) are switched off for it.
 fn one_source_load() -> [String; 6] {
@@ -727,4 +613,28 @@ fn one_source_load() -> [String; 6] {
         "0",
     ]
     .map(String::from)
+}
+
+/// What the charts say about the run they come from.
+fn chart_caption(j: &BenchJson) -> String {
+    format!(
+        "{} cores, {} users, {} s per point, daemon dataplane {}",
+        j.nproc, j.users, j.duration_s, j.dataplane
+    )
+}
+
+/// What the attenuated runs cost Dovecot, and the daemon's counters.
+fn print_attenuation_check(a: &AttenuationCheck) {
+    println!(
+        "  Dovecot logins: warm-up {} for {} sessions; attenuated runs {} for {} sessions",
+        a.warm_logins, a.warm_sessions, a.logins, a.sessions
+    );
+    if let Some(c) = &a.engine_counters {
+        println!("  daemon engine counters at exit: {c}");
+    }
+    if let Some(n) = a.fill_ring_empty {
+        println!(
+            "  frames dropped by the kernel for want of a fill-ring frame (attenuate runs): {n}"
+        );
+    }
 }

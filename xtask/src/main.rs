@@ -7,10 +7,12 @@
 //! - `fuzz`:  the cargo-fuzz targets of fuzz/ (nightly), with their figures.
 //! - `simulate`: the attenuation engine in virtual time with a synthetic ISP, per rule.
 //! - `loadgen` (internal): the bench's tokio load generator, run inside the client namespace.
+//! - `ideal-responder` (internal): the bench's ceiling, a POP3 responder on kernel TCP.
 
 mod bench;
 mod demo;
 mod fuzz;
+mod ideal_responder;
 mod loadgen;
 mod other_traffic;
 mod run;
@@ -47,6 +49,10 @@ enum Cmd {
     /// (internal) POP3 load generator; prints JSON. Run by `bench` inside the client netns.
     #[command(hide = true)]
     Loadgen(loadgen::LoadgenArgs),
+    /// (internal) POP3 responder that accepts any login and answers "+OK 0 0". Run by `bench`
+    /// inside the server netns.
+    #[command(hide = true)]
+    IdealResponder(ideal_responder::IdealResponderArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +65,7 @@ fn main() -> ExitCode {
         Cmd::Fuzz(a) => fuzz::run(a),
         Cmd::Simulate(a) => simulate::run(a),
         Cmd::Loadgen(a) => loadgen::run(a),
+        Cmd::IdealResponder(a) => ideal_responder::run(a),
     };
     match res {
         Ok(code) => code,

@@ -18,9 +18,12 @@ pub const MAX_MAILDROP: usize = 64 * 1024;
 /// The server's STAT, LIST and UIDL answers of one session, as wire bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Maildrop {
-    stat: Box<[u8]>,
-    list: Box<[u8]>,
-    uidl: Box<[u8]>,
+    /// The three answers one after the other, in one allocation: a snapshot per user who
+    /// keeps mail on the server is what the table holds most of.
+    wire: Box<[u8]>,
+    /// Where LIST's answer starts and UIDL's starts (at most [`MAX_MAILDROP`]).
+    list_at: u32,
+    uidl_at: u32,
 }
 
 impl std::fmt::Debug for Maildrop {
@@ -41,46 +44,46 @@ impl Maildrop {
             return None;
         }
         let maildrop = Self {
-            stat: stat.into(),
-            list: list.into(),
-            uidl: uidl.into(),
+            wire: [stat, list, uidl].concat().into(),
+            list_at: stat.len() as u32,
+            uidl_at: (stat.len() + list.len()) as u32,
         };
         let count = maildrop.count()?;
-        (listing(&maildrop.list).count() == count && listing(&maildrop.uidl).count() == count)
+        (listing(maildrop.list()).count() == count && listing(maildrop.uidl()).count() == count)
             .then_some(maildrop)
     }
 
     /// Memory held, for the table's budget.
     pub fn bytes(&self) -> usize {
-        self.stat.len() + self.list.len() + self.uidl.len()
+        self.wire.len()
     }
 
     /// Number of messages, from the STAT answer.
     pub fn count(&self) -> Option<usize> {
-        let text = trim_eol(&self.stat);
+        let text = trim_eol(self.stat());
         let count = text.split(|&b| b == b' ').nth(1)?;
         std::str::from_utf8(count).ok()?.parse().ok()
     }
 
     /// The server's answer to STAT.
     pub fn stat(&self) -> &[u8] {
-        &self.stat
+        &self.wire[..self.list_at as usize]
     }
 
     /// The server's answer to LIST without argument.
     pub fn list(&self) -> &[u8] {
-        &self.list
+        &self.wire[self.list_at as usize..self.uidl_at as usize]
     }
 
     /// The server's answer to UIDL without argument.
     pub fn uidl(&self) -> &[u8] {
-        &self.uidl
+        &self.wire[self.uidl_at as usize..]
     }
 
     /// The answer to `LIST n` (`uidl`: `UIDL n`), as RFC 1939 writes it; `None` for a
     /// message that does not exist.
     pub fn one(&self, uidl: bool, n: &[u8]) -> Option<Vec<u8>> {
-        let source = if uidl { &self.uidl } else { &self.list };
+        let source = if uidl { self.uidl() } else { self.list() };
         let line = listing(source).find(|line| line.split(|&b| b == b' ').next() == Some(n))?;
         let mut answer = b"+OK ".to_vec();
         answer.extend_from_slice(line);
@@ -92,7 +95,7 @@ impl Maildrop {
     /// answer now (mail that arrived since comes after them and changes nothing).
     pub fn still_numbered(&self, uidl_now: &[u8]) -> bool {
         let mut now = listing(uidl_now);
-        listing(&self.uidl).all(|line| now.next() == Some(line))
+        listing(self.uidl()).all(|line| now.next() == Some(line))
     }
 }
 

@@ -18,14 +18,15 @@
 //! Memory per entry: the key (server address and username, shared by the map and the
 //! timer list through one `Arc`; usernames of up to 22 bytes are stored inside the key,
 //! longer ones get an allocation of their own; 56 bytes, a 72-byte `Arc` allocation), and
-//! the 96-byte entry: a 16-byte verifier, the check, view, notification, not-before,
+//! the 96-byte entry in an allocation of its own: a 16-byte verifier, the check, view, notification, not-before,
 //! fast-check and expiry times as 8-byte stamps (nanoseconds from the
 //! table's epoch),
 //! an optional shared maildrop snapshot (its bytes counted against a budget of their
 //! own), a session count, check counters and two 2-byte check intervals (the
-//! periodicity rule); plus the map's slots (8-byte `Arc` + entry +
-//! a control byte, at most 7/8 full) and the timer list's B-tree of 16-byte (expiry, key)
-//! pairs. `cargo xtask bench --table-only` measures it with 100,000 users.
+//! periodicity rule); plus the map's slots (8-byte `Arc` + 8-byte `Box` + a control byte,
+//! at most 7/8 full and, just after the map doubled, half empty: boxing the entry keeps
+//! that half cheap) and the timer list's B-tree of 16-byte (expiry, key) pairs.
+//! `cargo xtask bench --table-only` measures it with 100,000 users.
 
 use std::{
     collections::BTreeSet,
@@ -322,7 +323,9 @@ impl<E: DerefMut<Target = Entry>> Timed<E> {
 pub struct UserTable {
     /// The origin of every stamp in the table.
     epoch: Epoch,
-    entries: HashMap<Arc<UserKey>, Entry>,
+    /// Entries boxed: the map's slots stay 16 bytes, so its power-of-two growth (up to
+    /// half its slots empty) costs 16 bytes a slot, not an entry's size.
+    entries: HashMap<Arc<UserKey>, Box<Entry>>,
     timers: BTreeSet<(Stamp, Arc<UserKey>)>,
     capacity: usize,
     /// How long an entry stays after its last use.
@@ -458,12 +461,12 @@ impl UserTable {
 
     /// The entry of `key`, if any.
     pub fn get(&self, key: &UserKey) -> Option<EntryRef<'_>> {
-        self.entries.get(key).map(|entry| self.timed(entry))
+        self.entries.get(key).map(|entry| self.timed(&**entry))
     }
 
     /// Every entry, for the operator surface.
     pub fn iter(&self) -> impl Iterator<Item = (&UserKey, EntryRef<'_>)> {
-        self.entries.iter().map(|(k, e)| (&**k, self.timed(e)))
+        self.entries.iter().map(|(k, e)| (&**k, self.timed(&**e)))
     }
 
     fn timed<E>(&self, entry: E) -> Timed<E> {
@@ -501,7 +504,7 @@ impl UserTable {
         self.timers.insert((expires, key.clone()));
         self.entries.insert(
             key.clone(),
-            Entry {
+            Box::new(Entry {
                 verifier,
                 verified: None,
                 maildrop: None,
@@ -517,7 +520,7 @@ impl UserTable {
                 answered_locally: 0,
                 passed_through: 0,
                 expires,
-            },
+            }),
         );
         Some(key)
     }
@@ -532,7 +535,7 @@ impl UserTable {
         let epoch = self.epoch;
         let entry = self.entries.get_mut(&**key)?;
         let result = f(&mut Timed {
-            entry: &mut *entry,
+            entry: &mut **entry,
             epoch,
         });
         let expires = epoch.stamp(now + self.lifetime);
