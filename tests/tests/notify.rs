@@ -5,7 +5,7 @@
 //! time: `cargo test -p pop3-interceptor-e2e --test notify -- --test-threads=1`.
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use pop3_interceptor_e2e::clients::RawSession;
@@ -39,12 +39,22 @@ fn interceptor(topo: &Topology, extra: &[&str]) -> Interceptor {
 
 /// One HTTP/1.1 request from the mail server's namespace; returns the status code.
 fn http(topo: &Topology, method: &str, path: &str, auth: Option<&str>, body: &[u8]) -> u16 {
+    request(topo, method, path, auth, body, Duration::from_secs(5))
+}
+
+/// [`http`], waiting up to `wait` for the answer.
+fn request(
+    topo: &Topology,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &[u8],
+    wait: Duration,
+) -> u16 {
     let mut stream = topo
         .connect(Node::Server, endpoint(), Duration::from_secs(5))
         .unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
     let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: edge\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -195,6 +205,68 @@ fn the_endpoint_refuses_what_is_not_an_authentic_notification_and_survives_a_flo
     )
     .unwrap();
     assert_eq!(check(&topo, "bob"), 1);
+}
+
+/// The daemon's open sockets.
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[test]
+fn silent_connections_cannot_keep_a_notification_out() {
+    // The endpoint's bounds: notify::MAX_CONNECTIONS and notify::CONNECTION_LIFETIME.
+    const MAX_CONNECTIONS: usize = 64;
+    const LIFETIME: Duration = Duration::from_secs(10);
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let ic = interceptor(&topo, &[]);
+    assert_eq!(check(&topo, "carol"), 0);
+    let before = sockets(ic.pid());
+    // More connections than the endpoint keeps open, each connecting and saying nothing.
+    let mut silent: Vec<TcpStream> = (0..MAX_CONNECTIONS + 16)
+        .map(|_| {
+            topo.connect(Node::Server, endpoint(), Duration::from_secs(5))
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let held = sockets(ic.pid()).saturating_sub(before);
+    assert!(
+        held <= MAX_CONNECTIONS,
+        "the daemon holds {held} silent connections"
+    );
+
+    // An authentic notification queued behind them is served once the first ones expired.
+    let started = Instant::now();
+    let body = br#"{"user":"carol"}"#;
+    let wait = 3 * LIFETIME;
+    assert_eq!(
+        request(&topo, "POST", "/notify", Some(&bearer()), body, wait),
+        204
+    );
+    assert!(started.elapsed() < 2 * LIFETIME, "{:?}", started.elapsed());
+    dc.deliver(
+        "carol",
+        &make_message("a@example.org", "carol@example.org", "s", "b"),
+    )
+    .unwrap();
+    assert_eq!(
+        check(&topo, "carol"),
+        1,
+        "the notification ended the attenuation"
+    );
+
+    // The endpoint closed the silent connections (end of stream or a reset, not a timeout).
+    for s in &mut silent {
+        s.set_read_timeout(Some(2 * LIFETIME)).unwrap();
+        if let Err(e) = s.read_to_end(&mut Vec::new()) {
+            assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+        }
+    }
 }
 
 /// A deleting client's check: logs in, fetches and deletes whatever is there, quits.
