@@ -94,7 +94,16 @@ pub struct Config {
     /// TC dataplane: the daemon's TAP device, where chosen skbs are redirected. Zero
     /// (no TAP yet, or the XDP dataplane): the TC program passes everything.
     pub redirect_ifindex: u32,
+    /// TC classifier attached through netlink (which outlives the daemon): when the
+    /// daemon last said it is alive (`bpf_ktime_get_ns()` clock). The classifier passes
+    /// everything once it is older than [`HEARTBEAT_GRACE_NS`]. Zero: not checked (a TCX
+    /// link goes with the daemon by itself).
+    pub heartbeat_ns: u64,
 }
+
+/// How long a netlink-attached TC classifier keeps redirecting after the daemon's last
+/// heartbeat (it writes one at least every second while its loop runs).
+pub const HEARTBEAT_GRACE_NS: u64 = 3_000_000_000;
 
 /// Address family tag in [`FlowKey`].
 pub const FAMILY_V4: u8 = 4;

@@ -1,15 +1,16 @@
-//! The TC entry point (ingress, attached as a TCX link): chosen skbs are redirected to the
-//! daemon's TAP device, whose reader feeds the same terminator as the AF_XDP sockets.
+//! The TC entry point (ingress, a TCX link, or a netlink filter on a clsact qdisc on
+//! kernels without TCX): chosen skbs are redirected to the daemon's TAP device, whose
+//! reader feeds the same terminator as the AF_XDP sockets.
 //! Working on skbs leaves offloads such as the veth peer's TSO alone, which an attached
 //! XDP program turns off.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
-    helpers::generated::bpf_redirect,
+    helpers::generated::{bpf_ktime_get_ns, bpf_redirect},
     macros::classifier,
     programs::TcContext,
 };
-use common::Counter;
+use common::{Counter, HEARTBEAT_GRACE_NS};
 
 use crate::{
     classify::{Frame, classify, count, remember},
@@ -37,8 +38,16 @@ fn try_intercept(ctx: &TcContext) -> Result<i32, ()> {
     };
     // Zero until the daemon's TAP is up: until then (and never without it) the kernel
     // keeps every frame, as XDP does when a queue has no socket.
-    let tap = CONFIG.get(0).map_or(0, |config| config.redirect_ifindex);
-    if tap == 0 {
+    let Some(config) = CONFIG.get(0) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    let tap = config.redirect_ifindex;
+    // A netlink filter outlives a killed daemon (and its TAP, where a redirect would drop):
+    // without a recent heartbeat the kernel keeps every frame.
+    // SAFETY: helper without preconditions.
+    let stale = config.heartbeat_ns != 0
+        && unsafe { bpf_ktime_get_ns() }.saturating_sub(config.heartbeat_ns) > HEARTBEAT_GRACE_NS;
+    if tap == 0 || stale {
         count(Counter::FallbackPassed);
         return Ok(TC_ACT_OK as i32);
     }

@@ -31,6 +31,19 @@ pub enum XdpMode {
     Skb,
 }
 
+/// How to attach the TC classifier (`--tc-attach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TcAttach {
+    /// A TCX link where the kernel has TCX (6.6 and later), else netlink.
+    Auto,
+    /// A TCX link, owned by the daemon: it goes when the daemon does, however it dies.
+    Tcx,
+    /// A filter on a clsact qdisc, through netlink: it stays after a kill -9 (until
+    /// `detach`), but passes everything once the daemon's heartbeat stops.
+    Netlink,
+}
+
 /// What gets attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {

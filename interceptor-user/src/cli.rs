@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
 use crate::{
-    choice::{DataplaneKind, XdpMode},
+    choice::{DataplaneKind, TcAttach, XdpMode},
     settings::EngineMode,
     status::SortBy,
 };
@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// [default: auto].
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpMode>,
+    /// How the TC dataplane attaches: a TCX link, or a clsact filter through netlink (for
+    /// kernels before 6.6); `auto` is TCX where the kernel has it [default: auto].
+    #[arg(long, value_enum)]
+    pub tc_attach: Option<TcAttach>,
     /// Intercepted TCP ports [default: 110].
     #[arg(long, value_delimiter = ',')]
     pub ports: Option<Vec<u16>>,

@@ -2,9 +2,10 @@
 //!
 //! A daemon killed with SIGKILL takes its XDP or TCX link, its AF_XDP sockets and its TAP
 //! device with it, but its pinned maps stay on the bpffs, and an XDP program attached the
-//! legacy netlink way (on kernels without XDP links) stays on the interface. This removes
-//! both, and refuses while the daemon that owns them still runs. The TC classifier is
-//! only ever attached as a TCX link, so nothing of it can stay behind.
+//! legacy netlink way (on kernels without XDP links) stays on the interface, and so does a
+//! TC classifier attached through netlink (`--tc-attach netlink`; it passes everything
+//! once the daemon's heartbeat stopped). This removes all of them, and refuses while the
+//! daemon that owns them still runs.
 
 use std::{path::Path, process::Command};
 
@@ -12,7 +13,8 @@ use anyhow::{Context as _, bail};
 
 use crate::{ebpf, status};
 
-/// Detaches any XDP program from `iface` and removes the pins under `pin_dir`.
+/// Detaches any XDP program and our netlink TC filter from `iface`, and removes the pins
+/// under `pin_dir`.
 pub fn detach(iface: &str, pin_dir: &Path) -> anyhow::Result<()> {
     if let Ok(s) = status::read(pin_dir, &status::Query::default())
         && s.running
@@ -37,6 +39,8 @@ pub fn detach(iface: &str, pin_dir: &Path) -> anyhow::Result<()> {
             bail!("`ip link set dev {iface} {mode} off` failed ({status})");
         }
     }
+    ebpf::remove_tc_filter(iface)
+        .with_context(|| format!("removing the TC classifier from {iface}"))?;
     ebpf::remove_pins(pin_dir);
     if pin_dir.exists() {
         bail!(

@@ -5,20 +5,28 @@
 //! a TCX link): when the daemon dies, however it dies, the kernel detaches the program
 //! and closes the AF_XDP sockets or the TAP device, and traffic flows to the mail server
 //! as if we were never there (fail-open).
+//!
+//! On kernels without TCX (before 6.6) the classifier is a filter on a clsact qdisc,
+//! added through netlink. That filter is not owned by the process: a clean exit removes
+//! it, `detach` removes what a kill -9 left, and in between it fails open by itself: the
+//! daemon writes a heartbeat into `CONFIG` while its loop runs, and the classifier
+//! passes everything once the heartbeat is older than [`common::HEARTBEAT_GRACE_NS`]
+//! (a redirect to the vanished TAP would drop).
 
 use std::{
     fs,
     os::fd::BorrowedFd,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, XskMap, lpm_trie::Key},
     programs::{
-        Program, SchedClassifier, Xdp, XdpMode as AyaXdpMode,
+        Program, ProgramError, SchedClassifier, Xdp, XdpMode as AyaXdpMode,
         links::LinkOrder,
-        tc::{TcAttachOptions, TcAttachType},
+        tc::{self, NlOptions, TcAttachOptions, TcAttachType},
     },
 };
 use common::{AttachInfo, Config, Counter, FlowKey, FlowValue, map_names};
@@ -26,13 +34,17 @@ use ipnet::IpNet;
 use thiserror::Error;
 
 use crate::{
-    choice::{Hook, XdpMode},
+    choice::{Hook, TcAttach, XdpMode},
     mirror::text,
 };
 
 /// The XDP object built by build.rs from `interceptor-ebpf`.
 pub(crate) static XDP_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pop3-interceptor"));
+
+/// How often a netlink-attached classifier hears the daemon's heartbeat (well inside
+/// [`common::HEARTBEAT_GRACE_NS`]; the loop passes at least once a second).
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 /// bpffs magic number, from `statfs(2)`.
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -51,6 +63,8 @@ pub struct AttachOptions {
     pub ifname: String,
     /// Which program, and how.
     pub hook: Hook,
+    /// How the TC classifier attaches (for [`Hook::Tc`]).
+    pub tc_attach: TcAttach,
     pub ports: Vec<u16>,
     /// Mail-server prefixes; empty means any destination.
     pub servers: Vec<IpNet>,
@@ -113,6 +127,8 @@ pub struct Attachment {
     xsks: XskMap<aya::maps::MapData>,
     config: Array<aya::maps::MapData, Config>,
     hook: Hook,
+    /// A netlink-attached classifier: when the heartbeat was last written.
+    heartbeat: Option<Instant>,
     flows: HashMap<aya::maps::MapData, FlowKey, FlowValue>,
     half_open: HashMap<aya::maps::MapData, FlowKey, FlowValue>,
     counters: PerCpuArray<aya::maps::MapData, u64>,
@@ -149,28 +165,21 @@ impl Attachment {
                 program.load().map_err(EbpfError::Program)?;
                 program
                     .attach(&options.ifname, aya_xdp_mode(mode))
-                    .map(drop)
+                    .map(|_| options.hook.label())
             }
             Hook::Tc => {
                 let program: &mut SchedClassifier = program_mut(&mut ebpf, common::TC_PROGRAM)?;
                 program.load().map_err(EbpfError::Program)?;
-                // A TCX link, owned by this process like the XDP link: it goes with us.
-                program
-                    .attach_with_options(
-                        &options.ifname,
-                        TcAttachType::Ingress,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map(drop)
+                attach_tc(program, &options.ifname, options.tc_attach)
             }
         };
-        attached.map_err(|source| EbpfError::Attach {
+        let label = attached.map_err(|source| EbpfError::Attach {
             ifname: options.ifname.clone(),
             hook: options.hook,
             source,
         })?;
 
-        write_info(&mut ebpf, options)?;
+        write_info(&mut ebpf, options, label)?;
         let xsks = take_map(&mut ebpf, map_names::XSKS)?;
         let config = take_map(&mut ebpf, map_names::CONFIG)?;
         let flows = take_map(&mut ebpf, map_names::FLOWS)?;
@@ -183,6 +192,7 @@ impl Attachment {
             xsks,
             config,
             hook: options.hook,
+            heartbeat: (label == TC_NETLINK_LABEL).then(|| Instant::now() - HEARTBEAT_EVERY),
             flows,
             half_open,
             counters,
@@ -210,6 +220,23 @@ impl Attachment {
     pub fn register_tap(&mut self, ifindex: u32) -> Result<(), EbpfError> {
         let mut value = self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
         value.redirect_ifindex = ifindex;
+        self.config
+            .set(0, value, 0)
+            .map_err(map_err(map_names::CONFIG))
+    }
+
+    /// Tells a netlink-attached classifier that the daemon is alive (at most every
+    /// [`HEARTBEAT_EVERY`]); call it on every pass of the loop. A no-op otherwise.
+    pub fn heartbeat(&mut self) -> Result<(), EbpfError> {
+        let Some(last) = &mut self.heartbeat else {
+            return Ok(());
+        };
+        if last.elapsed() < HEARTBEAT_EVERY {
+            return Ok(());
+        }
+        *last = Instant::now();
+        let mut value = self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
+        value.heartbeat_ns = monotonic_ns();
         self.config
             .set(0, value, 0)
             .map_err(map_err(map_names::CONFIG))
@@ -314,6 +341,56 @@ impl Drop for Attachment {
     }
 }
 
+/// What `status` shows for a classifier attached through netlink.
+const TC_NETLINK_LABEL: &str = "tc-netlink";
+
+/// Attaches the loaded classifier to `ifname`'s ingress as `how` asks; returns the mode
+/// `status` shows.
+fn attach_tc(
+    program: &mut SchedClassifier,
+    ifname: &str,
+    how: TcAttach,
+) -> Result<&'static str, ProgramError> {
+    if how != TcAttach::Netlink {
+        // A TCX link, owned by this process like the XDP link: it goes with us.
+        let tcx = program.attach_with_options(
+            ifname,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        );
+        match tcx {
+            Ok(_) => return Ok(Hook::Tc.label()),
+            Err(err) if how == TcAttach::Tcx => return Err(err),
+            Err(err) => tracing::warn!(%err, "no TCX link here: attaching through netlink"),
+        }
+    }
+    // The qdisc may be there already (another user, or a daemon killed earlier).
+    if let Err(err) = tc::qdisc_add_clsact(ifname) {
+        tracing::debug!(%err, "adding the clsact qdisc");
+    }
+    program.attach_with_options(
+        ifname,
+        TcAttachType::Ingress,
+        TcAttachOptions::Netlink(NlOptions::default()),
+    )?;
+    Ok(TC_NETLINK_LABEL)
+}
+
+/// Removes a netlink-attached classifier that a killed daemon left on `ifname` (none
+/// there, or no clsact qdisc at all: nothing to do). The qdisc stays: others may use it,
+/// and empty it costs nothing.
+pub fn remove_tc_filter(ifname: &str) -> Result<(), tc::TcError> {
+    match tc::qdisc_detach_program(ifname, TcAttachType::Ingress, common::TC_PROGRAM) {
+        Err(tc::TcError::IoError(err)) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(tc::TcError::NetlinkError(err))
+            if matches!(err.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// Sums a pinned or owned per-CPU counters map.
 fn flow_keys(
     flows: &[(std::net::SocketAddr, std::net::SocketAddr)],
@@ -372,6 +449,7 @@ fn configure(ebpf: &mut Ebpf, options: &AttachOptions) -> Result<(), EbpfError> 
     let value = Config {
         server_filter: u32::from(!options.servers.is_empty()),
         redirect_ifindex: 0,
+        heartbeat_ns: 0,
     };
     config
         .set(0, value, 0)
@@ -407,11 +485,11 @@ fn insert_prefixes<const N: usize>(
 }
 
 /// Records the attach point in `INFO` for `status` and `detach`.
-fn write_info(ebpf: &mut Ebpf, options: &AttachOptions) -> Result<(), EbpfError> {
+fn write_info(ebpf: &mut Ebpf, options: &AttachOptions, mode: &str) -> Result<(), EbpfError> {
     let mut info: Array<_, AttachInfo> = map_mut(ebpf, map_names::INFO)?;
     let value = AttachInfo {
         iface: text(&options.ifname),
-        mode: text(options.hook.label()),
+        mode: text(mode),
         ifindex: interface_index(&options.ifname).unwrap_or(0),
         pid: std::process::id(),
         attached_at: std::time::SystemTime::now()

@@ -15,7 +15,9 @@
 //! Every request must carry the shared secret, as `Authorization: Bearer SECRET` or as
 //! the password of basic auth (what a URL `http://user:SECRET@edge/...` in Dovecot's
 //! config sends); without it: 401 and nothing changes. Bodies are bounded
-//! ([`MAX_BODY`]), so are the request rate and the requests in progress. Accepted
+//! ([`MAX_BODY`]), so are the request rate, the requests in progress and the open
+//! connections ([`MAX_CONNECTIONS`], each closed [`CONNECTION_LIFETIME`] after it was
+//! accepted, so silent clients cannot hold the endpoint: [`BoundedListener`]). Accepted
 //! notifications go to the dataplane thread, which owns the engine, through a bounded
 //! channel, and wake it: they apply at once, not at the next tick. With
 //! `--notify-nats`, each accepted notification is also published to the other edges
@@ -29,6 +31,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
+    time::Duration,
 };
 
 use axum::{
@@ -47,6 +50,7 @@ use tower::limit::ConcurrencyLimitLayer;
 use pop3_engine::secret::Secret;
 
 use crate::{
+    bounded_listener::{BoundedListener, PeerAddr},
     fanout::{self, FanoutConfig, FanoutStats, Publisher, Sink},
     upstream::Waker,
 };
@@ -55,6 +59,11 @@ use crate::{
 pub const MAX_BODY: usize = 16 * 1024;
 /// Most requests in progress at once.
 pub const MAX_IN_FLIGHT: usize = 64;
+/// Most connections open at once (one request each is the usual case); further ones wait
+/// in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = MAX_IN_FLIGHT;
+/// How long a connection may stay open: a notification takes milliseconds.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 /// Most accepted notifications waiting for the dataplane; past it: 503.
 pub const QUEUE: usize = 4096;
 
@@ -191,8 +200,9 @@ impl Notifications {
             .with_state(endpoint);
         let _entered = runtime.enter();
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        let listener = BoundedListener::new(listener, MAX_CONNECTIONS, CONNECTION_LIFETIME);
         runtime.spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
+            let service = app.into_make_service_with_connect_info::<PeerAddr>();
             if let Err(err) = axum::serve(listener, service).await {
                 tracing::error!(%err, "notification endpoint stopped");
             }
@@ -225,7 +235,7 @@ impl Notifications {
 
 async fn notify(
     State(endpoint): State<Arc<Endpoint>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {

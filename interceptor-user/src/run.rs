@@ -68,6 +68,7 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
     let mut options = AttachOptions {
         ifname: iface.clone(),
         hook,
+        tc_attach: settings.tc_attach,
         ports: settings.ports.clone(),
         servers: settings.servers.clone(),
         excluded: excluded(),
@@ -151,6 +152,9 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
     let mut excluded_at = std::time::Instant::now();
     let signal = loop {
         let signal = dataplane.run(&signals, |dp| {
+            if let Err(err) = attachment.heartbeat() {
+                tracing::warn!(%err, "writing the heartbeat for the TC classifier");
+            }
             attachment.adopt_flows(dp.established_flows());
             attachment.forget_flows(dp.closed_flows());
             if let (Some(notifications), Some(engine)) =

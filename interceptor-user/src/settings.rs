@@ -14,7 +14,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::{
-    choice::{DataplaneKind, XdpMode},
+    choice::{DataplaneKind, TcAttach, XdpMode},
     cli::RunArgs,
     dataplane::sources::SourceLimits,
     fanout::FanoutConfig,
@@ -39,6 +39,7 @@ pub struct FileSettings {
     pub iface: Option<String>,
     pub dataplane: Option<DataplaneKind>,
     pub xdp_mode: Option<XdpMode>,
+    pub tc_attach: Option<TcAttach>,
     pub ports: Option<Vec<u16>>,
     pub servers: Option<Vec<IpNet>>,
     pub pin_dir: Option<PathBuf>,
@@ -98,6 +99,7 @@ pub struct Settings {
     pub iface: String,
     pub dataplane: DataplaneKind,
     pub xdp_mode: XdpMode,
+    pub tc_attach: TcAttach,
     pub ports: Vec<u16>,
     pub servers: Vec<IpNet>,
     pub pin_dir: PathBuf,
@@ -323,6 +325,7 @@ impl Settings {
                 .or(file.dataplane)
                 .unwrap_or(DataplaneKind::Auto),
             xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or(XdpMode::Auto),
+            tc_attach: args.tc_attach.or(file.tc_attach).unwrap_or(TcAttach::Auto),
             ports,
             servers: args.servers.or(file.servers).unwrap_or_default(),
             pin_dir: args

@@ -1,5 +1,9 @@
 //! A real Dovecot (POP3 only) in the server namespace, with its own config folder, passwd-file
 //! users, Maildir storage, a self-signed certificate (STLS) and log files we can read.
+//!
+//! Longer than 600 lines: one job (starting, configuring, feeding and reading one Dovecot),
+//! most of it the `Dovecot` methods the tests call; the message builders at the end are
+//! the part to move out if it grows.
 
 use std::fmt::Write as _;
 use std::fs;

@@ -85,12 +85,14 @@ pub fn ensure_test_bpffs() -> Result<PathBuf> {
 }
 
 /// The daemon flags for a dataplane the suites run on: `xdp` is native XDP (the mode of a
-/// physical NIC; on veth `--xdp-mode auto` would pick skb), `tc` the TC classifier.
+/// physical NIC; on veth `--xdp-mode auto` would pick skb), `tc` the TC classifier (a TCX
+/// link here), `tc-netlink` the classifier as a clsact filter (kernels before TCX).
 pub fn dataplane_args(dataplane: &str) -> &'static [&'static str] {
     match dataplane {
         "xdp" => &["--dataplane", "xdp", "--xdp-mode", "native"],
         "tc" => &["--dataplane", "tc"],
-        other => panic!("no dataplane {other:?}: xdp or tc"),
+        "tc-netlink" => &["--dataplane", "tc", "--tc-attach", "netlink"],
+        other => panic!("no dataplane {other:?}: xdp, tc or tc-netlink"),
     }
 }
 

@@ -541,3 +541,57 @@ impl<'a> RawConn<'a> {
         Ok(String::from_utf8_lossy(&got).into_owned())
     }
 }
+
+/// How long a test waits for an answer that must come.
+pub const ANSWER: Duration = Duration::from_secs(3);
+/// How long a test listens for an answer that must not come.
+pub const SILENCE: Duration = Duration::from_millis(1500);
+
+/// The POP3 port of `ip`.
+pub fn pop3(ip: Ipv4Addr) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, 110)
+}
+
+/// Crafted frames from made-up subscriber `host` (198.51.100.`host`), known to the router
+/// as a neighbour at the client's MAC.
+pub struct Attacker {
+    pub link: RawLink,
+    pub router_mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    next_port: u16,
+}
+
+impl Attacker {
+    pub fn new(topo: &Topology, host: u8) -> Self {
+        let link = RawLink::client(topo).unwrap();
+        let ip = subscriber(host);
+        add_neighbour(topo, ip.into(), link.mac).unwrap();
+        Self {
+            router_mac: router_mac(topo).unwrap(),
+            link,
+            ip,
+            next_port: 40000,
+        }
+    }
+
+    /// A SYN from a fresh port of this subscriber to `dst`.
+    pub fn syn(&mut self, dst: SocketAddrV4) -> Seg {
+        self.next_port += 1;
+        let src = SocketAddrV4::new(self.ip, self.next_port);
+        Seg::syn(
+            self.link.mac,
+            self.router_mac,
+            src,
+            dst,
+            1_000_000 + u32::from(self.next_port),
+        )
+    }
+
+    /// Sends `frame` (built from `syn`) and says whether a SYN-ACK for `syn`'s flow came.
+    pub fn syn_acked(&self, syn: &Seg, frame: &[u8], wait: Duration) -> bool {
+        self.link.send(frame).unwrap();
+        self.link
+            .recv_tcp(syn.dst, syn.src, wait)
+            .is_some_and(|s| s.is_syn_ack())
+    }
+}

@@ -367,3 +367,35 @@ impl Drop for ChildGuard {
         self.kill();
     }
 }
+
+/// Reads from `stream` until `needle` arrives or `within` passes; whether it arrived.
+pub fn read_until_within(
+    stream: &mut std::net::TcpStream,
+    needle: &[u8],
+    within: Duration,
+) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(needle.len()).any(|w| w == needle) {
+                    return true;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}

@@ -8,6 +8,7 @@
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use common::HEARTBEAT_GRACE_NS;
 use pop3_interceptor_e2e::clients::{self, FetchmailOptions, PoplibOptions, RawSession};
 use pop3_interceptor_e2e::dovecot::{make_large_message, make_message};
 use pop3_interceptor_e2e::interceptor::dataplane_args;
@@ -59,6 +60,7 @@ fn both_ways<T>(topo: &Topology, dataplane: &str, session: impl Fn() -> T) -> (T
 #[rstest]
 #[case::xdp("xdp")]
 #[case::tc("tc")]
+#[case::tc_netlink("tc-netlink")]
 fn curl_poplib_and_fetchmail_see_the_same_bytes_through_the_relay(#[case] dataplane: &str) {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
@@ -182,10 +184,12 @@ fn ipv6_client_reaches_the_ipv6_server_through_the_interceptor(#[case] dataplane
 #[rstest]
 #[case::xdp("xdp")]
 #[case::tc("tc")]
+#[case::tc_netlink("tc-netlink")]
 fn after_kill_9_sessions_reach_dovecot_directly(#[case] dataplane: &str) {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
     let mut ic = relay(&topo, dataplane);
+    let netlink = dataplane == "tc-netlink";
     poplib_ok(&topo, "alice", &PoplibOptions::default());
     assert_eq!(last_login_rip(&dc, "alice"), ROUTER_SERVER_V4.to_string());
     let links = || {
@@ -193,29 +197,67 @@ fn after_kill_9_sessions_reach_dovecot_directly(#[case] dataplane: &str) {
             .unwrap()
             .stdout_str()
     };
+    let programs = || {
+        topo.exec(Node::Router, &["bpftool", "net"])
+            .unwrap()
+            .stdout_str()
+    };
     // The TC dataplane's TAP (pop3iN) lives exactly as long as the daemon's descriptor.
-    assert_eq!(links().contains("pop3i"), dataplane == "tc", "{}", links());
+    assert_eq!(links().contains("pop3i"), dataplane != "xdp", "{}", links());
+    if netlink {
+        assert!(programs().contains("pop3_intercept_tc"), "{}", programs());
+    }
 
     ic.kill9();
+    if netlink {
+        // The filter outlives the daemon, and passes everything once its heartbeat is stale.
+        std::thread::sleep(Duration::from_nanos(HEARTBEAT_GRACE_NS) + Duration::from_secs(1));
+    }
     poplib_ok(&topo, "alice", &PoplibOptions::default());
     assert_eq!(
         last_login_rip(&dc, "alice"),
         CLIENT_V4.to_string(),
         "fail-open: the session went straight to Dovecot"
     );
-    // bpftool 7.1 (Debian 12) lists XDP links here but not TCX ones: for TC the session
-    // above and the TAP being gone are the evidence.
-    let net = topo.exec(Node::Router, &["bpftool", "net"]).unwrap();
-    assert!(
-        !net.stdout_str().contains("pop3_intercept"),
-        "the program died with the daemon: {}",
-        net.stdout_str()
-    );
     assert!(
         !links().contains("pop3i"),
         "the TAP died with the daemon: {}",
         links()
     );
+    // bpftool 7.1 (Debian 12) lists XDP links and netlink filters here but not TCX links:
+    // for TCX the session above and the TAP being gone are the evidence.
+    assert_eq!(
+        programs().contains("pop3_intercept"),
+        netlink,
+        "only a netlink filter stays after the daemon: {}",
+        programs()
+    );
+    if netlink {
+        let pin_dir = ic.pin_dir().to_str().unwrap().to_string();
+        let detach = ic
+            .cli(&["detach", "--iface", "rc0", "--pin-dir", &pin_dir])
+            .unwrap();
+        assert!(detach.success(), "{detach:?}");
+        assert!(!programs().contains("pop3_intercept"), "{}", programs());
+    }
+}
+
+#[test]
+fn sigterm_removes_the_netlink_filter() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    let mut ic = relay(&topo, "tc-netlink");
+    poplib_ok(&topo, "alice", &PoplibOptions::default());
+    assert_eq!(last_login_rip(&dc, "alice"), ROUTER_SERVER_V4.to_string());
+    let (exit, by_itself) = ic.terminate(Duration::from_secs(10));
+    assert!(by_itself && exit.is_some_and(|s| s.success()), "{exit:?}");
+    let net = topo
+        .exec(Node::Router, &["bpftool", "net"])
+        .unwrap()
+        .stdout_str();
+    assert!(!net.contains("pop3_intercept"), "filter left behind: {net}");
+    poplib_ok(&topo, "alice", &PoplibOptions::default());
+    assert_eq!(last_login_rip(&dc, "alice"), CLIENT_V4.to_string());
 }
 
 #[rstest]

@@ -8,9 +8,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pop3_interceptor_e2e::clients::{self, FetchmailOptions, RawSession};
-use pop3_interceptor_e2e::dovecot::make_message;
+use pop3_interceptor_e2e::dovecot::{DovecotOptions, make_message};
+use pop3_interceptor_e2e::env::Env;
 use pop3_interceptor_e2e::topology::server_pop3_v4;
-use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
+use pop3_interceptor_e2e::{Dovecot, Node};
+
+/// The daemon's flags here: a long interval, so every check after the first is answered
+/// at the edge.
+const DAEMON: &[&str] = &["--interval", "30s"];
 
 /// What a leave-on-server client sees in one check: the STAT and UIDL answers as
 /// bytes, and the bodies of the messages it had not seen before.
@@ -22,10 +27,8 @@ struct Check {
 }
 
 /// STAT, UIDL, RETR of the UIDs not in `seen` (which learns them), QUIT.
-fn check(topo: &Topology, seen: &mut BTreeSet<String>) -> Check {
-    let mut s = RawSession::connect(topo, Node::Client, server_pop3_v4()).unwrap();
-    s.set_timeout(Duration::from_secs(20)).unwrap();
-    s.read_line().unwrap();
+fn check(env: &Env, seen: &mut BTreeSet<String>) -> Check {
+    let mut s = env.connect();
     s.command("USER alice").unwrap();
     assert!(s.command("PASS alice-pw").unwrap().starts_with("+OK"));
     let stat = s.command("STAT").unwrap();
@@ -60,33 +63,33 @@ fn deliver(dc: &Dovecot, subject: &str) {
 
 #[test]
 fn a_leave_on_server_client_sees_the_same_bytes_and_spares_the_server() {
-    let topo = Topology::new().unwrap();
-    let dc = Dovecot::start(&topo).unwrap();
+    let mut env = Env::direct(DovecotOptions::default());
     for subject in ["one", "two", "three"] {
-        deliver(&dc, subject);
+        deliver(&env.dc, subject);
     }
     let mut seen_direct = BTreeSet::new();
-    let direct = check(&topo, &mut seen_direct);
+    let direct = check(&env, &mut seen_direct);
     assert_eq!(direct.fetched.len(), 3);
-    let again_direct = check(&topo, &mut seen_direct);
-    let logins_direct = dc.login_count("alice");
+    let again_direct = check(&env, &mut seen_direct);
+    let logins_direct = env.dc.login_count("alice");
 
-    let _ic = Interceptor::start(&topo, &["--interval", "30s"]).unwrap();
+    env.start_daemon(DAEMON);
     let mut seen = BTreeSet::new();
-    let first = check(&topo, &mut seen);
+    let first = check(&env, &mut seen);
     assert_eq!(
         first, direct,
         "the first check through is relayed as it is direct"
     );
     for _ in 0..10 {
         assert_eq!(
-            check(&topo, &mut seen),
+            check(&env, &mut seen),
             again_direct,
             "byte for byte what Dovecot says"
         );
     }
     // The first check through reached Dovecot; the ten after it did not.
-    let through = dc
+    let through = env
+        .dc
         .wait_login_count("alice", logins_direct + 1, Duration::from_secs(5))
         .unwrap();
     assert_eq!(through, logins_direct + 1);
@@ -94,16 +97,15 @@ fn a_leave_on_server_client_sees_the_same_bytes_and_spares_the_server() {
 
 #[test]
 fn a_message_deleted_behind_the_edge_is_never_fetched_by_a_stale_number() {
-    let topo = Topology::new().unwrap();
-    let dc = Dovecot::start(&topo).unwrap();
+    let mut env = Env::direct(DovecotOptions::default());
     for subject in ["one", "two", "three"] {
-        deliver(&dc, subject);
+        deliver(&env.dc, subject);
     }
-    let _ic = Interceptor::start(&topo, &["--interval", "30s"]).unwrap();
+    env.start_daemon(DAEMON);
     let mut seen = BTreeSet::new();
-    check(&topo, &mut seen);
+    check(&env, &mut seen);
     // Webmail (a direct session from the server's side) deletes message 1.
-    let mut webmail = RawSession::connect(&topo, Node::Server, server_pop3_v4()).unwrap();
+    let mut webmail = RawSession::connect(&env.topo, Node::Server, server_pop3_v4()).unwrap();
     webmail.read_line().unwrap();
     webmail.command("USER alice").unwrap();
     webmail.command("PASS alice-pw").unwrap();
@@ -111,9 +113,7 @@ fn a_message_deleted_behind_the_edge_is_never_fetched_by_a_stale_number() {
     assert!(webmail.command("QUIT").unwrap().starts_with("+OK"));
     // The edge still shows three messages (the time rule), but fetching "2" by the old
     // numbering would bring what was 3: the session ends instead.
-    let mut s = RawSession::connect(&topo, Node::Client, server_pop3_v4()).unwrap();
-    s.set_timeout(Duration::from_secs(20)).unwrap();
-    s.read_line().unwrap();
+    let mut s = env.connect();
     s.command("USER alice").unwrap();
     assert!(s.command("PASS alice-pw").unwrap().starts_with("+OK"));
     assert_eq!(
@@ -124,7 +124,7 @@ fn a_message_deleted_behind_the_edge_is_never_fetched_by_a_stale_number() {
     assert!(retr.starts_with("-ERR [SYS/TEMP]"), "{retr}");
     // The next check starts from the server's truth.
     let mut fresh = BTreeSet::new();
-    let after = check(&topo, &mut fresh);
+    let after = check(&env, &mut fresh);
     assert_eq!(after.stat.split_whitespace().nth(1), Some("2"));
     assert_eq!(after.fetched.len(), 2);
     assert!(
@@ -135,10 +135,9 @@ fn a_message_deleted_behind_the_edge_is_never_fetched_by_a_stale_number() {
 
 #[test]
 fn fetchmail_keeping_mail_by_uidl_gets_the_same_mail_and_spares_the_server() {
-    let topo = Topology::new().unwrap();
-    let dc = Dovecot::start(&topo).unwrap();
+    let mut env = Env::direct(DovecotOptions::default());
     for subject in ["one", "two"] {
-        deliver(&dc, subject);
+        deliver(&env.dc, subject);
     }
     let keep = FetchmailOptions {
         keep: true,
@@ -147,27 +146,28 @@ fn fetchmail_keeping_mail_by_uidl_gets_the_same_mail_and_spares_the_server() {
         ..Default::default()
     };
     let addr = server_pop3_v4();
-    let fetch = |home: &str| {
-        let home = topo.dir().join(home);
-        clients::fetchmail_in(&topo, &home, addr, "alice", "alice-pw", &keep).unwrap()
+    let fetch = |env: &Env, home: &str| {
+        let home = env.topo.dir().join(home);
+        clients::fetchmail_in(&env.topo, &home, addr, "alice", "alice-pw", &keep).unwrap()
     };
-    let direct = fetch("direct");
+    let direct = fetch(&env, "direct");
     assert_eq!(direct.code, Some(0), "{}", direct.output);
-    let _ic = Interceptor::start(&topo, &["--interval", "30s"]).unwrap();
+    env.start_daemon(DAEMON);
+    let dc = &env.dc;
     let logins_before = dc.login_count("alice");
-    let first = fetch("through");
+    let first = fetch(&env, "through");
     assert_eq!(first.code, Some(0), "{}", first.output);
     assert_eq!(first.delivered, direct.delivered, "the same two messages");
     let logins_after_first = dc
         .wait_login_count("alice", logins_before + 1, Duration::from_secs(5))
         .unwrap();
     for _ in 0..3 {
-        let again = fetch("through");
+        let again = fetch(&env, "through");
         assert_eq!(again.code, Some(1), "nothing new: {}", again.output);
     }
     assert_eq!(
         first.delivered,
-        fetch("through").delivered,
+        fetch(&env, "through").delivered,
         "nothing fetched twice"
     );
     assert_eq!(

@@ -16,6 +16,9 @@
 //! Dovecot (its own log counts the logins), the share of checks that found nothing new and
 //! never reached Dovecot, messages lost and duplicated, and the delivery delay (delivery
 //! start to first RETR by the client). Writes `<target>/soak.json`.
+//!
+//! A little over 600 lines: one command whose parts (population, deliverer, clients,
+//! report) share the `Ledger`; the client loop is the part to move out if it grows.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

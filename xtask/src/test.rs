@@ -1,9 +1,13 @@
 //! `cargo xtask test`: set-up, release build, unit tests, a fuzz smoke, privileged e2e
 //! tests.
+//!
+//! Only the e2e test binaries need root (they create network namespaces and attach
+//! programs). Run by another user, cargo builds as that user and runs those binaries
+//! through `sudo -E`, as aya-template's runner does; as root (CI) they run directly.
 
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use crate::{
@@ -95,22 +99,20 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
     }
 
     if let Some(bin) = bin {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("xtask: the e2e tests create network namespaces: run as root");
-            ok = false;
-        } else {
-            let mut cmd = run::cargo();
-            cmd.args(["test", "-p", "pop3-interceptor-e2e", "--"])
-                .arg("--test-threads=1")
-                .env(e2e::interceptor::BIN_ENV, &bin);
-            if let Some(f) = &a.filter {
-                cmd.arg(f);
-            }
-            let (good, t, lines) = run::cargo_test("e2e tests", &mut cmd)?;
-            ok &= good;
-            totals.add(t);
-            results.extend(lines.into_iter().map(|l| format!("e2e: {l}")));
+        let mut cmd = run::cargo();
+        cmd.args(["test", "-p", "pop3-interceptor-e2e", "--"])
+            .arg("--test-threads=1")
+            .env(e2e::interceptor::BIN_ENV, &bin);
+        if let Some(f) = &a.filter {
+            cmd.arg(f);
         }
+        if !rustix::process::geteuid().is_root() {
+            run_as_root(&mut cmd)?;
+        }
+        let (good, t, lines) = run::cargo_test("e2e tests", &mut cmd)?;
+        ok &= good;
+        totals.add(t);
+        results.extend(lines.into_iter().map(|l| format!("e2e: {l}")));
     }
 
     println!();
@@ -126,5 +128,54 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Makes `cmd` (a `cargo test`) run its test binaries through `sudo -E`: cargo's runner for
+/// the host target, set for this command only, so other builds and tests stay unprivileged.
+fn run_as_root(cmd: &mut Command) -> Result<()> {
+    if which("sudo").is_none() {
+        bail!("the e2e tests need root: run as root, or install sudo");
+    }
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .context("rustc -vV")?;
+    let info = String::from_utf8_lossy(&out.stdout);
+    let host = info
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .context("no host triple in `rustc -vV`")?;
+    cmd.env(runner_var(host), "sudo -E");
+    Ok(())
+}
+
+/// Cargo's runner variable for `triple` (`CARGO_TARGET_<TRIPLE>_RUNNER`).
+fn runner_var(triple: &str) -> String {
+    format!(
+        "CARGO_TARGET_{}_RUNNER",
+        triple.to_ascii_uppercase().replace(['-', '.'], "_")
+    )
+}
+
+/// `program` on `PATH`, if there.
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_runner_variable_is_named_as_cargo_reads_it() {
+        assert_eq!(
+            super::runner_var("x86_64-unknown-linux-gnu"),
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER"
+        );
+        assert_eq!(
+            super::runner_var("thumbv7m-none-eabi.json"),
+            "CARGO_TARGET_THUMBV7M_NONE_EABI_JSON_RUNNER"
+        );
     }
 }
