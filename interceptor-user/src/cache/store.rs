@@ -271,12 +271,10 @@ impl Store {
         bytes
     }
 
-    /// Whether `uidl` of `id` is cached with this `size` (no file is read).
-    pub fn contains(&self, id: UserId, uidl: &[u8], size: u64) -> bool {
-        self.users
-            .get(&id)
-            .and_then(|user| user.messages.get(uidl))
-            .is_some_and(|message| message.size == size)
+    /// The size `uidl` of `id` was cached with, if it is (no file is read).
+    pub fn size_of(&self, id: UserId, uidl: &[u8]) -> Option<u64> {
+        let user = self.users.get(&id)?;
+        user.messages.get(uidl).map(|message| message.size)
     }
 
     /// The UIDLs and sizes cached for `id`.

@@ -70,7 +70,7 @@ fn stores_reads_and_keeps_across_a_restart() {
     let body = b"Subject: hi\r\n\r\n.dot line\r\n";
     let size = body.len() as u64;
     store.put(user("alice"), b"00000001abc", body).unwrap();
-    assert!(store.contains(user("alice"), b"00000001abc", size));
+    assert_eq!(store.size_of(user("alice"), b"00000001abc"), Some(size));
     assert_eq!(
         store.get(user("alice"), b"00000001abc", size).unwrap(),
         body
@@ -131,7 +131,7 @@ fn a_corrupted_file_is_deleted_not_served() {
     store.put(user("alice"), b"u3", b"three\r\n").unwrap();
     fs::remove_file(file_of(&folder.0, b"u3")).unwrap();
     assert_eq!(store.get(user("alice"), b"u3", 7), None);
-    assert!(!store.contains(user("alice"), b"u3", 7));
+    assert_eq!(store.size_of(user("alice"), b"u3"), None);
 }
 
 #[test]
@@ -150,9 +150,9 @@ fn bounded_per_user_and_in_total_evicting_the_least_recently_used() {
     assert!(store.get(user("a"), b"1", 600).is_some());
     store.put(user("d"), b"1", &msg).unwrap();
     assert_eq!(store.stats().evictions, 1);
-    assert!(!store.contains(user("b"), b"1", 600));
+    assert_eq!(store.size_of(user("b"), b"1"), None);
     for name in ["a", "c", "d"] {
-        assert!(store.contains(user(name), b"1", 600), "{name}");
+        assert_eq!(store.size_of(user(name), b"1"), Some(600), "{name}");
     }
     assert!(store.stats().bytes <= LIMITS.total);
     assert!(matches!(
