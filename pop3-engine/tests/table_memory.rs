@@ -104,6 +104,9 @@ fn table_memory_per_entry() {
                     }
                     Action::CloseClient | Action::CloseUpstream => closed = true,
                     Action::ToClient(_) => {}
+                    Action::CacheRead { .. } | Action::CacheForget { .. } => {
+                        unreachable!("the edge cache is off")
+                    }
                 }
                 if connected {
                     out.clear();
