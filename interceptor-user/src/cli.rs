@@ -217,6 +217,16 @@ pub struct RunArgs {
     /// server, in MiB; past it such users reach the server [default: 64].
     #[arg(long, value_name = "MIB")]
     pub maildrop_budget_mb: Option<usize>,
+    /// The edge cache's folder: RETRs of passed-through sessions are answered from the
+    /// copies kept there when the server's UIDL and size match [default: off].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Most bytes the edge cache keeps for one user, in MiB [default: 256].
+    #[arg(long, value_name = "MIB")]
+    pub cache_user_mb: Option<u64>,
+    /// Most bytes the edge cache keeps in all, in MiB [default: 10240].
+    #[arg(long, value_name = "MIB")]
+    pub cache_total_mb: Option<u64>,
     /// Users mirrored in the pinned USERS map for bpftool and `status` [default: 65536].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub mirror_size: Option<u32>,

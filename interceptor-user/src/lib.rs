@@ -3,6 +3,7 @@
 //!
 //! - [`ebpf`]: loads and attaches the XDP program, pins its maps.
 //! - [`dataplane`]: AF_XDP sockets, the smoltcp stack, the connection table.
+//! - [`cache`]: the edge cache of users' mail (`--cache-dir`).
 //! - [`upstream`]: connections to the real mail servers (tokio).
 //! - [`settings`]: the config file and flags; [`engine`]: the engine `--mode` picks.
 //! - [`metrics`]: the Prometheus endpoint of `run --metrics ADDR`.
@@ -12,6 +13,7 @@
 
 pub mod bounded_listener;
 pub mod btf_text;
+pub mod cache;
 pub mod choice;
 pub mod cli;
 pub mod dataplane;

@@ -69,6 +69,8 @@ pub struct Snapshot {
     pub notifications: Vec<(&'static str, u64)>,
     /// Whether the NATS broker is connected, and the fan-out's events (`None` without one).
     pub fanout: Option<(bool, Vec<(&'static str, u64)>)>,
+    /// The edge cache's counters (all zero without `--cache-dir`).
+    pub cache: crate::cache::CacheStats,
 }
 
 impl Snapshot {
@@ -90,6 +92,7 @@ impl Snapshot {
             fanout: notifications
                 .and_then(|n| n.fanout.as_deref())
                 .map(|f| (f.is_connected(), f.events())),
+            cache: dataplane.cache().map(|c| c.stats()).unwrap_or_default(),
         }
     }
 }
@@ -253,6 +256,42 @@ pub const METRICS: &[Metric] = &[
         "The patent's n now: how long a maildrop view is trusted (moved by load with --interval-max)",
         |s| s.interval_secs,
     ),
+    counter(
+        "cache_hits",
+        "RETRs answered from the edge cache (the server's UIDL and size matched the copy)",
+        |s| s.cache.hits,
+    ),
+    counter(
+        "cache_misses",
+        "RETRs looked up in the edge cache and relayed to the mail server",
+        |s| s.cache.misses,
+    ),
+    counter(
+        "cache_served_bytes",
+        "Message bytes answered from the edge cache",
+        |s| s.cache.bytes_served,
+    ),
+    counter(
+        "cache_evictions",
+        "Users evicted from the edge cache to stay within --cache-total-mb",
+        |s| s.cache.store.evictions,
+    ),
+    counter(
+        "cache_sync_mismatches",
+        "Users whose edge cache was dropped: the mail server listed a cached UIDL with another size",
+        |s| s.cache.mismatches,
+    ),
+    counter(
+        "cache_corrupt",
+        "Edge cache files that failed their check on read (deleted, never served)",
+        |s| s.cache.store.corrupt,
+    ),
+    gauge("cache_bytes", "Message bytes held in the edge cache", |s| {
+        s.cache.store.bytes
+    }),
+    gauge("cache_messages", "Messages held in the edge cache", |s| {
+        s.cache.store.messages as u64
+    }),
 ];
 
 const RULE_DECISIONS: &str = "rule_decisions";

@@ -3,6 +3,7 @@
 use anyhow::{Context as _, bail};
 
 use crate::{
+    cache::EdgeCache,
     choice::{self, DataplaneKind, Hook},
     cli::RunArgs,
     dataplane::{Dataplane, DataplaneConfig, destinations, queue::FrameSource},
@@ -113,6 +114,12 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
             hook.label()
         )
     })?;
+    if let Some((dir, limits)) = &settings.cache {
+        let cache = EdgeCache::open(dir, *limits)
+            .with_context(|| format!("opening the edge cache in {}", dir.display()))?;
+        tracing::info!(dir = %dir.display(), stats = ?cache.stats(), "edge cache open");
+        dataplane.set_cache(cache);
+    }
     for (queue, fd) in dataplane.sockets() {
         attachment
             .register_socket(queue, fd)

@@ -83,6 +83,9 @@ pub struct FileSettings {
     #[serde(default, with = "humantime_serde")]
     pub notify_silence: Option<Duration>,
     pub maildrop_budget_mb: Option<usize>,
+    pub cache_dir: Option<PathBuf>,
+    pub cache_user_mb: Option<u64>,
+    pub cache_total_mb: Option<u64>,
     pub one_in_m: Option<NonZeroU32>,
     pub fast_check: Option<String>,
     #[serde(default, with = "humantime_serde")]
@@ -124,6 +127,8 @@ pub struct Settings {
     pub notify: Option<NotifyConfig>,
     /// Where the settings came from, for reloading the opt-out list.
     pub config_file: Option<PathBuf>,
+    /// The edge cache's folder and limits (`None`: off).
+    pub cache: Option<(PathBuf, crate::cache::store::Limits)>,
 }
 
 /// A setting that cannot be used.
@@ -199,6 +204,17 @@ impl Settings {
                 },
             }),
         };
+        let cache = args.cache_dir.or(file.cache_dir).map(|dir| {
+            let mb = |mb: u64| mb.saturating_mul(1 << 20);
+            let limits = crate::cache::store::Limits {
+                per_user: mb(args.cache_user_mb.or(file.cache_user_mb).unwrap_or(256)),
+                total: mb(args
+                    .cache_total_mb
+                    .or(file.cache_total_mb)
+                    .unwrap_or(10 << 10)),
+            };
+            (dir, limits)
+        });
         let engine = attenuation::Config {
             interval,
             opt_out: args
@@ -248,6 +264,7 @@ impl Settings {
             periodicity: args.periodicity.or(file.periodicity),
             load_adaptive,
             login_delay,
+            cache: cache.is_some(),
         };
         let fanout = args
             .notify_nats
@@ -374,6 +391,7 @@ impl Settings {
                 .unwrap_or(common::DEFAULT_MIRRORED_USERS),
             notify,
             config_file: args.config,
+            cache,
         })
     }
 }

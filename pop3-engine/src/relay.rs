@@ -53,6 +53,8 @@ impl Pop3Engine for RelayEngine {
             Event::ClientClosed => gate.client_closed(&mut actions),
             Event::UpstreamClosed => gate.close(&mut actions),
             Event::UpstreamFailed => gate.upstream_failed(&mut actions),
+            // The relay asks the cache nothing.
+            Event::Cached(_) => {}
         }
         out.extend(actions.into_iter().map(|action| Output { conn, action }));
     }

@@ -35,6 +35,9 @@ pub enum Event<'a> {
     UpstreamClosed,
     /// The upstream connection could not be made (refused, unreachable, timed out) or broke.
     UpstreamFailed,
+    /// The answer to [`Action::CacheRead`]: the cached message, or `None` when the
+    /// edge holds no sound copy with that UIDL and size.
+    Cached(Option<&'a [u8]>),
 }
 
 /// Something the engine wants done for a connection.
@@ -50,6 +53,24 @@ pub enum Action {
     CloseUpstream,
     /// Close the client connection (after flushing what was sent).
     CloseClient,
+    /// Look up the edge's copy of `user`'s message `uidl` of `size` bytes at the
+    /// connection's server; answer with [`Event::Cached`].
+    CacheRead {
+        /// The username as the client sent it.
+        user: Vec<u8>,
+        /// The message's unique-id, as the server gave it in this session.
+        uidl: Vec<u8>,
+        /// The message's size, as the server gave it in this session.
+        size: u64,
+    },
+    /// The server committed these deletions: forget the edge's copies (`None`: all of
+    /// `user`'s cache).
+    CacheForget {
+        /// The username as the client sent it.
+        user: Vec<u8>,
+        /// The unique-ids of the deleted messages.
+        uidls: Option<Vec<Vec<u8>>>,
+    },
 }
 
 /// An action addressed to one connection.

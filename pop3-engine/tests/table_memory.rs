@@ -144,6 +144,9 @@ fn fill(users: usize, messages: usize) -> PerUser {
                     }
                     Action::CloseClient | Action::CloseUpstream => closed = true,
                     Action::ToClient(_) => {}
+                    Action::CacheRead { .. } | Action::CacheForget { .. } => {
+                        unreachable!("the edge cache is off")
+                    }
                 }
                 if connected {
                     out.clear();

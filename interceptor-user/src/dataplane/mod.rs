@@ -33,6 +33,7 @@ use smoltcp::socket::tcp::State;
 use thiserror::Error;
 
 use crate::{
+    cache::EdgeCache,
     signals::SignalFd,
     upstream::{Upstream, UpstreamEvent, Waker},
 };
@@ -159,6 +160,8 @@ pub struct Dataplane<E> {
     stats: DataplaneStats,
     epoch: Instant,
     last_housekeeping: Instant,
+    /// The edge cache (`--cache-dir`), read on this thread when the engine asks.
+    cache: Option<EdgeCache>,
 }
 
 impl<E: Pop3Engine> Dataplane<E> {
@@ -203,6 +206,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             stats: DataplaneStats::default(),
             epoch,
             last_housekeeping: epoch,
+            cache: None,
         })
     }
 
@@ -228,6 +232,16 @@ impl<E: Pop3Engine> Dataplane<E> {
 
     pub fn engine_mut(&mut self) -> &mut E {
         &mut self.engine
+    }
+
+    /// Answers the engine's edge-cache requests from `cache`.
+    pub fn set_cache(&mut self, cache: EdgeCache) {
+        self.cache = Some(cache);
+    }
+
+    /// The edge cache, when there is one.
+    pub fn cache(&self) -> Option<&EdgeCache> {
+        self.cache.as_ref()
     }
 
     /// The tokio runtime of the upstream connections, for the daemon's other I/O.
@@ -551,6 +565,22 @@ impl<E: Pop3Engine> Dataplane<E> {
     }
 
     fn apply_outputs(&mut self, now: Instant) {
+        // The edge cache's answers are new events, whose actions are applied in turn.
+        let mut cached = Vec::new();
+        loop {
+            self.apply_actions(now, &mut cached);
+            if cached.is_empty() {
+                return;
+            }
+            for (id, message) in cached.drain(..) {
+                let message: Option<Vec<u8>> = message;
+                let event = Event::Cached(message.as_deref());
+                self.engine.handle(id, event, now, &mut self.outputs);
+            }
+        }
+    }
+
+    fn apply_actions(&mut self, now: Instant, cached: &mut Vec<(ConnId, Option<Vec<u8>>)>) {
         for Output { conn: id, action } in self.outputs.drain(..) {
             let Some(conn) = self.conns.get_mut(id) else {
                 continue;
@@ -575,6 +605,18 @@ impl<E: Pop3Engine> Dataplane<E> {
                     conn.upstream_waiting_since = None;
                 }
                 Action::CloseClient => conn.close_after_flush = true,
+                Action::CacheRead { user, uidl, size } => {
+                    let message = self
+                        .cache
+                        .as_mut()
+                        .and_then(|cache| cache.read(conn.server, &user, &uidl, size));
+                    cached.push((id, message));
+                }
+                Action::CacheForget { user, uidls } => {
+                    if let Some(cache) = &mut self.cache {
+                        cache.forget(conn.server, &user, uidls.as_deref());
+                    }
+                }
             }
         }
     }

@@ -56,6 +56,19 @@ fn sample() -> Snapshot {
             .collect(),
         notifications: vec![("accepted", 9), ("unauthorized", 4)],
         fanout: Some((true, vec![("disconnect", 2), ("received", 5)])),
+        cache: crate::cache::CacheStats {
+            hits: 21,
+            misses: 22,
+            bytes_served: 23,
+            mismatches: 24,
+            store: crate::cache::store::StoreStats {
+                users: 2,
+                messages: 25,
+                bytes: 26,
+                evictions: 27,
+                corrupt: 28,
+            },
+        },
     }
 }
 
@@ -105,6 +118,14 @@ fn the_exposition_has_every_metric_with_prometheus_names() {
             7.0,
         ),
         ("pop3_interceptor_interval_seconds", 900.0),
+        ("pop3_interceptor_cache_hits_total", 21.0),
+        ("pop3_interceptor_cache_misses_total", 22.0),
+        ("pop3_interceptor_cache_served_bytes_total", 23.0),
+        ("pop3_interceptor_cache_sync_mismatches_total", 24.0),
+        ("pop3_interceptor_cache_messages", 25.0),
+        ("pop3_interceptor_cache_bytes", 26.0),
+        ("pop3_interceptor_cache_evictions_total", 27.0),
+        ("pop3_interceptor_cache_corrupt_total", 28.0),
         ("pop3_interceptor_nats_connected", 1.0),
         (
             "pop3_interceptor_nats_events_total{event=\"disconnect\"}",

@@ -518,6 +518,9 @@ impl<'a> Sim<'a> {
                     }
                     Action::CloseUpstream => self.server.disconnect(conn),
                     Action::CloseClient => client.closed = true,
+                    Action::CacheRead { .. } | Action::CacheForget { .. } => {
+                        unreachable!("the simulation runs without the edge cache")
+                    }
                 }
             }
             if let Some(up) = upstream.pop_front() {

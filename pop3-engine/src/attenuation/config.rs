@@ -43,6 +43,10 @@ pub struct Config {
     pub load_adaptive: Option<LoadAdaptive>,
     /// RFC 2449's LOGIN-DELAY (`None`: not advertised).
     pub login_delay: Option<LoginDelay>,
+    /// The patent's edge cache: RETR in sessions that pass through is answered from
+    /// the edge's copy when the server's `UIDL n` and `LIST n` match it, through
+    /// [`crate::session::Action::CacheRead`].
+    pub cache: bool,
 }
 
 /// The patent's load-adaptive n: between [`Config::interval`] (no load) and `max`
@@ -109,6 +113,7 @@ impl Default for Config {
             periodicity: None,
             load_adaptive: None,
             login_delay: None,
+            cache: false,
         }
     }
 }

@@ -14,6 +14,7 @@ use super::{
     Shared,
     caps::{ServerCaps, has_apop_timestamp},
     check_rules::{self, Check, Outcome},
+    edge_cache::{self, Deleted, Lookup},
     maildrop::{MAX_MAILDROP, Maildrop},
     table::{UserKey, UserName},
     verifier::Verifier,
@@ -124,6 +125,13 @@ enum Step {
     Tunnel(Secret),
     /// Answer the client's CAPA, now that the server's capabilities are known.
     LocalCapa,
+    /// `UIDL n` before a RETR or DELE (`dele`) of message n, for the edge cache.
+    CacheId { n: Vec<u8>, dele: bool },
+    /// `LIST n` before a RETR of message n, for the edge cache.
+    CacheSize { n: Vec<u8> },
+    /// The RETR `line`: from the edge's copy if the server's UIDL and size match one
+    /// (in flight while the daemon looks), else relayed.
+    FromCache { line: Vec<u8> },
 }
 
 /// What the held QUIT's STAT, LIST and UIDL showed, kept until the QUIT succeeds.
@@ -195,6 +203,10 @@ pub struct Session {
     client_eof: bool,
     /// When the session is closed for idleness (autologout).
     pub deadline: Instant,
+    /// What the server said about the message of the RETR being looked up.
+    lookup: Lookup,
+    /// The messages this session deleted, for the edge cache.
+    cache_deleted: Deleted,
 }
 
 impl Session {
@@ -225,6 +237,8 @@ impl Session {
             gate: None,
             client_eof: false,
             deadline,
+            lookup: Lookup::default(),
+            cache_deleted: Deleted::default(),
         };
         if sh.greets_locally(info.server) {
             out.push(Action::ToClient(GREETING.to_vec()));
@@ -351,7 +365,8 @@ impl Session {
         }
         let mut input = data;
         while !input.is_empty() && self.state != State::Closed {
-            if !self.in_flight {
+            // While the daemon looks up the edge cache, the server owes nothing.
+            if !self.in_flight || matches!(self.steps.front(), Some(Step::FromCache { .. })) {
                 return self.unexpected_answer(sh, now, out);
             }
             let expect = match self.steps.front() {
@@ -499,11 +514,33 @@ impl Session {
                 if ok && let (Some(key), Some(login)) = (self.entry.clone(), self.login_at) {
                     self.record_view(&key, login, sh, now);
                 }
+                if ok && !self.cache_deleted.is_empty() {
+                    out.push(Action::CacheForget {
+                        user: self.cache_user(),
+                        uidls: self.cache_deleted.take(),
+                    });
+                }
                 out.push(Action::ToClient(line));
                 self.finish(sh, now, out, true);
                 return false;
             }
-            Step::Tunnel(_) | Step::LocalCapa => unreachable!("never in flight"),
+            Step::CacheId { n, dele } => {
+                let uidl = edge_cache::scan_value(&line, n).filter(|_| ok);
+                match (uidl, *dele) {
+                    (Some(uidl), true) => self.cache_deleted.push(uidl),
+                    (uidl, false) => self.lookup.uidl = uidl.map(<[u8]>::to_vec),
+                    (None, true) => {}
+                }
+            }
+            Step::CacheSize { n } => {
+                let size = edge_cache::scan_value(&line, n).filter(|_| ok);
+                self.lookup.size = size
+                    .and_then(|size| std::str::from_utf8(size).ok())
+                    .and_then(|size| size.parse().ok());
+            }
+            Step::Tunnel(_) | Step::LocalCapa | Step::FromCache { .. } => {
+                unreachable!("never in flight to the server")
+            }
         }
         !body
     }
@@ -765,6 +802,26 @@ impl Session {
                 Some(b"UIDL\r\n".to_vec())
             }
             Step::Quit => Some(b"QUIT\r\n".to_vec()),
+            Step::CacheId { n, .. } => Some([b"UIDL ", &n[..], b"\r\n"].concat()),
+            Step::CacheSize { n } => Some([b"LIST ", &n[..], b"\r\n"].concat()),
+            Step::FromCache { line } => match std::mem::take(&mut self.lookup).complete() {
+                Some((uidl, size)) => {
+                    out.push(Action::CacheRead {
+                        user: self.cache_user(),
+                        uidl,
+                        size,
+                    });
+                    None
+                }
+                None => {
+                    let line = std::mem::take(line);
+                    self.steps[0] = Step::Relay {
+                        line,
+                        expect: Expect::MultiOnOk,
+                    };
+                    return true;
+                }
+            },
             Step::Tunnel(line) => {
                 let mut bytes = line.take();
                 bytes.extend(self.held.take().expose());
@@ -918,6 +975,10 @@ impl Session {
             }
             (State::Transaction { terminate: false }, verb) => {
                 self.deleted |= verb == Verb::Dele;
+                if sh.config.cache {
+                    self.through_cache(line, &cmd);
+                    return;
+                }
                 self.steps.push_back(Step::Relay {
                     line: line.to_vec(),
                     expect: cmd.expect(),
@@ -1139,6 +1200,70 @@ impl Session {
     }
 
     /// Hands the rest of the session to the server, through the command gate.
+    /// A passed-through command with the edge cache on: RETR and DELE of a message
+    /// first ask the server its UIDL (and, for RETR, size); see [`edge_cache`].
+    fn through_cache(&mut self, line: &[u8], cmd: &Command<'_>) {
+        let n = edge_cache::message_number(cmd.rest).map(<[u8]>::to_vec);
+        match (cmd.verb, n) {
+            (Verb::Retr, Some(n)) => {
+                return self.steps.extend([
+                    Step::CacheId {
+                        n: n.clone(),
+                        dele: false,
+                    },
+                    Step::CacheSize { n },
+                    Step::FromCache {
+                        line: line.to_vec(),
+                    },
+                ]);
+            }
+            (Verb::Dele, Some(n)) => self.steps.push_back(Step::CacheId { n, dele: true }),
+            (Verb::Rset, _) => self.cache_deleted.clear(),
+            _ => {}
+        }
+        self.steps.push_back(Step::Relay {
+            line: line.to_vec(),
+            expect: cmd.expect(),
+        });
+    }
+
+    /// The username the edge cache files this session's mail under, as the client
+    /// sent it.
+    fn cache_user(&self) -> Vec<u8> {
+        self.user.as_deref().unwrap_or_default().to_vec()
+    }
+
+    /// The daemon's answer to [`Action::CacheRead`]: the RETR in flight is answered
+    /// from the edge, or relayed to the server.
+    pub fn cached(
+        &mut self,
+        message: Option<&[u8]>,
+        sh: &mut Shared,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if !(self.in_flight && matches!(self.steps.front(), Some(Step::FromCache { .. }))) {
+            return;
+        }
+        self.in_flight = false;
+        match message {
+            Some(message) => {
+                out.push(Action::ToClient(edge_cache::retr_answer(message)));
+                self.steps.pop_front();
+            }
+            None => {
+                let Some(Step::FromCache { line }) = self.steps.pop_front() else {
+                    unreachable!("checked above");
+                };
+                self.steps.push_front(Step::Relay {
+                    line,
+                    expect: Expect::MultiOnOk,
+                });
+            }
+        }
+        self.pump(sh, now, out);
+    }
+
     fn tunnel(&mut self, line: &[u8], sh: &mut Shared, out: &mut Vec<Action>) {
         sh.counters.passed_through += 1;
         self.upstream(Step::Tunnel(line.into()), out);

@@ -34,6 +34,7 @@
 mod caps;
 pub mod check_rules;
 mod config;
+mod edge_cache;
 mod fsm;
 pub mod load;
 mod maildrop;
@@ -458,6 +459,7 @@ impl Pop3Engine for AttenuationEngine {
             Event::UpstreamConnected => session.upstream_connected(sh, now, a),
             Event::UpstreamData(data) => session.upstream_data(data, sh, now, a),
             Event::UpstreamClosed | Event::UpstreamFailed => session.upstream_lost(sh, now, a),
+            Event::Cached(message) => session.cached(message, sh, now, a),
         }
         // Autologout counts data in either direction: a long RETR to a slow client is
         // not idleness.

@@ -11,6 +11,7 @@ use crate::{
 };
 use fsm::{GREETING, LOGGED_IN, LOGGING_OUT, NO_SUCH_MESSAGE};
 
+mod edge_cache;
 mod model;
 mod rules;
 
@@ -37,6 +38,7 @@ fn config() -> Config {
         periodicity: None,
         load_adaptive: None,
         login_delay: None,
+        cache: false,
     }
 }
 

@@ -730,6 +730,9 @@ impl<E: Judged> World<E> {
                     };
                 }
                 Action::CloseClient => c.client.closed = true,
+                Action::CacheRead { .. } | Action::CacheForget { .. } => {
+                    panic!("the model runs without the edge cache: {action:?}")
+                }
             }
         }
         let c = &self.conns[&conn];

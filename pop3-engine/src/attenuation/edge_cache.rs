@@ -1,0 +1,142 @@
+//! Serving RETR from the edge's copy of a user's mail (the patent's cache aspect).
+//!
+//! In a session that passes through, a RETR is preceded by `UIDL n` and `LIST n` to the
+//! server: the server's own unique-id and size for message n, in the maildrop it has
+//! locked for this session, are the synchronisation handshake. Only a cached copy with
+//! that UIDL and size is served; the daemon checks its file and answers with
+//! [`crate::session::Event::Cached`]. Anything else goes to the server. A DELE's UIDL
+//! is remembered, and the cached copy is forgotten once the server's QUIT `+OK` has
+//! committed the deletion.
+
+use crate::codec::trim_eol;
+
+/// Most DELEs remembered in one session; past it the user's whole cache is forgotten
+/// at QUIT instead of message by message.
+pub const MAX_DELETED: usize = 4096;
+
+/// The message number of a `RETR n` or `DELE n` (digits only, as RFC 1939 writes it).
+pub fn message_number(rest: &[u8]) -> Option<&[u8]> {
+    let mut args = rest.split(|&b| b == b' ').filter(|a| !a.is_empty());
+    let n = args.next()?;
+    let digits = (1..=10).contains(&n.len()) && n.iter().all(u8::is_ascii_digit);
+    (digits && args.next().is_none()).then_some(n)
+}
+
+/// The value of the server's `+OK n value` answer to `UIDL n` or `LIST n`, if it is
+/// about message `n`.
+pub fn scan_value<'a>(line: &'a [u8], n: &[u8]) -> Option<&'a [u8]> {
+    let mut words = trim_eol(line).split(|&b| b == b' ');
+    (words.next()? == b"+OK" && words.next()? == n).then_some(())?;
+    let value = words.next().filter(|v| !v.is_empty())?;
+    words.next().is_none().then_some(value)
+}
+
+/// The server's answer to RETR for a message of these bytes: Dovecot's status line,
+/// the message dot-stuffed (RFC 1939 3), and the terminating `.` line.
+pub fn retr_answer(message: &[u8]) -> Vec<u8> {
+    let mut answer = format!("+OK {} octets\r\n", message.len()).into_bytes();
+    answer.reserve(message.len() + message.len() / 64 + 5);
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if line.first() == Some(&b'.') {
+            answer.push(b'.');
+        }
+        answer.extend_from_slice(line);
+    }
+    if !message.is_empty() && !message.ends_with(b"\r\n") {
+        answer.extend_from_slice(b"\r\n");
+    }
+    answer.extend_from_slice(b".\r\n");
+    answer
+}
+
+/// What the server said about the message a RETR asks for.
+#[derive(Debug, Default)]
+pub struct Lookup {
+    pub uidl: Option<Vec<u8>>,
+    pub size: Option<u64>,
+}
+
+impl Lookup {
+    /// The UIDL and size, once the server gave both.
+    pub fn complete(self) -> Option<(Vec<u8>, u64)> {
+        Some((self.uidl?, self.size?))
+    }
+}
+
+/// The UIDLs of the messages a session deleted, until its QUIT commits them.
+#[derive(Debug, Default)]
+pub struct Deleted {
+    uidls: Vec<Vec<u8>>,
+    overflow: bool,
+}
+
+impl Deleted {
+    pub fn push(&mut self, uidl: &[u8]) {
+        if self.uidls.len() < MAX_DELETED {
+            self.uidls.push(uidl.to_vec());
+        } else {
+            self.overflow = true;
+        }
+    }
+
+    /// RSET: nothing is deleted after all.
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    /// The UIDLs to forget, or `None` when there were too many to remember (forget the
+    /// user's whole cache).
+    pub fn take(&mut self) -> Option<Vec<Vec<u8>>> {
+        let Self { uidls, overflow } = std::mem::take(self);
+        (!overflow).then_some(uidls)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.uidls.is_empty() && !self.overflow
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retr_answer_is_what_dovecot_sends() {
+        assert_eq!(
+            retr_answer(b"Subject: x\r\n\r\n.hidden\r\n..two\r\nend.\r\n"),
+            b"+OK 36 octets\r\nSubject: x\r\n\r\n..hidden\r\n...two\r\nend.\r\n.\r\n"
+        );
+        assert_eq!(retr_answer(b""), b"+OK 0 octets\r\n.\r\n");
+        assert_eq!(retr_answer(b".\r\n"), b"+OK 3 octets\r\n..\r\n.\r\n");
+    }
+
+    #[test]
+    fn reads_only_well_formed_answers_about_the_message_asked() {
+        assert_eq!(
+            scan_value(b"+OK 3 0000abc\r\n", b"3"),
+            Some(&b"0000abc"[..])
+        );
+        assert_eq!(scan_value(b"+OK 3 120\r\n", b"3"), Some(&b"120"[..]));
+        assert_eq!(scan_value(b"+OK 4 0000abc\r\n", b"3"), None);
+        assert_eq!(scan_value(b"-ERR no such message\r\n", b"3"), None);
+        assert_eq!(scan_value(b"+OK 3\r\n", b"3"), None);
+        assert_eq!(scan_value(b"+OK 3 a b\r\n", b"3"), None);
+        assert_eq!(message_number(b"12"), Some(&b"12"[..]));
+        assert_eq!(message_number(b" 7 "), Some(&b"7"[..]));
+        for bad in [&b""[..], b"1 2", b"x", b"-1", b"12345678901", b"1\tx"] {
+            assert_eq!(message_number(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn deleted_is_bounded() {
+        let mut deleted = Deleted::default();
+        deleted.push(b"a");
+        assert_eq!(deleted.take(), Some(vec![b"a".to_vec()]));
+        for _ in 0..=MAX_DELETED {
+            deleted.push(b"a");
+        }
+        assert_eq!(deleted.take(), None);
+        assert!(deleted.is_empty());
+    }
+}

@@ -1,0 +1,220 @@
+//! The edge cache's handshake and serving, with exact bytes in both directions.
+
+use super::*;
+
+const MESSAGE: &[u8] = b"Subject: cached\r\n\r\n.starts with a dot\r\nend\r\n";
+/// What the server sends for RETR of [`MESSAGE`].
+const RETR_ANSWER: &[u8] =
+    b"+OK 44 octets\r\nSubject: cached\r\n\r\n..starts with a dot\r\nend\r\n.\r\n";
+
+fn cache_engine() -> Harness<AttenuationEngine> {
+    let config = Config {
+        cache: true,
+        ..config()
+    };
+    let mut h = Harness::new(AttenuationEngine::new(
+        config,
+        Salt::new([1, 2, 3, 4]),
+        Instant::now(),
+    ));
+    h.engine.shared.learn_greeting(info().server, false);
+    h
+}
+
+/// A first check of alice: it passes through, logged in by the server.
+fn logged_in(h: &mut Harness<AttenuationEngine>, conn: ConnId) {
+    assert_eq!(h.open(conn), [to_client(GREETING)]);
+    assert_eq!(h.client(conn, b"USER alice\r\n"), [ConnectUpstream]);
+    assert_eq!(
+        connect_upstream(h, conn, true),
+        [to_upstream(b"USER alice\r\n")]
+    );
+    assert_eq!(h.server(conn, b"+OK\r\n"), [to_client(b"+OK\r\n")]);
+    assert_eq!(
+        h.client(conn, b"PASS pw\r\n"),
+        [to_upstream(b"PASS pw\r\n")]
+    );
+    assert_eq!(
+        h.server(conn, b"+OK Logged in.\r\n"),
+        [to_client(b"+OK Logged in.\r\n")]
+    );
+}
+
+/// RETR 1 up to the daemon's lookup, the server saying `uidl` and `size`.
+fn retr_looked_up(h: &mut Harness<AttenuationEngine>, conn: ConnId, uidl: &str, size: usize) {
+    assert_eq!(h.client(conn, b"RETR 1\r\n"), [to_upstream(b"UIDL 1\r\n")]);
+    let id = format!("+OK 1 {uidl}\r\n");
+    assert_eq!(h.server(conn, id.as_bytes()), [to_upstream(b"LIST 1\r\n")]);
+    assert_eq!(
+        h.server(conn, format!("+OK 1 {size}\r\n").as_bytes()),
+        [Action::CacheRead {
+            user: b"alice".to_vec(),
+            uidl: uidl.as_bytes().to_vec(),
+            size: size as u64,
+        }]
+    );
+}
+
+#[test]
+fn a_retr_whose_uidl_and_size_match_is_answered_from_the_edge() {
+    let mut h = cache_engine();
+    logged_in(&mut h, 1);
+    retr_looked_up(&mut h, 1, "000001ab", MESSAGE.len());
+    assert_eq!(
+        h.event(1, Event::Cached(Some(MESSAGE))),
+        [to_client(RETR_ANSWER)]
+    );
+    // The session goes on with the server: nothing more was owed to it.
+    assert_eq!(h.client(1, b"NOOP\r\n"), [to_upstream(b"NOOP\r\n")]);
+    assert_eq!(h.server(1, b"+OK\r\n"), [to_client(b"+OK\r\n")]);
+}
+
+#[test]
+fn a_miss_is_relayed_to_the_server() {
+    let mut h = cache_engine();
+    logged_in(&mut h, 1);
+    retr_looked_up(&mut h, 1, "000001ab", MESSAGE.len());
+    assert_eq!(
+        h.event(1, Event::Cached(None)),
+        [to_upstream(b"RETR 1\r\n")]
+    );
+    assert_eq!(h.server(1, RETR_ANSWER), [to_client(RETR_ANSWER)]);
+    // A late or repeated answer from the daemon changes nothing.
+    assert_eq!(h.event(1, Event::Cached(Some(MESSAGE))), []);
+}
+
+#[test]
+fn no_lookup_without_the_servers_own_uidl_and_size_for_that_message() {
+    let mut h = cache_engine();
+    logged_in(&mut h, 1);
+    // No such message: the server's own answer to RETR reaches the client.
+    assert_eq!(h.client(1, b"RETR 1\r\n"), [to_upstream(b"UIDL 1\r\n")]);
+    assert_eq!(
+        h.server(1, b"-ERR There's no message 1.\r\n"),
+        [to_upstream(b"LIST 1\r\n")]
+    );
+    assert_eq!(
+        h.server(1, b"-ERR There's no message 1.\r\n"),
+        [to_upstream(b"RETR 1\r\n")]
+    );
+    assert_eq!(
+        h.server(1, b"-ERR There's no message 1.\r\n"),
+        [to_client(b"-ERR There's no message 1.\r\n")]
+    );
+    // An answer about another message, or a malformed size, is no handshake.
+    for (id, size) in [
+        (&b"+OK 2 000001ab\r\n"[..], &b"+OK 1 44\r\n"[..]),
+        (b"+OK 1 000001ab\r\n", b"+OK 1 forty\r\n"),
+        (b"+OK 1 000001ab\r\n", b"+OK 2 44\r\n"),
+    ] {
+        assert_eq!(h.client(1, b"RETR 1\r\n"), [to_upstream(b"UIDL 1\r\n")]);
+        assert_eq!(h.server(1, id), [to_upstream(b"LIST 1\r\n")]);
+        assert_eq!(h.server(1, size), [to_upstream(b"RETR 1\r\n")]);
+        assert_eq!(h.server(1, RETR_ANSWER), [to_client(RETR_ANSWER)]);
+    }
+    // Not a message number: straight to the server.
+    assert_eq!(h.client(1, b"RETR 1 x\r\n"), [to_upstream(b"RETR 1 x\r\n")]);
+}
+
+#[test]
+fn the_server_speaking_during_a_lookup_ends_the_session() {
+    let mut h = cache_engine();
+    logged_in(&mut h, 1);
+    retr_looked_up(&mut h, 1, "000001ab", MESSAGE.len());
+    assert_eq!(
+        h.server(1, b"+OK surprise\r\n"),
+        [to_client(SERVER_UNAVAILABLE), CloseClient, CloseUpstream]
+    );
+    assert_eq!(h.event(1, Event::Cached(Some(MESSAGE))), []);
+}
+
+#[test]
+fn client_commands_wait_for_the_lookup() {
+    let mut h = cache_engine();
+    logged_in(&mut h, 1);
+    retr_looked_up(&mut h, 1, "000001ab", MESSAGE.len());
+    assert_eq!(h.client(1, b"NOOP\r\n"), []);
+    assert_eq!(
+        h.event(1, Event::Cached(Some(MESSAGE))),
+        [to_client(RETR_ANSWER), to_upstream(b"NOOP\r\n")]
+    );
+}
+
+/// DELE 1 of the message with `uidl`, relayed after the server named it.
+fn dele(h: &mut Harness<AttenuationEngine>, conn: ConnId, uidl: &str) {
+    assert_eq!(h.client(conn, b"DELE 1\r\n"), [to_upstream(b"UIDL 1\r\n")]);
+    let id = format!("+OK 1 {uidl}\r\n");
+    assert_eq!(h.server(conn, id.as_bytes()), [to_upstream(b"DELE 1\r\n")]);
+    assert_eq!(
+        h.server(conn, b"+OK Marked to be deleted.\r\n"),
+        [to_client(b"+OK Marked to be deleted.\r\n")]
+    );
+}
+
+/// QUIT through the held STAT; the server answers the QUIT with `quit`.
+fn quit(h: &mut Harness<AttenuationEngine>, conn: ConnId, quit: &[u8]) -> Vec<Action> {
+    assert_eq!(h.client(conn, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
+    assert_eq!(h.server(conn, b"+OK 0 0\r\n"), [to_upstream(b"QUIT\r\n")]);
+    h.server(conn, quit)
+}
+
+#[test]
+fn a_deletion_is_forgotten_at_the_edge_once_the_quit_commits_it() {
+    let mut h = cache_engine();
+    logged_in(&mut h, 1);
+    dele(&mut h, 1, "000001ab");
+    assert_eq!(
+        quit(&mut h, 1, b"+OK Logging out, messages deleted.\r\n"),
+        [
+            Action::CacheForget {
+                user: b"alice".to_vec(),
+                uidls: Some(vec![b"000001ab".to_vec()]),
+            },
+            to_client(b"+OK Logging out, messages deleted.\r\n"),
+            CloseClient,
+            CloseUpstream,
+        ]
+    );
+}
+
+#[test]
+fn a_deletion_the_server_did_not_commit_is_kept_at_the_edge() {
+    let mut h = cache_engine();
+    logged_in(&mut h, 1);
+    dele(&mut h, 1, "000001ab");
+    assert_eq!(
+        quit(
+            &mut h,
+            1,
+            b"-ERR Some deleted messages were not expunged\r\n"
+        ),
+        [
+            to_client(b"-ERR Some deleted messages were not expunged\r\n"),
+            CloseClient,
+            CloseUpstream,
+        ]
+    );
+
+    // RSET undeletes: nothing to forget either.
+    let mut h = cache_engine();
+    logged_in(&mut h, 1);
+    dele(&mut h, 1, "000001ab");
+    assert_eq!(h.client(1, b"RSET\r\n"), [to_upstream(b"RSET\r\n")]);
+    assert_eq!(h.server(1, b"+OK\r\n"), [to_client(b"+OK\r\n")]);
+    assert_eq!(
+        quit(&mut h, 1, b"+OK Logging out.\r\n"),
+        [
+            to_client(b"+OK Logging out.\r\n"),
+            CloseClient,
+            CloseUpstream
+        ]
+    );
+}
+
+#[test]
+fn without_the_cache_nothing_changes() {
+    let mut h = engine();
+    logged_in(&mut h, 1);
+    assert_eq!(h.client(1, b"RETR 1\r\n"), [to_upstream(b"RETR 1\r\n")]);
+    assert_eq!(h.server(1, RETR_ANSWER), [to_client(RETR_ANSWER)]);
+}

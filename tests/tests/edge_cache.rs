@@ -1,0 +1,260 @@
+//! The patent's edge cache with the real Dovecot: a copy kept at the edge answers a
+//! RETR byte for byte, and only once Dovecot's own UIDL and size for that message, in
+//! the user's session, match it. Dovecot's logout line (`retr=N/BYTES`) tells whether a
+//! body came from it. The cache folder is filled here through the store the daemon
+//! uses, as a prefetch would fill it. Run as root, one at a time:
+//! `cargo test -p pop3-interceptor-e2e --test edge_cache -- --test-threads=1`.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use pop3_interceptor::cache::store::{Limits, Store, UserId};
+use pop3_interceptor_e2e::clients::RawSession;
+use pop3_interceptor_e2e::dovecot::make_message;
+use pop3_interceptor_e2e::topology::server_pop3_v4;
+use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
+
+const LIMITS: Limits = Limits {
+    per_user: 1 << 20,
+    total: 4 << 20,
+};
+
+/// A message as Dovecot lists and sends it.
+#[derive(Debug)]
+struct Mail {
+    uidl: String,
+    /// The RETR answer as sent: status line, dot-stuffed body, `.` line.
+    retr: Vec<u8>,
+}
+
+impl Mail {
+    /// The message itself: dot-stuffing and the `.` line removed.
+    fn message(&self) -> Vec<u8> {
+        let body = &self.retr[self.retr.iter().position(|&b| b == b'\n').unwrap() + 1..];
+        let body = &body[..body.len() - 3];
+        let mut message = Vec::new();
+        for line in body.split_inclusive(|&b| b == b'\n') {
+            message.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+        }
+        message
+    }
+}
+
+fn login(topo: &Topology, node: Node) -> RawSession {
+    let mut s = RawSession::connect(topo, node, server_pop3_v4()).unwrap();
+    s.set_timeout(Duration::from_secs(20)).unwrap();
+    s.read_line().unwrap();
+    s.command("USER alice").unwrap();
+    let pass = s.command("PASS alice-pw").unwrap();
+    assert!(pass.starts_with("+OK"), "{pass}");
+    s
+}
+
+fn retr(s: &mut RawSession, n: usize) -> Vec<u8> {
+    let status = s.command(&format!("RETR {n}")).unwrap();
+    let mut answer = status.clone().into_bytes();
+    if status.starts_with("+OK") {
+        answer.extend(s.read_multiline().unwrap());
+    }
+    answer
+}
+
+fn quit(mut s: RawSession) {
+    let quit = s.command("QUIT").unwrap();
+    assert!(quit.starts_with("+OK"), "{quit}");
+}
+
+/// Every message of alice's maildrop, read directly from Dovecot.
+fn mails(topo: &Topology, node: Node) -> Vec<Mail> {
+    let mut s = login(topo, node);
+    s.send(b"UIDL\r\n").unwrap();
+    s.read_line().unwrap();
+    let listing = s.read_multiline().unwrap();
+    let uidls: Vec<String> = String::from_utf8_lossy(&listing)
+        .lines()
+        .filter_map(|line| line.split_once(' ').map(|(_, uid)| uid.to_owned()))
+        .collect();
+    let mails = uidls
+        .into_iter()
+        .enumerate()
+        .map(|(i, uidl)| Mail {
+            uidl,
+            retr: retr(&mut s, i + 1),
+        })
+        .collect();
+    quit(s);
+    mails
+}
+
+fn fill(dir: &Path, mails: &[Mail]) {
+    let mut store = Store::open(dir, LIMITS).unwrap();
+    let alice = UserId::new(server_pop3_v4(), b"alice");
+    for mail in mails {
+        store
+            .put(alice, mail.uidl.as_bytes(), &mail.message())
+            .unwrap();
+    }
+}
+
+/// The cache file of `uidl`, if there is one.
+fn cache_file(dir: &Path, uidl: &str) -> Option<PathBuf> {
+    let prefix: String = uidl.bytes().map(|b| format!("{b:02x}")).collect::<String>() + ",";
+    let users = std::fs::read_dir(dir).ok()?;
+    users.flatten().find_map(|user| {
+        let files = std::fs::read_dir(user.path().join("new")).ok()?;
+        files.flatten().map(|f| f.path()).find(|path| {
+            let name = path.file_name().unwrap().to_string_lossy();
+            name.starts_with(&prefix)
+        })
+    })
+}
+
+/// Dovecot's `retr=N/BYTES` of alice's sessions that ended, oldest first.
+fn retr_counts(dc: &Dovecot) -> Vec<String> {
+    dc.log_lines_matching("retr=")
+        .into_iter()
+        .filter(|line| line.contains("pop3(alice)"))
+        .filter_map(|line| {
+            let at = line.find("retr=")?;
+            Some(line[at..].split(',').next()?.to_owned())
+        })
+        .collect()
+}
+
+/// Waits for Dovecot to log the end of alice's `n`-th session; returns its `retr=`.
+fn nth_logout(dc: &Dovecot, n: usize) -> String {
+    for _ in 0..100 {
+        if let Some(retr) = retr_counts(dc).get(n - 1) {
+            return retr.clone();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no logout {n} in\n{}", dc.log_text());
+}
+
+fn deliver_three(dc: &Dovecot) {
+    for (subject, body) in [
+        (
+            "one",
+            "first\r\n.a line that starts with a dot\r\n..and two\r\n",
+        ),
+        ("two", "second"),
+        ("three", "third"),
+    ] {
+        let message = make_message("a@example.org", "alice@example.org", subject, body);
+        dc.deliver("alice", &message).unwrap();
+    }
+}
+
+/// Every check passes through (n = 0), so every session reaches Dovecot.
+fn interceptor(topo: &Topology, cache: &Path) -> Interceptor {
+    let cache = cache.to_str().unwrap();
+    Interceptor::start(topo, &["--interval", "0s", "--cache-dir", cache]).unwrap()
+}
+
+#[test]
+fn a_cached_copy_is_served_byte_for_byte_checked_kept_across_a_restart_and_deleted_on_both_sides() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    deliver_three(&dc);
+    let direct = mails(&topo, Node::Client);
+    assert_eq!(direct.len(), 3);
+    assert!(
+        nth_logout(&dc, 1).starts_with("retr=3/"),
+        "direct: from Dovecot"
+    );
+    let cache = topo.dir().join("cache");
+    fill(&cache, &direct);
+
+    // Served from the edge: byte for byte, and Dovecot sent no body.
+    let ic = interceptor(&topo, &cache);
+    let mut s = login(&topo, Node::Client);
+    for (i, mail) in direct.iter().enumerate() {
+        assert_eq!(retr(&mut s, i + 1), mail.retr, "message {}", i + 1);
+    }
+    quit(s);
+    assert_eq!(nth_logout(&dc, 2), "retr=0/0");
+
+    // Restarted, the daemon still has the copies.
+    drop(ic);
+    let _ic = interceptor(&topo, &cache);
+    let mut s = login(&topo, Node::Client);
+    assert_eq!(retr(&mut s, 2), direct[1].retr);
+    quit(s);
+    assert_eq!(nth_logout(&dc, 3), "retr=0/0");
+
+    // A corrupted copy (same size, one byte changed) is deleted, not served.
+    let file = cache_file(&cache, &direct[2].uidl).unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x20;
+    std::fs::write(&file, bytes).unwrap();
+    let mut s = login(&topo, Node::Client);
+    assert_eq!(retr(&mut s, 3), direct[2].retr);
+    quit(s);
+    assert!(nth_logout(&dc, 4).starts_with("retr=1/"), "from Dovecot");
+    assert!(!file.exists());
+
+    // DELE through the edge: gone from Dovecot after QUIT, and from the cache.
+    let mut s = login(&topo, Node::Client);
+    assert!(s.command("DELE 1").unwrap().starts_with("+OK"));
+    assert!(
+        cache_file(&cache, &direct[0].uidl).is_some(),
+        "not before QUIT"
+    );
+    quit(s);
+    assert_eq!(dc.message_count("alice"), 2);
+    assert_eq!(cache_file(&cache, &direct[0].uidl), None);
+    assert!(cache_file(&cache, &direct[1].uidl).is_some());
+}
+
+#[test]
+fn a_message_deleted_behind_the_edge_is_never_served_and_a_mismatch_drops_the_cache() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    deliver_three(&dc);
+    let direct = mails(&topo, Node::Client);
+    let cache = topo.dir().join("cache");
+    fill(&cache, &direct);
+    let _ic = interceptor(&topo, &cache);
+
+    // Webmail (a session from the server's side) deletes message 1 after the prefetch.
+    let mut webmail = login(&topo, Node::Server);
+    assert!(webmail.command("DELE 1").unwrap().starts_with("+OK"));
+    quit(webmail);
+    // Through the edge, every number gets what Dovecot holds under it now: message 1
+    // is what was 2, from the edge's copy of that UIDL; the deleted one never comes.
+    let mut s = login(&topo, Node::Client);
+    assert_eq!(retr(&mut s, 1), direct[1].retr);
+    assert_eq!(retr(&mut s, 2), direct[2].retr);
+    assert!(retr(&mut s, 3).starts_with(b"-ERR"));
+    quit(s);
+    assert_eq!(nth_logout(&dc, 3), "retr=0/0");
+
+    // A copy of another size under a UIDL Dovecot lists: the edge is out of sync, and
+    // the user's whole cache goes; the body comes from Dovecot.
+    let mut other = Store::open(&cache, LIMITS).unwrap();
+    let alice = UserId::new(server_pop3_v4(), b"alice");
+    other
+        .put(
+            alice,
+            direct[1].uidl.as_bytes(),
+            b"Subject: not it\r\n\r\nx\r\n",
+        )
+        .unwrap();
+    drop(other);
+    // The running daemon indexed the folder at start: restart it to see the change.
+    drop(_ic);
+    let _ic = interceptor(&topo, &cache);
+    let mut s = login(&topo, Node::Client);
+    assert_eq!(retr(&mut s, 1), direct[1].retr);
+    quit(s);
+    assert!(nth_logout(&dc, 4).starts_with("retr=1/"));
+    assert_eq!(
+        cache_file(&cache, &direct[2].uidl),
+        None,
+        "all of alice's cache"
+    );
+}
