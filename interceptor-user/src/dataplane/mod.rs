@@ -390,7 +390,7 @@ impl<E: Pop3Engine> Dataplane<E> {
                         let Some(conn) = conns.get_mut(id) else {
                             return;
                         };
-                        let state = stacks.socket(conn.sock).state();
+                        let state = stacks.peek(conn.sock).state();
                         let synchronized = !matches!(
                             state,
                             State::Listen | State::SynReceived | State::SynSent | State::Closed
@@ -522,8 +522,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let socket = self.stacks.socket(conn.sock);
-        if !conn.opened && socket.may_send() {
+        if !conn.opened && self.stacks.peek(conn.sock).may_send() {
             conn.opened = true;
             self.established_flows.push((conn.client, conn.server));
             self.sources.established(conn.client.ip());
@@ -533,9 +532,10 @@ impl<E: Pop3Engine> Dataplane<E> {
             };
             self.engine.open(id, info, now, &mut self.outputs);
         }
-        if !conn.opened || conn.client_closed {
+        if !conn.opened || conn.client_closed || !self.stacks.peek(conn.sock).can_recv() {
             return;
         }
+        let socket = self.stacks.socket(conn.sock);
         // Backpressure: while the client is not reading what we send, or the server is
         // not taking what it sent, leave its bytes in smoltcp: the window closes.
         while socket.can_recv()
@@ -565,7 +565,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if !conn.opened || conn.client_closed || self.stacks.socket(conn.sock).may_recv() {
+        if !conn.opened || conn.client_closed || self.stacks.peek(conn.sock).may_recv() {
             return;
         }
         conn.closing_since.get_or_insert(now);
@@ -612,8 +612,8 @@ impl<E: Pop3Engine> Dataplane<E> {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let socket = self.stacks.socket(conn.sock);
-        while !conn.to_client.is_empty() && socket.can_send() {
+        while !conn.to_client.is_empty() && self.stacks.peek(conn.sock).can_send() {
+            let socket = self.stacks.socket(conn.sock);
             let (front, _) = conn.to_client.as_slices();
             match socket.send_slice(front) {
                 Ok(0) | Err(_) => break,
@@ -629,8 +629,8 @@ impl<E: Pop3Engine> Dataplane<E> {
                 link.return_credit(conn.upstream_credit_owed);
             }
             conn.upstream_credit_owed = 0;
-            if conn.close_after_flush && socket.is_open() {
-                socket.close();
+            if conn.close_after_flush && self.stacks.peek(conn.sock).is_open() {
+                self.stacks.socket(conn.sock).close();
             }
         }
     }
@@ -639,8 +639,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let socket = self.stacks.socket(conn.sock);
-        let state = socket.state();
+        let state = self.stacks.peek(conn.sock).state();
         // Once either side sent FIN the FIN timer runs, and keep-alive ACKs (which refresh
         // `last_activity`) do not stop it: CLOSE_WAIT and FIN_WAIT_2 cannot leak a slot.
         if !matches!(
@@ -661,7 +660,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             return;
         }
         if !finished {
-            socket.abort();
+            self.stacks.socket(conn.sock).abort();
             if fin_expired {
                 self.stats.conns_fin_timed_out += 1;
             } else {

@@ -241,6 +241,10 @@ impl Stack {
         self.sockets.get_mut::<tcp::Socket>(handle)
     }
 
+    pub fn peek(&self, handle: SocketHandle) -> &tcp::Socket<'static> {
+        self.sockets.get::<tcp::Socket>(handle)
+    }
+
     pub fn remove(&mut self, handle: SocketHandle) {
         drop(self.sockets.remove(handle));
         self.buffers.remove(&handle);

@@ -100,8 +100,14 @@ impl Stacks {
         self.slot(index).stack.ingress(now, ip_packet);
     }
 
+    /// The socket, to change it: its stack is polled on the next egress pass.
     pub fn socket(&mut self, sock: SockRef) -> &mut tcp::Socket<'static> {
         self.slot(sock.stack).stack.socket(sock.handle)
+    }
+
+    /// The socket, to look at its state: no egress pass for this.
+    pub fn peek(&self, sock: SockRef) -> &tcp::Socket<'static> {
+        self.slots[sock.stack].stack.peek(sock.handle)
     }
 
     pub fn remove(&mut self, sock: SockRef) {
