@@ -4,14 +4,13 @@ use std::{collections::VecDeque, net::SocketAddr, time::Instant};
 
 use hashbrown::HashMap;
 use pop3_engine::session::ConnId;
-use smoltcp::iface::SocketHandle;
 
-use super::{frame::ReplyHeader, rfc5961::SeqTrack};
+use super::{frame::ReplyHeader, rfc5961::SeqTrack, stacks::SockRef};
 use crate::upstream::UpstreamLink;
 
 /// A client connection and what is in flight on it.
 pub struct Conn {
-    pub handle: SocketHandle,
+    pub sock: SockRef,
     pub client: SocketAddr,
     pub server: SocketAddr,
     /// The engine has been told the connection is open.
@@ -43,6 +42,9 @@ pub struct Conn {
 pub struct ConnTable {
     conns: HashMap<ConnId, Conn>,
     by_flow: HashMap<(SocketAddr, SocketAddr), ConnId>,
+    /// Every connection once, in the order [`Self::next_round`] visits them (ids of
+    /// removed ones are dropped when their turn comes).
+    rounds: VecDeque<ConnId>,
     next_id: ConnId,
 }
 
@@ -57,7 +59,7 @@ impl ConnTable {
 
     pub fn insert(
         &mut self,
-        handle: SocketHandle,
+        sock: SockRef,
         client: SocketAddr,
         server: SocketAddr,
         reply: (ReplyHeader, usize),
@@ -68,7 +70,7 @@ impl ConnTable {
         self.conns.insert(
             id,
             Conn {
-                handle,
+                sock,
                 client,
                 server,
                 opened: false,
@@ -86,6 +88,12 @@ impl ConnTable {
             },
         );
         self.by_flow.insert((client, server), id);
+        self.rounds.push_back(id);
+        // Removed ids wait for their turn: bound them when many connections end at once.
+        if self.rounds.len() > 2 * self.conns.len() + 64 {
+            let conns = &self.conns;
+            self.rounds.retain(|id| conns.contains_key(id));
+        }
         id
     }
 
@@ -101,5 +109,24 @@ impl ConnTable {
 
     pub fn ids(&self) -> Vec<ConnId> {
         self.conns.keys().copied().collect()
+    }
+
+    /// The next `n` connections in turn (every connection comes round once per
+    /// `len()` visits), so that looking at all of them can be spread over many passes.
+    pub fn next_round(&mut self, n: usize, mut visit: impl FnMut(ConnId)) {
+        let mut visited = 0;
+        for _ in 0..self.rounds.len() {
+            if visited == n {
+                break;
+            }
+            let Some(id) = self.rounds.pop_front() else {
+                break;
+            };
+            if self.conns.contains_key(&id) {
+                self.rounds.push_back(id);
+                visit(id);
+                visited += 1;
+            }
+        }
     }
 }

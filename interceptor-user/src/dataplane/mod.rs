@@ -14,6 +14,7 @@ pub mod queue;
 pub mod rfc5961;
 pub mod sources;
 pub mod stack;
+pub mod stacks;
 pub mod tap;
 pub mod xsk;
 
@@ -42,7 +43,7 @@ use frame::ReplyHeader;
 use queue::{FrameQueue, FrameSource};
 use rfc5961::{ChallengeLimit, Verdict};
 use sources::{Refusal, SourceLimits, Sources};
-use stack::Stack;
+use stacks::Stacks;
 use tap::{TapError, TapQueue};
 use xsk::{XskError, XskQueue};
 
@@ -131,12 +132,15 @@ const CHALLENGE_ACKS_PER_SECOND: u32 = 1000;
 const TRIM_AFTER_PEAK: usize = 256;
 /// How often idle and handshake timeouts are checked at the latest.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Connections looked at per pass for their timeouts, about: a pass stays short however
+/// many connections are open.
+const ROUND_SHARE: usize = 100;
 
 /// The dataplane of one interface.
 pub struct Dataplane<E> {
     config: DataplaneConfig,
     queues: Vec<FrameQueue>,
-    stack: Stack,
+    stacks: Stacks,
     conns: ConnTable,
     engine: E,
     upstream: Upstream,
@@ -162,6 +166,8 @@ pub struct Dataplane<E> {
     last_housekeeping: Instant,
     /// The edge cache (`--cache-dir`), read on this thread when the engine asks.
     cache: Option<EdgeCache>,
+    /// When the last share of connections was looked at (see `service_conns`).
+    last_round: Instant,
 }
 
 impl<E: Pop3Engine> Dataplane<E> {
@@ -184,9 +190,15 @@ impl<E: Pop3Engine> Dataplane<E> {
             .map_err(DataplaneError::Runtime)?;
         let epoch = Instant::now();
         // Initial sequence numbers must be unpredictable to off-path attackers.
-        let seed = getrandom::u64().map_err(DataplaneError::Random)?;
+        let stacks = Stacks::new(
+            config.max_conns,
+            config.mtu,
+            smoltcp::time::Instant::ZERO,
+            getrandom::u64,
+        )
+        .map_err(DataplaneError::Random)?;
         Ok(Self {
-            stack: Stack::new(config.mtu, seed, smoltcp::time::Instant::ZERO),
+            stacks,
             sources: Sources::new(config.per_source),
             config,
             queues,
@@ -207,6 +219,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             epoch,
             last_housekeeping: epoch,
             cache: None,
+            last_round: epoch,
         })
     }
 
@@ -347,8 +360,11 @@ impl<E: Pop3Engine> Dataplane<E> {
             return Duration::ZERO;
         }
         let smol_now = self.smol_now(now);
-        let mut wait = HOUSEKEEPING;
-        if let Some(delay) = self.stack.poll_delay(smol_now) {
+        // Wake often enough that each pass looks at about `ROUND_SHARE` connections.
+        let mut wait = HOUSEKEEPING
+            .mul_f64(ROUND_SHARE as f64 / self.conns.len().max(1) as f64)
+            .clamp(Duration::from_millis(1), HOUSEKEEPING);
+        if let Some(delay) = self.stacks.poll_delay(smol_now) {
             wait = wait.min(Duration::from_micros(delay.total_micros()));
         }
         if let Some(at) = self.engine.next_timeout() {
@@ -362,7 +378,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         let smol_now = self.smol_now(now);
         let Self {
             queues,
-            stack,
+            stacks,
             conns,
             stats,
             config,
@@ -388,7 +404,7 @@ impl<E: Pop3Engine> Dataplane<E> {
                         let Some(conn) = conns.get_mut(id) else {
                             return;
                         };
-                        let state = stack.socket(conn.handle).state();
+                        let state = stacks.peek(conn.sock).state();
                         let synchronized = !matches!(
                             state,
                             State::Listen | State::SynReceived | State::SynSent | State::Closed
@@ -431,9 +447,9 @@ impl<E: Pop3Engine> Dataplane<E> {
                             }
                             return;
                         }
-                        let handle = stack.listen(segment.server);
+                        let sock = stacks.listen(segment.client, segment.server);
                         let id = conns.insert(
-                            handle,
+                            sock,
                             segment.client,
                             segment.server,
                             (segment.reply_header, index),
@@ -442,16 +458,16 @@ impl<E: Pop3Engine> Dataplane<E> {
                         if let Some(conn) = conns.get_mut(id) {
                             conn.seq.peer_shift = segment.tcp.window_shift.unwrap_or(0);
                         }
-                        opened = Some((handle, id));
+                        opened = Some((sock, id));
                     }
                     // Not a flow of ours (it ended): nothing to answer.
                     None => return,
                 }
-                stack.ingress(smol_now, segment.ip_packet);
-                if let Some((handle, id)) = opened {
+                stacks.ingress(smol_now, segment.client, segment.server, segment.ip_packet);
+                if let Some((sock, id)) = opened {
                     // A listener that did not take its SYN would steal the next one.
-                    if stack.socket(handle).state() == State::Listen {
-                        stack.remove(handle);
+                    if stacks.socket(sock).state() == State::Listen {
+                        stacks.remove(sock);
                         conns.remove(id);
                         sources.closed(segment.client.ip(), true);
                     } else {
@@ -486,15 +502,26 @@ impl<E: Pop3Engine> Dataplane<E> {
     }
 
     /// Moves bytes between the touched connections' sockets and the engine, and reclaims
-    /// connections that are finished. Once a second every connection is looked at, for
-    /// timeouts and for state changes made by smoltcp's own timers.
+    /// connections that are finished. Every connection is also looked at once a second,
+    /// for timeouts and for state changes made by smoltcp's own timers: a share of them
+    /// each pass, so that ten thousand idle connections do not stall one pass a second.
     fn service_conns(&mut self, now: Instant) {
-        let ids: Vec<ConnId> = if now.duration_since(self.last_housekeeping) >= HOUSEKEEPING {
-            self.dirty.clear();
-            self.conns.ids()
+        let len = self.conns.len();
+        let elapsed = now.duration_since(self.last_round);
+        let share = if len == 0 || elapsed >= HOUSEKEEPING {
+            self.last_round = now;
+            len
         } else {
-            self.dirty.drain().collect()
+            // Whole connections only; the time of the rest carries over.
+            let share = (len as u128 * elapsed.as_nanos() / HOUSEKEEPING.as_nanos()) as usize;
+            self.last_round += HOUSEKEEPING.mul_f64(share as f64 / len as f64);
+            share
         };
+        let dirty = &mut self.dirty;
+        self.conns.next_round(share, |id| {
+            dirty.insert(id);
+        });
+        let ids: Vec<ConnId> = self.dirty.drain().collect();
         for id in ids {
             self.service(id, now);
             self.apply_outputs(now);
@@ -509,8 +536,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let socket = self.stack.socket(conn.handle);
-        if !conn.opened && socket.may_send() {
+        if !conn.opened && self.stacks.peek(conn.sock).may_send() {
             conn.opened = true;
             self.established_flows.push((conn.client, conn.server));
             self.sources.established(conn.client.ip());
@@ -520,9 +546,10 @@ impl<E: Pop3Engine> Dataplane<E> {
             };
             self.engine.open(id, info, now, &mut self.outputs);
         }
-        if !conn.opened || conn.client_closed {
+        if !conn.opened || conn.client_closed || !self.stacks.peek(conn.sock).can_recv() {
             return;
         }
+        let socket = self.stacks.socket(conn.sock);
         // Backpressure: while the client is not reading what we send, or the server is
         // not taking what it sent, leave its bytes in smoltcp: the window closes.
         while socket.can_recv()
@@ -552,7 +579,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if !conn.opened || conn.client_closed || self.stack.socket(conn.handle).may_recv() {
+        if !conn.opened || conn.client_closed || self.stacks.peek(conn.sock).may_recv() {
             return;
         }
         conn.closing_since.get_or_insert(now);
@@ -627,8 +654,8 @@ impl<E: Pop3Engine> Dataplane<E> {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let socket = self.stack.socket(conn.handle);
-        while !conn.to_client.is_empty() && socket.can_send() {
+        while !conn.to_client.is_empty() && self.stacks.peek(conn.sock).can_send() {
+            let socket = self.stacks.socket(conn.sock);
             let (front, _) = conn.to_client.as_slices();
             match socket.send_slice(front) {
                 Ok(0) | Err(_) => break,
@@ -644,8 +671,8 @@ impl<E: Pop3Engine> Dataplane<E> {
                 link.return_credit(conn.upstream_credit_owed);
             }
             conn.upstream_credit_owed = 0;
-            if conn.close_after_flush && socket.is_open() {
-                socket.close();
+            if conn.close_after_flush && self.stacks.peek(conn.sock).is_open() {
+                self.stacks.socket(conn.sock).close();
             }
         }
     }
@@ -654,8 +681,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let socket = self.stack.socket(conn.handle);
-        let state = socket.state();
+        let state = self.stacks.peek(conn.sock).state();
         // Once either side sent FIN the FIN timer runs, and keep-alive ACKs (which refresh
         // `last_activity`) do not stop it: CLOSE_WAIT and FIN_WAIT_2 cannot leak a slot.
         if !matches!(
@@ -676,14 +702,14 @@ impl<E: Pop3Engine> Dataplane<E> {
             return;
         }
         if !finished {
-            socket.abort();
+            self.stacks.socket(conn.sock).abort();
             if fin_expired {
                 self.stats.conns_fin_timed_out += 1;
             } else {
                 self.stats.conns_timed_out += 1;
             }
         }
-        let handle = conn.handle;
+        let sock = conn.sock;
         if conn.opened && !conn.client_closed {
             self.engine
                 .handle(id, Event::ClientClosed, now, &mut self.outputs);
@@ -691,10 +717,9 @@ impl<E: Pop3Engine> Dataplane<E> {
         }
         if !finished {
             // Let the RST go out while the connection still has its reply header.
-            self.stack.egress(self.smol_now(now));
-            self.send_stack_tx();
+            self.send_stack_tx(now);
         }
-        self.stack.remove(handle);
+        self.stacks.remove(sock);
         if let Some(conn) = self.conns.remove(id) {
             self.sources.closed(conn.client.ip(), !conn.opened);
             self.closed_flows.push((conn.client, conn.server));
@@ -761,8 +786,7 @@ impl<E: Pop3Engine> Dataplane<E> {
     /// Sends what the stack produced and the segments we built, each packet wrapped in
     /// its connection's link-layer header, on the queue that client's frames arrive on.
     fn transmit(&mut self, now: Instant) {
-        self.stack.egress(self.smol_now(now));
-        self.send_stack_tx();
+        self.send_stack_tx(now);
         for (index, header, packet) in self.control_tx.drain(..) {
             self.queues[index].transmit(header.as_bytes(), &packet);
         }
@@ -771,16 +795,18 @@ impl<E: Pop3Engine> Dataplane<E> {
         }
     }
 
-    /// Hands smoltcp's pending packets to the TX rings; the sequence tracker sees each.
-    /// Packets of flows that have no connection (any more) have nowhere to go.
-    fn send_stack_tx(&mut self) {
+    /// Lets smoltcp send what its sockets have queued (data, ACKs, retransmissions) and
+    /// hands the packets to the TX rings; the sequence tracker sees each. Packets of flows
+    /// that have no connection (any more) have nowhere to go.
+    fn send_stack_tx(&mut self, now: Instant) {
+        let smol_now = self.smol_now(now);
         let Self {
-            stack,
+            stacks,
             queues,
             conns,
             ..
         } = self;
-        stack.drain_tx(|packet| {
+        stacks.egress(smol_now, |packet| {
             let Some((client, server, sent)) = stack::packet_meta(packet) else {
                 return;
             };

@@ -6,9 +6,8 @@
 //! reply would go to the kernel, not to us). A listening socket is created for the exact
 //! destination of each SYN just before the SYN is processed.
 //!
-//! There is one `Stack` for every connection of the dataplane (bounded by `--max-conns`);
 //! smoltcp scans its socket set linearly for every packet, so the cost of a packet grows
-//! with the connections open.
+//! with the connections of its `Stack`: [`super::stacks`] spreads flows over many.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -240,6 +239,10 @@ impl Stack {
 
     pub fn socket(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut::<tcp::Socket>(handle)
+    }
+
+    pub fn peek(&self, handle: SocketHandle) -> &tcp::Socket<'static> {
+        self.sockets.get::<tcp::Socket>(handle)
     }
 
     pub fn remove(&mut self, handle: SocketHandle) {
