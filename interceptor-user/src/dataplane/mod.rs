@@ -2,6 +2,10 @@
 //! TCP terminated by smoltcp, POP3 bytes to and from the engine, upstream connections on
 //! tokio, frames out.
 //!
+//! Longer than 600 lines: the one loop and the steps of a pass in order; the pieces with
+//! a job of their own (frames, stacks, connections, sources, RFC 5961, frame queues) are
+//! its submodules.
+//!
 //! One thread runs the whole loop (`poll(2)` on the frame queues, the upstream eventfd
 //! and the signalfd), so connection state needs no locks. Data flows one way through
 //! each step: frames -> [`frame::parse`] -> [`stack::Stack`] -> [`Pop3Engine`] ->

@@ -1,5 +1,10 @@
 //! One client connection through the patent's state machine.
 //!
+//! Longer than 600 lines: the states and every transition between them are one `match`
+//! over one session; split across files, a state would sit apart from its transitions.
+//! The rules that decide a check live in their own modules (`check_rules` and the
+//! policies it calls).
+//!
 //! The client is greeted locally (or, for a mail server whose greeting carries an APOP
 //! timestamp, with that server's own greeting) and the mail server is reached only when
 //! a decision needs it. Commands are processed one at a time, in order: while an

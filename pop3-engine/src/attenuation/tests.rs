@@ -1,5 +1,8 @@
 //! One test per bullet of the patent's "States, Events, and Actions", with a fake clock
 //! and exact bytes in both directions; then property tests against a fake mail server.
+//!
+//! Longer than 600 lines: one transcript per behaviour of the state machine, sharing the
+//! harness helpers at the top; the newer rules have files of their own under `tests/`.
 
 use std::time::{Duration, Instant};
 

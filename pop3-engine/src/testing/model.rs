@@ -1,6 +1,9 @@
 //! A model mail server and a fake network around an engine, judging the engine's safety
 //! properties as the bytes move.
 //!
+//! Longer than 600 lines: the model server, the network and the judge share one state
+//! (what each side was told and when); apart, every property would reach across files.
+//!
 //! The property tests (`attenuation::tests::model`) and the engine fuzz target (`fuzz/`)
 //! drive the same [`World`]: the property tests carry every action out at once
 //! ([`World::settle`]), the fuzzer chooses when each piece of the network moves. A broken
