@@ -1,13 +1,14 @@
 //! The packet path in userspace: frames in (AF_XDP sockets, or the TC dataplane's TAP),
-//! TCP terminated by smoltcp, POP3 bytes to and from the engine, upstream connections on
-//! tokio, frames out.
+//! TCP terminated by smoltcp, POP3 bytes to and from the engine and the upstream
+//! connections, frames out.
 //!
 //! Longer than 600 lines: the one loop and the steps of a pass in order; the pieces with
 //! a job of their own (frames, stacks, connections, sources, RFC 5961, frame queues) are
 //! its submodules.
 //!
-//! One thread runs the whole loop (`poll(2)` on the frame queues, the upstream eventfd
-//! and the signalfd), so connection state needs no locks. Data flows one way through
+//! One thread runs the whole loop (`poll(2)` on the frame queues, the upstream sockets'
+//! epoll descriptor, the operator eventfd and the signalfd), so connection state needs
+//! no locks. Data flows one way through
 //! each step: frames -> [`frame::parse`] -> [`stack::Stack`] -> [`Pop3Engine`] ->
 //! actions -> stack -> frames.
 
@@ -89,7 +90,7 @@ pub enum DataplaneError {
     Tap(#[from] TapError),
     #[error("no interface named {0:?}")]
     NoSuchInterface(String),
-    #[error("starting the upstream runtime: {0}")]
+    #[error("starting the upstream poller or the operator runtime: {0}")]
     Runtime(std::io::Error),
     #[error("poll: {0}")]
     Poll(std::io::Error),
@@ -180,7 +181,7 @@ pub struct Dataplane<E> {
 
 impl<E: Pop3Engine> Dataplane<E> {
     /// Opens one AF_XDP socket per RX queue of the interface (or the TAP) and starts the
-    /// upstream runtime. The sockets still have to be put into the XSKMAP (see
+    /// operator runtime. The sockets still have to be put into the XSKMAP (see
     /// [`Self::sockets`]), or the TAP into the classifier's config (see [`Self::tap`]).
     pub fn new(config: DataplaneConfig, engine: E) -> Result<Self, DataplaneError> {
         let queues = match config.source {
