@@ -20,9 +20,10 @@ pub fn print_table_memory(m: &TableMemory) {
         }
     );
     println!(
-        "  (size_of Entry {} B, UserKey {} B; the rest is the hash map's slots (key and entry \
-         pointers) and control bytes, the Arc header and the timer list's B-tree nodes; \
-         usernames of up to 22 bytes are inside the key)",
+        "  (size_of Entry {} B, UserKey {} B: with the timer list's 8 bytes of links they \
+         make a 160-byte slot, allocated 4,096 at a time; the rest is the index, a hash \
+         table of 4-byte slot numbers and control bytes; usernames of up to 22 bytes are \
+         inside the key)",
         m.entry_struct_bytes, m.key_struct_bytes
     );
     let l = &m.leave_on_server;
@@ -52,8 +53,8 @@ pub struct TableMemory {
     /// Net glibc in-use bytes (malloc overhead included), per entry.
     pub malloc_bytes_per_entry: f64,
     pub username_len: usize,
-    /// `size_of::<Entry>()` and `size_of::<UserKey>()`: what each map slot and each shared key
-    /// hold before the map's, the timer list's and malloc's overheads.
+    /// `size_of::<Entry>()` and `size_of::<UserKey>()`: what each slot of the table holds
+    /// before the timer list's links, the index and malloc's overheads.
     pub entry_struct_bytes: usize,
     pub key_struct_bytes: usize,
     pub elapsed_s: f64,
