@@ -21,6 +21,22 @@ pub fn cargo() -> Command {
     c
 }
 
+/// `cargo SUBCOMMAND` of pop3-engine in release with its `testing` feature: the build of
+/// its measurements and its simulation.
+pub fn engine_testing(subcommand: &str) -> Command {
+    let mut c = cargo();
+    c.args([
+        subcommand,
+        "--release",
+        "--quiet",
+        "-p",
+        "pop3-engine",
+        "--features",
+        "testing",
+    ]);
+    c
+}
+
 /// The target folder cargo uses (honours CARGO_TARGET_DIR and .cargo/config.toml).
 pub fn target_dir() -> Result<PathBuf> {
     let out = cargo()
