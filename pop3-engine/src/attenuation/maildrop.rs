@@ -229,23 +229,52 @@ mod tests {
             (&*empty.list(), &*empty.uidl()),
             (&b"+OK\r\n.\r\n"[..], &b"+OK\r\n.\r\n"[..])
         );
-        // Not packed: numbers that are not 1, 2, ... as written, LF alone, an empty value,
-        // a CR inside a value.
-        for list in [
-            &b"+OK\r\n01 1000\r\n2 2000\r\n.\r\n"[..],
-            b"+OK\r\n2 1000\r\n1 2000\r\n.\r\n",
-            b"+OK\r\n1 1000\n2 2000\r\n.\r\n",
-            b"+OK\r\n1 1000\r\n2 \r\n.\r\n",
-            b"+OK\r\n1 10\r00\r\n2 2000\r\n.\r\n",
-            b"+OK\r\n1  1000\r\n2 2000\r\n.\r\n",
-        ] {
+        let kept_as_sent: [(&[u8], &str); 6] = [
+            (
+                b"+OK\r\n01 1000\r\n2 2000\r\n.\r\n",
+                "a number not as written",
+            ),
+            (b"+OK\r\n2 1000\r\n1 2000\r\n.\r\n", "numbers out of order"),
+            (b"+OK\r\n1 1000\n2 2000\r\n.\r\n", "a bare LF"),
+            (b"+OK\r\n1 1000\r\n2 \r\n.\r\n", "an empty value"),
+            (b"+OK\r\n1 10\r00\r\n2 2000\r\n.\r\n", "a CR in a value"),
+            (
+                b"+OK\r\n1 1000\r\n2 2000\r\n.\r\nX",
+                "bytes after the dot line",
+            ),
+        ];
+        // A value may start with a space: it is still written back as it was.
+        let spaced = Maildrop::new(STAT, b"+OK\r\n1  1000\r\n2 2000\r\n.\r\n", UIDL).unwrap();
+        assert_ne!(spaced.list_at & PACKED, 0);
+        assert_eq!(&*spaced.list(), b"+OK\r\n1  1000\r\n2 2000\r\n.\r\n");
+        for (list, why) in kept_as_sent {
             let m = Maildrop::new(STAT, list, UIDL).unwrap();
-            let shown = String::from_utf8_lossy(list);
-            assert_eq!(&*m.list(), list, "{shown}");
-            assert_eq!(&*m.uidl(), UIDL, "{shown}");
-            assert_eq!(m.stat(), STAT, "{shown}");
+            assert_eq!(m.list_at & PACKED, 0, "{why}");
+            assert_eq!(&*m.list(), list, "{why}");
+            assert_eq!((m.stat(), &*m.uidl()), (STAT, UIDL), "{why}");
         }
         assert_eq!(packed.one(true, b"2").unwrap(), b"+OK 2 000000018cd\r\n");
+    }
+
+    proptest::proptest! {
+        /// Whatever the server sent, a packed answer unpacks to exactly those bytes.
+        #[test]
+        fn packing_never_changes_a_byte(
+            values in proptest::collection::vec("[ 0-9A-Fa-f\r\n.]{0,6}", 0..6),
+            skew in 0usize..3,
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+        ) {
+            let mut answer = b"+OK\r\n".to_vec();
+            for (i, v) in values.iter().enumerate() {
+                answer.extend_from_slice(format!("{} {v}\r\n", i + 1 + skew / 2).as_bytes());
+            }
+            answer.extend_from_slice(b".\r\n");
+            for bytes in [answer, [&raw[..], b".\r\n"].concat()] {
+                if let Some(packed) = pack(&bytes) {
+                    proptest::prop_assert_eq!(unpack(&packed), bytes);
+                }
+            }
+        }
     }
 
     #[test]
