@@ -49,12 +49,7 @@ impl Session {
     }
 
     /// Starts the front step; `false` when it now waits for the server.
-    fn start_step(
-        &mut self,
-        sh: &mut Shared,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) -> bool {
+    fn start_step(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) -> bool {
         let send = match self.steps.front_mut().expect("a step") {
             Step::LocalCapa => {
                 let mut capa = Vec::new();
@@ -213,12 +208,7 @@ impl Session {
     }
 
     /// The server spoke while nothing was asked of it.
-    fn unexpected_answer(
-        &mut self,
-        sh: &mut Shared,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
+    fn unexpected_answer(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) {
         if self.upstream_needed() {
             self.breach(sh, now, out);
         } else {
