@@ -11,7 +11,7 @@ use std::{
 };
 
 use pop3_interceptor::cache::store::{Limits, Store, UserId};
-use pop3_interceptor_e2e::clients::RawSession;
+use pop3_interceptor_e2e::clients::{PoplibOptions, RawSession, poplib};
 use pop3_interceptor_e2e::dovecot::make_message;
 use pop3_interceptor_e2e::topology::server_pop3_v4;
 use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
@@ -30,14 +30,19 @@ struct Mail {
 }
 
 impl Mail {
-    /// The message itself: dot-stuffing and the `.` line removed.
+    /// The message itself, as the cache keeps it: dot-stuffing and the `.` line removed,
+    /// and the line end Dovecot adds to a message that does not end with one (its size,
+    /// the octets of the status line, does not count it).
     fn message(&self) -> Vec<u8> {
-        let body = &self.retr[self.retr.iter().position(|&b| b == b'\n').unwrap() + 1..];
-        let body = &body[..body.len() - 3];
+        let status_end = self.retr.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let status = String::from_utf8_lossy(&self.retr[..status_end]);
+        let octets: usize = status.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = &self.retr[status_end..self.retr.len() - 3];
         let mut message = Vec::new();
         for line in body.split_inclusive(|&b| b == b'\n') {
             message.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
         }
+        message.truncate(octets);
         message
     }
 }
@@ -111,27 +116,34 @@ fn cache_file(dir: &Path, uidl: &str) -> Option<PathBuf> {
     })
 }
 
-/// Dovecot's `retr=N/BYTES` of alice's sessions that ended, oldest first.
-fn retr_counts(dc: &Dovecot) -> Vec<String> {
-    dc.log_lines_matching("retr=")
+/// Dovecot's `field=N/BYTES` (`retr`, `top`) of alice's sessions that ended, oldest
+/// first.
+fn logout_counts(dc: &Dovecot, field: &str) -> Vec<String> {
+    let field = format!("{field}=");
+    dc.log_lines_matching(&field)
         .into_iter()
         .filter(|line| line.contains("pop3(alice)"))
         .filter_map(|line| {
-            let at = line.find("retr=")?;
+            let at = line.find(&field)?;
             Some(line[at..].split(',').next()?.to_owned())
         })
         .collect()
 }
 
-/// Waits for Dovecot to log the end of alice's `n`-th session; returns its `retr=`.
-fn nth_logout(dc: &Dovecot, n: usize) -> String {
+/// Waits for Dovecot to log the end of alice's `n`-th session; returns its `field=`.
+fn nth_logout_of(dc: &Dovecot, n: usize, field: &str) -> String {
     for _ in 0..100 {
-        if let Some(retr) = retr_counts(dc).get(n - 1) {
-            return retr.clone();
+        if let Some(count) = logout_counts(dc, field).get(n - 1) {
+            return count.clone();
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("no logout {n} in\n{}", dc.log_text());
+}
+
+/// The `retr=` of alice's `n`-th session.
+fn nth_logout(dc: &Dovecot, n: usize) -> String {
+    nth_logout_of(dc, n, "retr")
 }
 
 fn deliver_three(dc: &Dovecot) {
@@ -257,4 +269,87 @@ fn a_message_deleted_behind_the_edge_is_never_served_and_a_mismatch_drops_the_ca
         None,
         "all of alice's cache"
     );
+}
+
+/// Stored files in every shape Dovecot's TOP tells apart: bare LF and CRLF, lines that
+/// start with `.`, headers without a blank line, a blank line without a body, a last
+/// line without its line end.
+const SHAPES: [&[u8]; 5] = [
+    b"From: a@example.org\nSubject: lf\n\nfirst\n.dot\n..two\n\nlast\n",
+    b"From: a@example.org\r\nSubject: crlf\r\n\r\none\r\n.two\r\nthree\r\n",
+    b"From: a@example.org\nSubject: headers only\n",
+    b"From: a@example.org\nSubject: empty body\n\n",
+    b"From: a@example.org\nSubject: no end\n\nline one\nno line end",
+];
+const TOP_LINES: [u32; 5] = [0, 1, 2, 3, 100];
+
+/// `TOP n lines` of every message for every count in [`TOP_LINES`], as answered.
+fn tops(s: &mut RawSession, count: usize) -> Vec<Vec<u8>> {
+    let mut answers = Vec::new();
+    for n in 1..=count {
+        for lines in TOP_LINES {
+            let status = s.command(&format!("TOP {n} {lines}")).unwrap();
+            let mut answer = status.clone().into_bytes();
+            assert!(status.starts_with("+OK"), "TOP {n} {lines}: {status}");
+            answer.extend(s.read_multiline().unwrap());
+            answers.push(answer);
+        }
+    }
+    answers
+}
+
+/// poplib's `top` of every message for every count in [`TOP_LINES`].
+fn poplib_tops(topo: &Topology) -> String {
+    let opts = PoplibOptions {
+        retr: false,
+        top: (1..=SHAPES.len() as u32)
+            .flat_map(|n| TOP_LINES.map(|lines| (n, lines)))
+            .collect(),
+        ..PoplibOptions::default()
+    };
+    let transcript = poplib(topo, server_pop3_v4(), "alice", "alice-pw", &opts).unwrap();
+    assert!(transcript.ok(), "{}", transcript.normalized());
+    // Everything after the greeting (the edge greets with its own).
+    let text = transcript.normalized();
+    text.split_once('\n').unwrap().1.to_owned()
+}
+
+#[test]
+fn top_is_answered_from_the_edge_byte_for_byte_as_dovecot_answers_it() {
+    let topo = Topology::new().unwrap();
+    let dc = Dovecot::start(&topo).unwrap();
+    for shape in SHAPES {
+        dc.deliver("alice", shape).unwrap();
+    }
+    // Directly: every message, then every TOP, raw and through poplib.
+    let direct = mails(&topo, Node::Client);
+    assert_eq!(direct.len(), SHAPES.len());
+    let mut s = login(&topo, Node::Client);
+    let direct_tops = tops(&mut s, SHAPES.len());
+    quit(s);
+    let direct_poplib = poplib_tops(&topo);
+    let asked = format!("top={}/", direct_tops.len());
+    assert!(
+        nth_logout_of(&dc, 2, "top").starts_with(&asked),
+        "from Dovecot"
+    );
+    let cache = topo.dir().join("cache");
+    fill(&cache, &direct);
+
+    // Through the edge: the same bytes, and Dovecot sent none of them.
+    let _ic = interceptor(&topo, &cache);
+    let mut s = login(&topo, Node::Client);
+    let edge_tops = tops(&mut s, SHAPES.len());
+    quit(s);
+    for (i, (edge, direct)) in edge_tops.iter().zip(&direct_tops).enumerate() {
+        let (n, lines) = (i / TOP_LINES.len() + 1, TOP_LINES[i % TOP_LINES.len()]);
+        assert_eq!(
+            edge.escape_ascii().to_string(),
+            direct.escape_ascii().to_string(),
+            "TOP {n} {lines}"
+        );
+    }
+    assert_eq!(nth_logout_of(&dc, 4, "top"), "top=0/0");
+    assert_eq!(poplib_tops(&topo), direct_poplib);
+    assert_eq!(nth_logout_of(&dc, 5, "top"), "top=0/0");
 }

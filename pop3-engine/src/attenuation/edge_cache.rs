@@ -1,6 +1,6 @@
-//! Serving RETR from the edge's copy of a user's mail (the patent's cache aspect).
+//! Serving RETR and TOP from the edge's copy of a user's mail (the patent's cache aspect).
 //!
-//! In a session that passes through, a RETR is preceded by `UIDL n` and `LIST n` to the
+//! In a session that passes through, a RETR or TOP is preceded by `UIDL n` and `LIST n` to the
 //! server: the server's own unique-id and size for message n, in the maildrop it has
 //! locked for this session, are the synchronisation handshake. Only a cached copy with
 //! that UIDL and size is served; the daemon checks its file and answers with
@@ -31,25 +31,56 @@ pub fn scan_value<'a>(line: &'a [u8], n: &[u8]) -> Option<&'a [u8]> {
     words.next().is_none().then_some(value)
 }
 
-/// The server's answer to RETR for a message of these bytes: Dovecot's status line,
-/// the message dot-stuffed (RFC 1939 3), and the terminating `.` line.
-pub fn retr_answer(message: &[u8]) -> Vec<u8> {
-    let mut answer = format!("+OK {} octets\r\n", message.len()).into_bytes();
+/// The arguments of `TOP n lines` (digits only): the message number and the lines.
+pub fn top_arguments(rest: &[u8]) -> Option<(&[u8], u64)> {
+    let mut args = rest.split(|&b| b == b' ').filter(|a| !a.is_empty());
+    let n = message_number(args.next()?)?;
+    let lines = args.next().filter(|l| (1..=10).contains(&l.len()))?;
+    let lines = std::str::from_utf8(lines).ok()?.parse().ok()?;
+    args.next().is_none().then_some((n, lines))
+}
+
+/// The server's answer to RETR (`top`: `None`) or to `TOP n lines` of a message of these
+/// bytes, as Dovecot sends it: its status line, then the message dot-stuffed (RFC 1939
+/// 3); for TOP only the headers, the blank line and `lines` body lines; CRLF added when
+/// what was sent does not end a line (an empty message too); the `.` line.
+///
+/// Dovecot counts body lines from the first line that starts with CR or LF (the end of
+/// the headers), and a message without one is all headers. It leaves a `.` at the very
+/// start of a message unstuffed, which ends the answer early; here it is stuffed (such a
+/// message is no RFC 5322 message, and a broken frame is not worth copying).
+pub fn fetch_answer(message: &[u8], top: Option<u64>) -> Vec<u8> {
+    let mut answer = match top {
+        None => format!("+OK {} octets\r\n", message.len()).into_bytes(),
+        Some(_) => b"+OK\r\n".to_vec(),
+    };
     answer.reserve(message.len() + message.len() / 64 + 5);
+    // The blank line after the headers counts as the first body line.
+    let mut lines_left = top.map(|n| n.saturating_add(1));
+    let mut in_body = false;
+    let mut last = None;
     for line in message.split_inclusive(|&b| b == b'\n') {
+        if lines_left == Some(0) {
+            break;
+        }
+        in_body |= matches!(line.first(), Some(b'\r' | b'\n'));
         if line.first() == Some(&b'.') {
             answer.push(b'.');
         }
         answer.extend_from_slice(line);
+        last = line.last().copied();
+        if in_body && last == Some(b'\n') {
+            lines_left = lines_left.map(|n| n - 1);
+        }
     }
-    if !message.is_empty() && !message.ends_with(b"\r\n") {
+    if last != Some(b'\n') {
         answer.extend_from_slice(b"\r\n");
     }
     answer.extend_from_slice(b".\r\n");
     answer
 }
 
-/// What the server said about the message a RETR asks for.
+/// What the server said about the message a RETR or TOP asks for.
 #[derive(Debug, Default)]
 pub struct Lookup {
     pub uidl: Option<Vec<u8>>,
@@ -103,11 +134,37 @@ mod tests {
     #[test]
     fn retr_answer_is_what_dovecot_sends() {
         assert_eq!(
-            retr_answer(b"Subject: x\r\n\r\n.hidden\r\n..two\r\nend.\r\n"),
+            fetch_answer(b"Subject: x\r\n\r\n.hidden\r\n..two\r\nend.\r\n", None),
             b"+OK 36 octets\r\nSubject: x\r\n\r\n..hidden\r\n...two\r\nend.\r\n.\r\n"
         );
-        assert_eq!(retr_answer(b""), b"+OK 0 octets\r\n.\r\n");
-        assert_eq!(retr_answer(b".\r\n"), b"+OK 3 octets\r\n..\r\n.\r\n");
+        assert_eq!(fetch_answer(b"", None), b"+OK 0 octets\r\n\r\n.\r\n");
+        assert_eq!(fetch_answer(b".\r\n", None), b"+OK 3 octets\r\n..\r\n.\r\n");
+        assert_eq!(
+            fetch_answer(b"S: x\r\n\r\nno end", None),
+            b"+OK 14 octets\r\nS: x\r\n\r\nno end\r\n.\r\n"
+        );
+    }
+
+    /// The cases Dovecot 2.3's `fetch_callback` distinguishes, with what it sent for
+    /// them (the e2e test `edge_cache` compares every one with the real server).
+    #[test]
+    fn top_answer_is_what_dovecot_sends() {
+        let m = b"A: 1\r\nB: 2\r\n\r\none\r\n.two\r\nthree\r\n";
+        let top = |n| fetch_answer(m, Some(n));
+        assert_eq!(top(0), b"+OK\r\nA: 1\r\nB: 2\r\n\r\n.\r\n");
+        assert_eq!(top(1), b"+OK\r\nA: 1\r\nB: 2\r\n\r\none\r\n.\r\n");
+        assert_eq!(top(2), b"+OK\r\nA: 1\r\nB: 2\r\n\r\none\r\n..two\r\n.\r\n");
+        let whole = b"+OK\r\nA: 1\r\nB: 2\r\n\r\none\r\n..two\r\nthree\r\n.\r\n";
+        assert_eq!(top(3), whole);
+        assert_eq!(top(u64::MAX), whole);
+        // Headers only: all of it, whatever the count.
+        assert_eq!(fetch_answer(b"A: 1\r\n", Some(0)), b"+OK\r\nA: 1\r\n.\r\n");
+        // A body whose last line has no line end gets one.
+        assert_eq!(
+            fetch_answer(b"A: 1\r\n\r\nlast", Some(5)),
+            b"+OK\r\nA: 1\r\n\r\nlast\r\n.\r\n"
+        );
+        assert_eq!(fetch_answer(b"", Some(0)), b"+OK\r\n\r\n.\r\n");
     }
 
     #[test]
@@ -125,6 +182,18 @@ mod tests {
         assert_eq!(message_number(b" 7 "), Some(&b"7"[..]));
         for bad in [&b""[..], b"1 2", b"x", b"-1", b"12345678901", b"1\tx"] {
             assert_eq!(message_number(bad), None, "{bad:?}");
+        }
+        assert_eq!(top_arguments(b"3 10"), Some((&b"3"[..], 10)));
+        assert_eq!(top_arguments(b" 3  0 "), Some((&b"3"[..], 0)));
+        for bad in [
+            &b"3"[..],
+            b"3 x",
+            b"3 -1",
+            b"3 1 2",
+            b"x 1",
+            b"3 12345678901",
+        ] {
+            assert_eq!(top_arguments(bad), None, "{bad:?}");
         }
     }
 

@@ -149,13 +149,13 @@ enum Step {
     Tunnel(Secret),
     /// Answer the client's CAPA, now that the server's capabilities are known.
     LocalCapa,
-    /// `UIDL n` before a RETR or DELE (`dele`) of message n, for the edge cache.
+    /// `UIDL n` before a RETR, TOP or DELE (`dele`) of message n, for the edge cache.
     CacheId { n: Vec<u8>, dele: bool },
-    /// `LIST n` before a RETR of message n, for the edge cache.
+    /// `LIST n` before a RETR or TOP of message n, for the edge cache.
     CacheSize { n: Vec<u8> },
-    /// The RETR `line`: from the edge's copy if the server's UIDL and size match one
-    /// (in flight while the daemon looks), else relayed.
-    FromCache { line: Vec<u8> },
+    /// The RETR or TOP (`top`: its line count) `line`: from the edge's copy if the
+    /// server's UIDL and size match one (in flight while the daemon looks), else relayed.
+    FromCache { line: Vec<u8>, top: Option<u64> },
 }
 
 /// What the held QUIT's STAT, LIST and UIDL showed, kept until the QUIT succeeds.
@@ -227,7 +227,7 @@ pub struct Session {
     client_eof: bool,
     /// When the session is closed for idleness (autologout).
     pub deadline: Instant,
-    /// What the server said about the message of the RETR being looked up.
+    /// What the server said about the message of the RETR or TOP being looked up.
     lookup: Lookup,
     /// The messages this session deleted, for the edge cache.
     cache_deleted: Deleted,

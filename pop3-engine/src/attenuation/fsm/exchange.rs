@@ -113,7 +113,7 @@ impl Session {
             Step::Quit => Some(b"QUIT\r\n".to_vec()),
             Step::CacheId { n, .. } => Some([b"UIDL ", &n[..], b"\r\n"].concat()),
             Step::CacheSize { n } => Some([b"LIST ", &n[..], b"\r\n"].concat()),
-            Step::FromCache { line } => match std::mem::take(&mut self.lookup).complete() {
+            Step::FromCache { line, .. } => match std::mem::take(&mut self.lookup).complete() {
                 Some((uidl, size)) => {
                     out.push(Action::CacheRead {
                         user: self.cache_user(),

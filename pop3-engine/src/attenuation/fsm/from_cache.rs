@@ -1,27 +1,33 @@
-//! A passed-through RETR served from the edge cache once the server's UIDL and size
+//! A passed-through RETR or TOP served from the edge cache once the server's UIDL and size
 //! match the cached copy; DELEs remembered until the QUIT commits them (the rules are in
 //! [`super::super::edge_cache`]).
 
 use super::*;
 
 impl Session {
-    /// A passed-through command with the edge cache on: RETR and DELE of a message
-    /// first ask the server its UIDL (and, for RETR, size); see [`edge_cache`].
+    /// A passed-through command with the edge cache on: RETR, TOP and DELE of a message
+    /// first ask the server its UIDL (and, for RETR and TOP, size); see [`edge_cache`].
     pub(super) fn through_cache(&mut self, line: &[u8], cmd: &Command<'_>) {
+        let fetch = match cmd.verb {
+            Verb::Retr => edge_cache::message_number(cmd.rest).map(|n| (n, None)),
+            Verb::Top => edge_cache::top_arguments(cmd.rest).map(|(n, lines)| (n, Some(lines))),
+            _ => None,
+        };
+        if let Some((n, top)) = fetch {
+            return self.steps.extend([
+                Step::CacheId {
+                    n: n.to_vec(),
+                    dele: false,
+                },
+                Step::CacheSize { n: n.to_vec() },
+                Step::FromCache {
+                    line: line.to_vec(),
+                    top,
+                },
+            ]);
+        }
         let n = edge_cache::message_number(cmd.rest).map(<[u8]>::to_vec);
         match (cmd.verb, n) {
-            (Verb::Retr, Some(n)) => {
-                return self.steps.extend([
-                    Step::CacheId {
-                        n: n.clone(),
-                        dele: false,
-                    },
-                    Step::CacheSize { n },
-                    Step::FromCache {
-                        line: line.to_vec(),
-                    },
-                ]);
-            }
             (Verb::Dele, Some(n)) => self.steps.push_back(Step::CacheId { n, dele: true }),
             (Verb::Rset, _) => self.cache_deleted.clear(),
             _ => {}
@@ -38,7 +44,7 @@ impl Session {
         self.user.as_deref().unwrap_or_default().to_vec()
     }
 
-    /// The daemon's answer to [`Action::CacheRead`]: the RETR in flight is answered
+    /// The daemon's answer to [`Action::CacheRead`]: the RETR or TOP in flight is answered
     /// from the edge, or relayed to the server.
     pub fn cached(
         &mut self,
@@ -51,15 +57,12 @@ impl Session {
             return;
         }
         self.in_flight = false;
+        let Some(Step::FromCache { line, top }) = self.steps.pop_front() else {
+            unreachable!("checked above");
+        };
         match message {
-            Some(message) => {
-                out.push(Action::ToClient(edge_cache::retr_answer(message)));
-                self.steps.pop_front();
-            }
+            Some(message) => out.push(Action::ToClient(edge_cache::fetch_answer(message, top))),
             None => {
-                let Some(Step::FromCache { line }) = self.steps.pop_front() else {
-                    unreachable!("checked above");
-                };
                 self.steps.push_front(Step::Relay {
                     line,
                     expect: Expect::MultiOnOk,

@@ -70,6 +70,60 @@ fn a_retr_whose_uidl_and_size_match_is_answered_from_the_edge() {
 }
 
 #[test]
+fn a_top_whose_uidl_and_size_match_is_answered_from_the_edge() {
+    let mut h = cache_engine();
+    logged_in(&mut h, 1);
+    for (top, answer) in [
+        (
+            &b"TOP 1 0\r\n"[..],
+            &b"+OK\r\nSubject: cached\r\n\r\n.\r\n"[..],
+        ),
+        (
+            b"TOP 1 1\r\n",
+            b"+OK\r\nSubject: cached\r\n\r\n..starts with a dot\r\n.\r\n",
+        ),
+        (
+            b"TOP 1 99\r\n",
+            b"+OK\r\nSubject: cached\r\n\r\n..starts with a dot\r\nend\r\n.\r\n",
+        ),
+    ] {
+        assert_eq!(h.client(1, top), [to_upstream(b"UIDL 1\r\n")]);
+        assert_eq!(
+            h.server(1, b"+OK 1 000001ab\r\n"),
+            [to_upstream(b"LIST 1\r\n")]
+        );
+        let size = format!("+OK 1 {}\r\n", MESSAGE.len());
+        assert_eq!(
+            h.server(1, size.as_bytes()),
+            [Action::CacheRead {
+                user: b"alice".to_vec(),
+                uidl: b"000001ab".to_vec(),
+                size: MESSAGE.len() as u64,
+            }]
+        );
+        assert_eq!(
+            h.event(1, Event::Cached(Some(MESSAGE))),
+            [to_client(answer)]
+        );
+    }
+    // A miss: the TOP itself goes to the server.
+    assert_eq!(h.client(1, b"TOP 1 0\r\n"), [to_upstream(b"UIDL 1\r\n")]);
+    h.server(1, b"+OK 1 000001ab\r\n");
+    h.server(1, format!("+OK 1 {}\r\n", MESSAGE.len()).as_bytes());
+    assert_eq!(
+        h.event(1, Event::Cached(None)),
+        [to_upstream(b"TOP 1 0\r\n")]
+    );
+    let from_server = b"+OK\r\nSubject: cached\r\n\r\n.\r\n";
+    assert_eq!(h.server(1, from_server), [to_client(from_server)]);
+    // Not a message number and a line count: straight to the server.
+    for odd in [&b"TOP 1\r\n"[..], b"TOP 1 -1\r\n", b"TOP x 1\r\n"] {
+        assert_eq!(h.client(1, odd), [to_upstream(odd)]);
+        assert_eq!(h.server(1, b"-ERR no\r\n"), [to_client(b"-ERR no\r\n")]);
+    }
+}
+
+#[test]
 fn a_miss_is_relayed_to_the_server() {
     let mut h = cache_engine();
     logged_in(&mut h, 1);
