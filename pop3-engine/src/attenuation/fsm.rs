@@ -38,7 +38,7 @@ use super::{
     Shared,
     caps::{ServerCaps, has_apop_timestamp},
     check_rules::{self, Check, Outcome},
-    edge_cache::{self, Deleted, Lookup},
+    edge_cache::{self, Deleted, Lookup, Numbering},
     maildrop::{MAX_MAILDROP, Maildrop},
     table::{UserKey, UserName},
     verifier::Verifier,
@@ -149,9 +149,14 @@ enum Step {
     Tunnel(Secret),
     /// Answer the client's CAPA, now that the server's capabilities are known.
     LocalCapa,
-    /// `UIDL n` before a RETR, TOP or DELE (`dele`) of message n, for the edge cache.
+    /// `UIDL` (`uidl`) or `LIST`, once per session before its first RETR or TOP, for the
+    /// edge cache.
+    CacheList { uidl: bool },
+    /// `UIDL n` before a RETR, TOP or DELE (`dele`) of message n, for the edge cache
+    /// (answered from the session's listing when it has one).
     CacheId { n: Vec<u8>, dele: bool },
-    /// `LIST n` before a RETR or TOP of message n, for the edge cache.
+    /// `LIST n` before a RETR or TOP of message n, for the edge cache (answered from the
+    /// session's listing when it has one).
     CacheSize { n: Vec<u8> },
     /// The RETR or TOP (`top`: its line count) `line`: from the edge's copy if the
     /// server's UIDL and size match one (in flight while the daemon looks), else relayed.
@@ -231,6 +236,8 @@ pub struct Session {
     lookup: Lookup,
     /// The messages this session deleted, for the edge cache.
     cache_deleted: Deleted,
+    /// The server's numbering of this session's maildrop, for the edge cache.
+    numbering: Numbering,
 }
 
 impl Session {
@@ -263,6 +270,7 @@ impl Session {
             deadline,
             lookup: Lookup::default(),
             cache_deleted: Deleted::default(),
+            numbering: Numbering::Unknown,
         };
         if sh.greets_locally(info.server) {
             out.push(Action::ToClient(GREETING.to_vec()));

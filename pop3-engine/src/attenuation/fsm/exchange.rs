@@ -50,6 +50,9 @@ impl Session {
 
     /// Starts the front step; `false` when it now waits for the server.
     fn start_step(&mut self, sh: &mut Shared, now: Instant, out: &mut Vec<Action>) -> bool {
+        if self.answer_from_listing() {
+            return true;
+        }
         let send = match self.steps.front_mut().expect("a step") {
             Step::LocalCapa => {
                 let mut capa = Vec::new();
@@ -111,6 +114,8 @@ impl Session {
                 Some(b"UIDL\r\n".to_vec())
             }
             Step::Quit => Some(b"QUIT\r\n".to_vec()),
+            Step::CacheList { uidl: true } => Some(b"UIDL\r\n".to_vec()),
+            Step::CacheList { uidl: false } => Some(b"LIST\r\n".to_vec()),
             Step::CacheId { n, .. } => Some([b"UIDL ", &n[..], b"\r\n"].concat()),
             Step::CacheSize { n } => Some([b"LIST ", &n[..], b"\r\n"].concat()),
             Step::FromCache { line, .. } => match std::mem::take(&mut self.lookup).complete() {
@@ -172,7 +177,9 @@ impl Session {
                 return self.unexpected_answer(sh, now, out);
             }
             let expect = match self.steps.front() {
-                Some(Step::Capa | Step::Snapshot { .. } | Step::Verify) => Expect::MultiOnOk,
+                Some(
+                    Step::Capa | Step::Snapshot { .. } | Step::Verify | Step::CacheList { .. },
+                ) => Expect::MultiOnOk,
                 Some(Step::Relay { expect, .. }) => *expect,
                 _ => Expect::Single,
             };
@@ -229,7 +236,10 @@ impl Session {
         let step = self.steps.front().expect("a step is in flight");
         let (line, kind, body) = match piece {
             Piece::Body(data, end) => {
-                if matches!(step, Step::Snapshot { .. } | Step::Verify) {
+                if let Step::CacheList { uidl } = step {
+                    let uidl = *uidl;
+                    self.numbering.collect(uidl, &data, end);
+                } else if matches!(step, Step::Snapshot { .. } | Step::Verify) {
                     let uidl = matches!(step, Step::Snapshot { uidl: true } | Step::Verify);
                     let verify = matches!(step, Step::Verify);
                     self.collect(uidl, &data);
@@ -326,13 +336,13 @@ impl Session {
                 self.finish(sh, now, out, true);
                 return false;
             }
+            Step::CacheList { .. } if ok => {}
+            // No listing: each message is asked about on its own.
+            Step::CacheList { .. } => self.numbering = Numbering::PerMessage,
             Step::CacheId { n, dele } => {
-                let uidl = edge_cache::scan_value(&line, n).filter(|_| ok);
-                match (uidl, *dele) {
-                    (Some(uidl), true) => self.cache_deleted.push(uidl),
-                    (uidl, false) => self.lookup.uidl = uidl.map(<[u8]>::to_vec),
-                    (None, true) => {}
-                }
+                let (n, dele) = (n.clone(), *dele);
+                let uidl = edge_cache::scan_value(&line, &n).filter(|_| ok);
+                self.learn_uidl(&n, uidl, dele);
             }
             Step::CacheSize { n } => {
                 let size = edge_cache::scan_value(&line, n).filter(|_| ok);

@@ -6,7 +6,9 @@ use super::*;
 
 impl Session {
     /// A passed-through command with the edge cache on: RETR, TOP and DELE of a message
-    /// first ask the server its UIDL (and, for RETR and TOP, size); see [`edge_cache`].
+    /// first learn the server's UIDL (and, for RETR and TOP, size) of it, from the
+    /// session's listing (asked at the first RETR or TOP) or from the server; see
+    /// [`edge_cache`].
     pub(super) fn through_cache(&mut self, line: &[u8], cmd: &Command<'_>) {
         let fetch = match cmd.verb {
             Verb::Retr => edge_cache::message_number(cmd.rest).map(|n| (n, None)),
@@ -14,6 +16,13 @@ impl Session {
             _ => None,
         };
         if let Some((n, top)) = fetch {
+            if matches!(self.numbering, Numbering::Unknown) {
+                self.numbering = Numbering::asking();
+                self.steps.extend([
+                    Step::CacheList { uidl: true },
+                    Step::CacheList { uidl: false },
+                ]);
+            }
             return self.steps.extend([
                 Step::CacheId {
                     n: n.to_vec(),
@@ -36,6 +45,39 @@ impl Session {
             line: line.to_vec(),
             expect: cmd.expect(),
         });
+    }
+
+    /// The front step, a `UIDL n` or `LIST n`, answered from the session's complete
+    /// listing without asking the server; `false` when there is none.
+    pub(super) fn answer_from_listing(&mut self) -> bool {
+        let (n, dele) = match self.steps.front() {
+            Some(Step::CacheId { n, dele }) => (n, Some(*dele)),
+            Some(Step::CacheSize { n }) => (n, None),
+            _ => return false,
+        };
+        let Some(found) = self.numbering.message(n) else {
+            return false;
+        };
+        let n = n.clone();
+        match dele {
+            Some(dele) => {
+                let uidl = found.map(|(uidl, _)| uidl.to_vec());
+                self.learn_uidl(&n, uidl.as_deref(), dele);
+            }
+            None => self.lookup.size = found.map(|(_, size)| size),
+        }
+        self.steps.pop_front();
+        true
+    }
+
+    /// The server's unique-id of message `n` (`None`: it named none): remembered for a
+    /// DELE (`dele`), looked up for a RETR or TOP unless this session deleted `n`.
+    pub(super) fn learn_uidl(&mut self, n: &[u8], uidl: Option<&[u8]>, dele: bool) {
+        if dele {
+            self.cache_deleted.push(n, uidl);
+        } else if !self.cache_deleted.has(n) {
+            self.lookup.uidl = uidl.map(<[u8]>::to_vec);
+        }
     }
 
     /// The username the edge cache files this session's mail under, as the client
