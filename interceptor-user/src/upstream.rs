@@ -6,6 +6,10 @@
 //! wakes up. Reading from the server is paced by credit the dataplane returns once the
 //! bytes reached the client's TCP buffer, so a fast server cannot fill our memory while a
 //! slow client drains a large RETR.
+//!
+//! The runtime's blocking threads also read the edge cache's files
+//! ([`Upstream::read_cache`]): a large message read from disk must not stall every other
+//! connection on the dataplane thread.
 
 use std::{
     net::SocketAddr,
@@ -30,14 +34,19 @@ use tokio::{
 pub const CREDIT: usize = 256 * 1024;
 /// Largest single read from a server.
 const READ_CHUNK: usize = 16 * 1024;
+/// Blocking threads of the runtime: edge-cache reads at once (each holds one message in
+/// memory), and name lookups.
+const BLOCKING_THREADS: usize = 4;
 
-/// What happened on an upstream connection.
+/// What happened on an upstream connection, or the answer to an edge-cache read.
 #[derive(Debug)]
 pub enum UpstreamEvent {
     Connected(ConnId),
     Data(ConnId, Vec<u8>),
     Closed(ConnId),
     Failed(ConnId),
+    /// The message [`Upstream::read_cache`] read, if sound.
+    Cached(ConnId, Option<Vec<u8>>),
 }
 
 enum Command {
@@ -125,6 +134,7 @@ impl Upstream {
     ) -> std::io::Result<(Self, mpsc::Receiver<UpstreamEvent>)> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            .max_blocking_threads(BLOCKING_THREADS)
             .thread_name("upstream")
             .enable_io()
             .enable_time()
@@ -144,6 +154,24 @@ impl Upstream {
     /// The runtime, for other I/O of the daemon (the notification endpoint).
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         self.runtime.handle()
+    }
+
+    /// Runs `read` (an edge-cache read: blocking file I/O) on a blocking thread; its
+    /// answer comes back as [`UpstreamEvent::Cached`] for `conn`.
+    pub fn read_cache(
+        &self,
+        conn: ConnId,
+        read: impl FnOnce() -> Option<Vec<u8>> + Send + 'static,
+    ) {
+        let notifier = Notifier {
+            conn,
+            events: self.events.clone(),
+            waker: self.waker.clone(),
+        };
+        self.runtime.spawn_blocking(move || {
+            let message = read();
+            notifier.send(|conn| UpstreamEvent::Cached(conn, message));
+        });
     }
 
     /// Starts connecting to `server` for `conn`.

@@ -38,7 +38,7 @@ use smoltcp::socket::tcp::State;
 use thiserror::Error;
 
 use crate::{
-    cache::EdgeCache,
+    cache::{self, SharedCache},
     signals::SignalFd,
     upstream::{Upstream, UpstreamEvent, Waker},
 };
@@ -168,8 +168,9 @@ pub struct Dataplane<E> {
     stats: DataplaneStats,
     epoch: Instant,
     last_housekeeping: Instant,
-    /// The edge cache (`--cache-dir`), read on this thread when the engine asks.
-    cache: Option<EdgeCache>,
+    /// The edge cache (`--cache-dir`), read on the upstream runtime's blocking threads
+    /// when the engine asks.
+    cache: Option<SharedCache>,
     /// When the last share of connections was looked at (see `service_conns`).
     last_round: Instant,
 }
@@ -252,12 +253,12 @@ impl<E: Pop3Engine> Dataplane<E> {
     }
 
     /// Answers the engine's edge-cache requests from `cache`.
-    pub fn set_cache(&mut self, cache: EdgeCache) {
+    pub fn set_cache(&mut self, cache: SharedCache) {
         self.cache = Some(cache);
     }
 
     /// The edge cache, when there is one.
-    pub fn cache(&self) -> Option<&EdgeCache> {
+    pub fn cache(&self) -> Option<&SharedCache> {
         self.cache.as_ref()
     }
 
@@ -496,6 +497,7 @@ impl<E: Pop3Engine> Dataplane<E> {
                 }
                 UpstreamEvent::Closed(id) => (*id, Event::UpstreamClosed),
                 UpstreamEvent::Failed(id) => (*id, Event::UpstreamFailed),
+                UpstreamEvent::Cached(id, message) => (*id, Event::Cached(message.as_deref())),
             };
             if self.conns.get_mut(id).is_none() {
                 continue;
@@ -596,22 +598,6 @@ impl<E: Pop3Engine> Dataplane<E> {
     }
 
     fn apply_outputs(&mut self, now: Instant) {
-        // The edge cache's answers are new events, whose actions are applied in turn.
-        let mut cached = Vec::new();
-        loop {
-            self.apply_actions(now, &mut cached);
-            if cached.is_empty() {
-                return;
-            }
-            for (id, message) in cached.drain(..) {
-                let message: Option<Vec<u8>> = message;
-                let event = Event::Cached(message.as_deref());
-                self.engine.handle(id, event, now, &mut self.outputs);
-            }
-        }
-    }
-
-    fn apply_actions(&mut self, now: Instant, cached: &mut Vec<(ConnId, Option<Vec<u8>>)>) {
         for Output { conn: id, action } in self.outputs.drain(..) {
             let Some(conn) = self.conns.get_mut(id) else {
                 continue;
@@ -637,15 +623,14 @@ impl<E: Pop3Engine> Dataplane<E> {
                 }
                 Action::CloseClient => conn.close_after_flush = true,
                 Action::CacheRead { user, uidl, size } => {
-                    let message = self
-                        .cache
-                        .as_mut()
-                        .and_then(|cache| cache.read(conn.server, &user, &uidl, size));
-                    cached.push((id, message));
+                    let (cache, server) = (self.cache.clone(), conn.server);
+                    self.upstream.read_cache(id, move || {
+                        cache::read(cache.as_ref()?, server, &user, &uidl, size)
+                    });
                 }
                 Action::CacheForget { user, uidls } => {
-                    if let Some(cache) = &mut self.cache {
-                        cache.forget(conn.server, &user, uidls.as_deref());
+                    if let Some(cache) = &self.cache {
+                        cache::lock(cache).forget(conn.server, &user, uidls.as_deref());
                     }
                 }
             }
