@@ -158,6 +158,9 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         Some(_) => Some(attachment.mirror()?),
         None => None,
     };
+    if let (Some(mirror), Some(cache)) = (&mut mirror, dataplane.cache()) {
+        mirror.set_cache(cache.clone());
+    }
     let mut excluded_at = std::time::Instant::now();
     let signal = loop {
         let signal = dataplane.run(&signals, |dp| {

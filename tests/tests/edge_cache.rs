@@ -15,6 +15,7 @@ use pop3_interceptor_e2e::clients::{PoplibOptions, RawSession, poplib};
 use pop3_interceptor_e2e::dovecot::make_message;
 use pop3_interceptor_e2e::topology::server_pop3_v4;
 use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
+use serde_json::Value;
 
 const LIMITS: Limits = Limits {
     per_user: 1 << 20,
@@ -166,6 +167,54 @@ fn interceptor(topo: &Topology, cache: &Path) -> Interceptor {
     Interceptor::start(topo, &["--interval", "0s", "--cache-dir", cache]).unwrap()
 }
 
+/// The `formatted` entry of `user` in a `bpftool -j map dump` of USERS.
+fn users_entry(ic: &Interceptor, user: &str) -> Value {
+    let dump = ic.dump_map("USERS").unwrap();
+    let entries = dump.as_array().expect("array dump").iter();
+    let mut formatted = entries.map(|e| e.get("formatted").cloned().unwrap_or_else(|| e.clone()));
+    formatted
+        .find(|e| e["key"]["user"] == user)
+        .unwrap_or_else(|| panic!("{user} not in USERS: {dump}"))
+}
+
+/// After alice's session read every message of `mails` from the edge: the pinned USERS
+/// map (read with the real bpftool) and `status` show what the cache holds and served.
+fn operator_sees(ic: &Interceptor, mails: &[Mail]) {
+    let bytes: usize = mails.iter().map(|m| m.message().len()).sum();
+    let alice = users_entry(ic, "alice");
+    assert_eq!(alice["value"]["cached_messages"], mails.len(), "{alice}");
+    assert_eq!(alice["value"]["cached_bytes"], bytes, "{alice}");
+    // STATS is published once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let pin_dir = ic.pin_dir().to_str().unwrap().to_owned();
+    let args = ["status", "--json", "--pin-dir", &pin_dir, "--user", "alice"];
+    let out = ic.cli(&args).unwrap().check("status --json").unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let engine = &status["engine"];
+    assert_eq!(engine["cache_hits"], mails.len(), "{status}");
+    assert_eq!(engine["cache_misses"], 0, "{status}");
+    assert_eq!(engine["cache_bytes_served"], bytes, "{status}");
+    assert_eq!(engine["cache_messages"], mails.len(), "{status}");
+    assert_eq!(engine["cache_bytes"], bytes, "{status}");
+    assert_eq!(engine["cache_evictions"], 0, "{status}");
+    assert_eq!(engine["cache_sync_mismatches"], 0, "{status}");
+    let users = status["users"].as_array().unwrap();
+    assert_eq!(users.len(), 1, "{status}");
+    assert_eq!(users[0]["cached_messages"], mails.len(), "{status}");
+    assert_eq!(users[0]["cached_bytes"], bytes, "{status}");
+    let text = ic.cli(&["status", "--pin-dir", &pin_dir]).unwrap();
+    let text = text.stdout_str();
+    let totals = format!(
+        "edge cache: {n} hits, 0 misses, {bytes} bytes served",
+        n = mails.len()
+    );
+    assert!(text.contains(&totals), "{text}");
+    assert!(
+        text.contains(&format!(" {}/{bytes} ", mails.len())),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_cached_copy_is_served_byte_for_byte_checked_kept_across_a_restart_and_deleted_on_both_sides() {
     let topo = Topology::new().unwrap();
@@ -188,6 +237,7 @@ fn a_cached_copy_is_served_byte_for_byte_checked_kept_across_a_restart_and_delet
     }
     quit(s);
     assert_eq!(nth_logout(&dc, 2), "retr=0/0");
+    operator_sees(&ic, &direct);
 
     // Restarted, the daemon still has the copies.
     drop(ic);

@@ -95,6 +95,11 @@ impl EdgeCache {
         }
     }
 
+    /// Messages and bytes cached for `user` at `server`.
+    pub fn usage(&self, server: SocketAddr, user: &[u8]) -> (usize, u64) {
+        self.store.usage(UserId::new(server, user))
+    }
+
     /// The store itself, to fill it.
     pub fn store_mut(&mut self) -> &mut Store {
         &mut self.store

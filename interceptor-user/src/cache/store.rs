@@ -313,9 +313,11 @@ impl Store {
         })
     }
 
-    /// Bytes cached for `id`.
-    pub fn user_bytes(&self, id: UserId) -> u64 {
-        self.users.get(&id).map_or(0, |user| user.bytes)
+    /// Messages and bytes cached for `id`.
+    pub fn usage(&self, id: UserId) -> (usize, u64) {
+        self.users
+            .get(&id)
+            .map_or((0, 0), |user| (user.messages.len(), user.bytes))
     }
 
     /// Forgets and deletes message `uidl` of `id`.
