@@ -321,15 +321,16 @@ fn a_message_deleted_behind_the_edge_is_never_served_and_a_mismatch_drops_the_ca
     );
 }
 
-/// Stored files in every shape Dovecot's TOP tells apart: bare LF and CRLF, lines that
-/// start with `.`, headers without a blank line, a blank line without a body, a last
-/// line without its line end.
-const SHAPES: [&[u8]; 5] = [
+/// Stored files in every shape Dovecot's RETR and TOP tell apart: bare LF and CRLF,
+/// lines that start with `.`, headers without a blank line, a blank line without a body,
+/// a last line without its line end, nothing at all.
+const SHAPES: [&[u8]; 6] = [
     b"From: a@example.org\nSubject: lf\n\nfirst\n.dot\n..two\n\nlast\n",
     b"From: a@example.org\r\nSubject: crlf\r\n\r\none\r\n.two\r\nthree\r\n",
     b"From: a@example.org\nSubject: headers only\n",
     b"From: a@example.org\nSubject: empty body\n\n",
     b"From: a@example.org\nSubject: no end\n\nline one\nno line end",
+    b"",
 ];
 const TOP_LINES: [u32; 5] = [0, 1, 2, 3, 100];
 
@@ -365,7 +366,7 @@ fn poplib_tops(topo: &Topology) -> String {
 }
 
 #[test]
-fn top_is_answered_from_the_edge_byte_for_byte_as_dovecot_answers_it() {
+fn retr_and_top_of_every_shape_are_answered_from_the_edge_as_dovecot_answers_them() {
     let topo = Topology::new().unwrap();
     let dc = Dovecot::start(&topo).unwrap();
     for shape in SHAPES {
@@ -390,7 +391,13 @@ fn top_is_answered_from_the_edge_byte_for_byte_as_dovecot_answers_it() {
     let _ic = interceptor(&topo, &cache);
     let mut s = login(&topo, Node::Client);
     let edge_tops = tops(&mut s, SHAPES.len());
+    for (i, mail) in direct.iter().enumerate() {
+        let edge = retr(&mut s, i + 1);
+        let (edge, direct) = (edge.escape_ascii(), mail.retr.escape_ascii());
+        assert_eq!(edge.to_string(), direct.to_string(), "RETR {}", i + 1);
+    }
     quit(s);
+    assert_eq!(nth_logout(&dc, 4), "retr=0/0");
     for (i, (edge, direct)) in edge_tops.iter().zip(&direct_tops).enumerate() {
         let (n, lines) = (i / TOP_LINES.len() + 1, TOP_LINES[i % TOP_LINES.len()]);
         assert_eq!(
