@@ -7,7 +7,8 @@ const MESSAGE: &[u8] = b"Subject: cached\r\n\r\n.starts with a dot\r\nend\r\n";
 const RETR_ANSWER: &[u8] =
     b"+OK 44 octets\r\nSubject: cached\r\n\r\n..starts with a dot\r\nend\r\n.\r\n";
 
-fn cache_engine() -> Harness<AttenuationEngine> {
+/// An engine with the edge cache on that greets locally.
+pub(super) fn cache_engine() -> Harness<AttenuationEngine> {
     let config = Config {
         cache: true,
         ..config()
