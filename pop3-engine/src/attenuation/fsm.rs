@@ -36,22 +36,14 @@ use std::{collections::VecDeque, net::SocketAddr, sync::Arc, time::Instant};
 
 use super::{
     Shared,
-    caps::{ServerCaps, has_apop_timestamp},
-    check_rules::{self, Check, Outcome},
-    edge_cache::{self, Deleted, Lookup, Numbering},
-    maildrop::{MAX_MAILDROP, Maildrop},
+    edge_cache::{Deleted, Lookup, Numbering},
+    maildrop::Maildrop,
     table::{UserKey, UserName},
     verifier::Verifier,
 };
 use crate::{
-    codec::{
-        Command, CommandDecoder, Expect, Response, ResponseDecoder, StatusKind, Verb, trim_eol,
-    },
-    gate::{
-        self, Gate, LINE_TOO_LONG, MAX_EARLY, SERVER_UNAVAILABLE, TOO_MANY_PENDING,
-        without_xclient_code,
-    },
-    sasl::{PlainError, parse_plain},
+    codec::{CommandDecoder, Expect, ResponseDecoder, StatusKind},
+    gate::{Gate, MAX_EARLY, SERVER_UNAVAILABLE, TOO_MANY_PENDING},
     secret::Secret,
     session::{Action, ConnInfo},
 };

@@ -1,7 +1,14 @@
 //! A TRANSACTION with the terminate flag set: answered at the edge from the view the
 //! client was shown at its login, until only the server may answer.
 
-use super::*;
+use std::time::Instant;
+
+use super::{LOGGING_OUT, LoginMode, NO_SUCH_MESSAGE, Session, Step};
+use crate::{
+    attenuation::Shared,
+    codec::{Command, Verb},
+    session::Action,
+};
 
 impl Session {
     /// A TRANSACTION command with the terminate flag set: answered from the view the

@@ -2,7 +2,21 @@
 //! PLAIN, the check that decides between a local answer and the server, and the
 //! server's answer to a login (relayed, or replayed behind an attenuated session).
 
-use super::*;
+use std::{sync::Arc, time::Instant};
+
+use super::{Credentials, LOGGED_IN, LOGIN_DELAYED, LoginMode, Session, State, Step};
+use crate::{
+    attenuation::{
+        Shared,
+        check_rules::{self, Check, Outcome},
+        table::{UserKey, UserName},
+    },
+    codec::Command,
+    gate::{self, SERVER_UNAVAILABLE},
+    sasl::{PlainError, parse_plain},
+    secret::Secret,
+    session::Action,
+};
 
 impl Session {
     /// USER: the patent's None state (no entry: ask the server) or Idle state (local +OK).

@@ -1,7 +1,15 @@
 //! One complete client line, with no exchange in flight: checked by the command gate,
 //! then handled by the session's state.
 
-use super::*;
+use std::time::Instant;
+
+use super::{LOGGING_OUT, Link, Session, State, Step};
+use crate::{
+    attenuation::Shared,
+    codec::{Command, Verb, trim_eol},
+    gate,
+    session::Action,
+};
 
 impl Session {
     /// One complete client line, with no exchange in flight.

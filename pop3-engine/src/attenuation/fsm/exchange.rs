@@ -1,7 +1,20 @@
 //! The exchange with the mail server: steps sent one at a time, in order, and each
 //! answer matched to the step in flight; client commands run only when none is.
 
-use super::*;
+use std::time::Instant;
+
+use super::{Link, MAX_CAPA_BODY, MAX_LOCAL_ANSWERS, Observed, Piece, Session, State, Step};
+use crate::{
+    attenuation::{
+        Shared,
+        caps::{ServerCaps, has_apop_timestamp},
+        edge_cache::{self, Numbering},
+    },
+    codec::{Expect, Response, StatusKind},
+    gate::{Gate, LINE_TOO_LONG, SERVER_UNAVAILABLE, TOO_MANY_PENDING, without_xclient_code},
+    secret::Secret,
+    session::Action,
+};
 
 impl Session {
     /// Runs steps and client commands until something must be waited for.

@@ -2,7 +2,17 @@
 //! match the cached copy; DELEs remembered until the QUIT commits them (the rules are in
 //! [`super::super::edge_cache`]).
 
-use super::*;
+use std::time::Instant;
+
+use super::{Session, Step};
+use crate::{
+    attenuation::{
+        Shared,
+        edge_cache::{self, Numbering},
+    },
+    codec::{Command, Expect, Verb},
+    session::Action,
+};
 
 impl Session {
     /// A passed-through command with the edge cache on: RETR, TOP and DELE of a message

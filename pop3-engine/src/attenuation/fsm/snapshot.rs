@@ -2,7 +2,19 @@
 //! UIDL), recorded as the user's view once the QUIT succeeds; and the UIDL check that a
 //! snapshot's numbering still holds before a message is fetched.
 
-use super::*;
+use std::{sync::Arc, time::Instant};
+
+use super::{Observed, Session, Step};
+use crate::{
+    attenuation::{
+        Shared,
+        maildrop::{MAX_MAILDROP, Maildrop},
+        table::UserKey,
+    },
+    codec::trim_eol,
+    gate::SERVER_UNAVAILABLE,
+    session::Action,
+};
 
 impl Session {
     /// The held QUIT's STAT answer: `+OK 0 ...` proves the maildrop empty; otherwise a

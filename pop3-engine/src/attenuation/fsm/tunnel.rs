@@ -1,7 +1,17 @@
 //! Sessions that are not ours to answer (STLS, APOP, other SASL, opted-out users),
 //! relayed through the command gate.
 
-use super::*;
+use std::time::Instant;
+
+use super::{Link, Session, Step};
+use crate::{
+    attenuation::{
+        Shared,
+        table::{UserKey, UserName},
+    },
+    gate::Gate,
+    session::Action,
+};
 
 impl Session {
     /// Hands the rest of the session to the server, through the command gate.
