@@ -3,6 +3,9 @@
 use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
+    // The maps' keys and values are laid out in `common`: a change there changes the
+    // object (aya-build only watches the eBPF crate's own folder).
+    println!("cargo:rerun-if-changed=../common");
     let ebpf = aya_build::Package {
         name: "pop3-interceptor-ebpf",
         root_dir: "../interceptor-ebpf",

@@ -272,6 +272,10 @@ pub struct UserValue {
     pub last_check: u64,
     pub checks_answered_locally: u64,
     pub checks_passed_through: u64,
+    /// Messages the edge cache holds for the user (0 with the cache off).
+    pub cached_messages: u64,
+    /// Bytes of those messages.
+    pub cached_bytes: u64,
 }
 
 /// A client flow as tcpdump shows it: `198.51.100.2:40000` to `203.0.113.2:110`.
@@ -324,6 +328,16 @@ pub struct DaemonStats {
     pub interval_secs: u64,
     /// Decisions of the optional rules, named by [`RULE_DECISIONS`].
     pub rule_decisions: [u64; RULE_DECISIONS.len()],
+    /// The edge cache (all 0 with it off): RETRs and TOPs answered from the edge and
+    /// relayed after a lookup, message bytes served from the edge, users evicted for
+    /// room, users dropped because the server disagreed, what it holds now.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_bytes_served: u64,
+    pub cache_evictions: u64,
+    pub cache_sync_mismatches: u64,
+    pub cache_messages: u64,
+    pub cache_bytes: u64,
 }
 
 /// The optional attenuation rules' decisions as (rule, decision), in the order of

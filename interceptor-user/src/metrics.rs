@@ -92,7 +92,10 @@ impl Snapshot {
             fanout: notifications
                 .and_then(|n| n.fanout.as_deref())
                 .map(|f| (f.is_connected(), f.events())),
-            cache: dataplane.cache().map(|c| c.stats()).unwrap_or_default(),
+            cache: dataplane
+                .cache()
+                .map(|c| crate::cache::lock(c).stats())
+                .unwrap_or_default(),
         }
     }
 }

@@ -2,7 +2,10 @@
 //! `SESSIONS`, for operators using bpftool or `pop3-interceptor status`.
 //!
 //! The engine's table stays authoritative; the maps are a copy refreshed from the
-//! engine's change log once per dataplane pass. Losing them loses nothing, and a full
+//! engine's change log once per dataplane pass. With the edge cache on, a user's entry
+//! also shows what the cache holds for them (as of the user's last refresh), and `STATS`
+//! the cache's totals: kept here, not in the engine's table, whose entries are the
+//! memory of a million users. Losing them loses nothing, and a full
 //! map only means "not mirrored" (counted), never an error on the packet path.
 
 use std::{
@@ -16,6 +19,8 @@ use std::{
 use aya::maps::{Array, HashMap, MapData};
 use common::{DaemonStats, SessionKey, SessionValue, Text, UserKey, UserValue};
 use pop3_engine::attenuation::{self as engine, AttenuationEngine, State};
+
+use crate::cache::{self, SharedCache};
 
 /// What the mirror could not do, for the operator's counters.
 #[derive(Clone, Copy, Debug, Default)]
@@ -66,6 +71,7 @@ pub struct Mirror {
     /// Mirrored users still shown as attenuated, by when that stops being true.
     expiries: BTreeSet<(Instant, Arc<engine::UserKey>)>,
     stats: MirrorStats,
+    cache: Option<SharedCache>,
 }
 
 impl Mirror {
@@ -82,7 +88,13 @@ impl Mirror {
             clock: UnixClock::now(),
             expiries: BTreeSet::new(),
             stats: MirrorStats::default(),
+            cache: None,
         }
+    }
+
+    /// Shows what `cache` holds per user and in all.
+    pub fn set_cache(&mut self, cache: SharedCache) {
+        self.cache = Some(cache);
     }
 
     pub fn stats(&self) -> MirrorStats {
@@ -139,6 +151,11 @@ impl Mirror {
 
     fn publish_stats(&mut self, engine: &AttenuationEngine, sessions_active: u64, now: Instant) {
         let counters = engine.counters();
+        let cache = self
+            .cache
+            .as_ref()
+            .map(|c| cache::lock(c).stats())
+            .unwrap_or_default();
         let stats = DaemonStats {
             checks_seen: counters.checks_seen,
             checks_answered_locally: counters.answered_locally,
@@ -151,6 +168,13 @@ impl Mirror {
             updated_at: self.clock.unix(now),
             interval_secs: engine.interval(now).as_secs(),
             rule_decisions: counters.rule_decisions().map(|(_, _, n)| n),
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+            cache_bytes_served: cache.bytes_served,
+            cache_evictions: cache.store.evictions,
+            cache_sync_mismatches: cache.mismatches,
+            cache_messages: cache.store.messages as u64,
+            cache_bytes: cache.store.bytes,
         };
         let _ = self.stats_map.set(0, stats, 0);
     }
@@ -192,6 +216,10 @@ impl Mirror {
         } else {
             "pass-through"
         };
+        let (cached_messages, cached_bytes) = self
+            .cache
+            .as_ref()
+            .map_or((0, 0), |c| cache::lock(c).usage(key.server, &key.user));
         let value = UserValue {
             state: text(state),
             last_client,
@@ -204,6 +232,8 @@ impl Mirror {
             last_check: self.clock.unix(entry.last_check()),
             checks_answered_locally: u64::from(entry.answered_locally),
             checks_passed_through: u64::from(entry.passed_through),
+            cached_messages: cached_messages as u64,
+            cached_bytes,
         };
         // The only way a write fails here is a full map (E2BIG).
         match self.users.insert(map_key, value, 0) {

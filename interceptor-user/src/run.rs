@@ -1,5 +1,7 @@
 //! `pop3-interceptor run`: attach, intercept, detach.
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{Context as _, bail};
 
 use crate::{
@@ -118,7 +120,7 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         let cache = EdgeCache::open(dir, *limits)
             .with_context(|| format!("opening the edge cache in {}", dir.display()))?;
         tracing::info!(dir = %dir.display(), stats = ?cache.stats(), "edge cache open");
-        dataplane.set_cache(cache);
+        dataplane.set_cache(Arc::new(Mutex::new(cache)));
     }
     for (queue, fd) in dataplane.sockets() {
         attachment
@@ -156,6 +158,9 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         Some(_) => Some(attachment.mirror()?),
         None => None,
     };
+    if let (Some(mirror), Some(cache)) = (&mut mirror, dataplane.cache()) {
+        mirror.set_cache(cache.clone());
+    }
     let mut excluded_at = std::time::Instant::now();
     let signal = loop {
         let signal = dataplane.run(&signals, |dp| {

@@ -75,6 +75,9 @@ pub struct User {
     pub checks_answered_locally: u64,
     pub checks_passed_through: u64,
     pub last_client: String,
+    /// What the edge cache holds for the user.
+    pub cached_messages: u64,
+    pub cached_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -137,6 +140,8 @@ pub fn read(pin_dir: &Path, query: &Query) -> anyhow::Result<Status> {
             checks_answered_locally: v.checks_answered_locally,
             checks_passed_through: v.checks_passed_through,
             last_client: text_str(&v.last_client),
+            cached_messages: v.cached_messages,
+            cached_bytes: v.cached_bytes,
         })
         .collect();
     match query.sort {
@@ -238,9 +243,22 @@ pub fn render(status: &Status) -> String {
             .map(|((rule, decision), n)| format!("{rule} {decision} {n}"))
             .collect();
         out += &format!("n {}s; rules: {}\n", e.interval_secs, rules.join(", "));
+        if e.cache_hits + e.cache_misses + e.cache_messages > 0 {
+            out += &format!(
+                "edge cache: {} hits, {} misses, {} bytes served; {} evictions, {} sync \
+                 mismatches; holds {} messages, {} bytes\n",
+                e.cache_hits,
+                e.cache_misses,
+                e.cache_bytes_served,
+                e.cache_evictions,
+                e.cache_sync_mismatches,
+                e.cache_messages,
+                e.cache_bytes,
+            );
+        }
     }
     out += &format!(
-        "\n{:<24} {:<24} {:<12} {:<20} {:<20} {:>6} {:>6}  {}\n",
+        "\n{:<24} {:<24} {:<12} {:<20} {:<20} {:>6} {:>6} {:>16}  {}\n",
         "USER",
         "SERVER",
         "STATE",
@@ -248,11 +266,12 @@ pub fn render(status: &Status) -> String {
         "LAST CHECK",
         "LOCAL",
         "PASSED",
+        "CACHED MSG/BYTES",
         "LAST CLIENT"
     );
     for u in &status.users {
         out += &format!(
-            "{:<24} {:<24} {:<12} {:<20} {:<20} {:>6} {:>6}  {}\n",
+            "{:<24} {:<24} {:<12} {:<20} {:<20} {:>6} {:>6} {:>16}  {}\n",
             u.user,
             u.server,
             u.state,
@@ -264,6 +283,7 @@ pub fn render(status: &Status) -> String {
             utc(u.last_check),
             u.checks_answered_locally,
             u.checks_passed_through,
+            format!("{}/{}", u.cached_messages, u.cached_bytes),
             u.last_client,
         );
     }

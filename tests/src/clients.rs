@@ -133,6 +133,11 @@ if cfg.get('retr'):
             r, lines, octets = p.retr(i)
             return [s(r), octets] + [s(l) for l in lines]
         step('retr %d' % i, retr)
+for i, n in cfg.get('top', []):
+    def top(i=i, n=n):
+        r, lines, octets = p.top(i, n)
+        return [s(r), octets] + [s(l) for l in lines]
+    step('top %d %d' % (i, n), top)
 for i in cfg.get('dele', []):
     step('dele %d' % i, lambda i=i: s(p.dele(i)))
 if cfg.get('quit', True):
@@ -152,6 +157,8 @@ pub struct PoplibOptions {
     pub stls: bool,
     /// RETR every message STAT reports.
     pub retr: bool,
+    /// TOP (message, lines) for each pair, after the RETRs.
+    pub top: Vec<(u32, u32)>,
     /// DELE these message numbers.
     pub dele: Vec<u32>,
     /// End with QUIT (false: just close the socket).
@@ -165,6 +172,7 @@ impl Default for PoplibOptions {
             capa: false,
             stls: false,
             retr: true,
+            top: Vec::new(),
             dele: Vec::new(),
             quit: true,
             timeout_secs: 15,
@@ -235,7 +243,8 @@ pub fn poplib(
 ) -> Result<PopTranscript> {
     let cfg = serde_json::json!({
         "host": addr.ip().to_string(), "port": addr.port(), "user": user, "pass": pass,
-        "capa": opts.capa, "stls": opts.stls, "retr": opts.retr, "dele": opts.dele,
+        "capa": opts.capa, "stls": opts.stls, "retr": opts.retr, "top": opts.top,
+        "dele": opts.dele,
         "quit": opts.quit, "timeout": opts.timeout_secs,
     })
     .to_string();

@@ -1,25 +1,35 @@
 //! The patent's edge cache: users' mail copied to the edge, served from there.
 //!
 //! - [`store`]: the Maildirs on disk, bounded, checked on every read.
+//! - [`reads`]: reads off the dataplane thread.
 //!
 //! The engine asks with [`pop3_engine::session::Action::CacheRead`] once the server
-//! has told it, in the user's own session, the UIDL and size of the message a RETR
-//! asks for; [`EdgeCache::read`] answers with the copy only if it matches both. A
-//! copy cached under that UIDL with another size means the edge is out of sync with
-//! the server: the user's whole cache is dropped.
+//! has told it, in the user's own session, the UIDL and size of the message a RETR or
+//! TOP asks for; [`read`] answers with the copy only if it matches both. A copy cached
+//! under that UIDL with another size means the edge is out of sync with the server: the
+//! user's whole cache is dropped.
+//!
+//! The cache is shared ([`SharedCache`]): the dataplane forgets deleted messages and
+//! reads the counters, reads run on the operator runtime's blocking threads. The lock is
+//! held for the index only, never while a file is read.
 
+pub mod reads;
 pub mod store;
 
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
 
-use store::{Limits, Store, StoreStats, UserId};
+use store::{Found, Limits, Store, StoreStats, UserId};
 
 /// What the cache served and threw away, for the operator.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
-    /// RETRs answered from the edge.
+    /// RETRs and TOPs answered from the edge.
     pub hits: u64,
-    /// RETRs looked up and relayed to the server.
+    /// RETRs and TOPs looked up and relayed to the server.
     pub misses: u64,
     /// Message bytes answered from the edge.
     pub bytes_served: u64,
@@ -45,33 +55,36 @@ impl EdgeCache {
     }
 
     /// The copy of `user`'s message at `server` that the server lists now with `uidl`
-    /// and `size`, if the edge holds a sound one.
-    pub fn read(
-        &mut self,
-        server: SocketAddr,
-        user: &[u8],
-        uidl: &[u8],
-        size: u64,
-    ) -> Option<Vec<u8>> {
+    /// and `size`, to read; a copy of another size drops the user's cache. A lookup
+    /// that finds nothing is a miss.
+    fn find(&mut self, server: SocketAddr, user: &[u8], uidl: &[u8], size: u64) -> Option<Found> {
         let id = UserId::new(server, user);
-        let message = match self.store.size_of(id, uidl) {
+        let found = match self.store.size_of(id, uidl) {
             Some(cached) if cached != size => {
                 tracing::info!(%server, "edge cache out of sync with the server: dropped");
                 self.stats.mismatches += 1;
                 self.store.drop_user(id);
                 None
             }
-            Some(_) => self.store.get(id, uidl, size),
+            Some(_) => self.store.find(id, uidl, size),
             None => None,
         };
-        match &message {
+        if found.is_none() {
+            self.stats.misses += 1;
+        }
+        found
+    }
+
+    /// What reading `found` gave: a hit, or a miss whose file is deleted.
+    fn settle(&mut self, found: &Found, message: Option<&[u8]>) {
+        self.store.settle(found, message.is_some());
+        match message {
             Some(bytes) => {
                 self.stats.hits += 1;
                 self.stats.bytes_served += bytes.len() as u64;
             }
             None => self.stats.misses += 1,
         }
-        message
     }
 
     /// The server committed the deletion of these messages (`None`: of too many to
@@ -82,6 +95,11 @@ impl EdgeCache {
             Some(uidls) => uidls.iter().for_each(|uidl| self.store.remove(id, uidl)),
             None => self.store.drop_user(id),
         }
+    }
+
+    /// Messages and bytes cached for `user` at `server`.
+    pub fn usage(&self, server: SocketAddr, user: &[u8]) -> (usize, u64) {
+        self.store.usage(UserId::new(server, user))
     }
 
     /// The store itself, to fill it.
@@ -95,4 +113,29 @@ impl EdgeCache {
             ..self.stats
         }
     }
+}
+
+/// The edge cache, shared between the dataplane and the reads off its thread.
+pub type SharedCache = Arc<Mutex<EdgeCache>>;
+
+/// The cache, even if a thread panicked while holding it: every change to it is
+/// complete before the next file operation, so what it holds stays consistent.
+pub fn lock(cache: &Mutex<EdgeCache>) -> MutexGuard<'_, EdgeCache> {
+    cache.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The copy of `user`'s message at `server` that the server lists now with `uidl` and
+/// `size`, if the edge holds a sound one. Blocking file I/O: not for the dataplane
+/// thread. The lock is taken around the index work only.
+pub fn read(
+    cache: &Mutex<EdgeCache>,
+    server: SocketAddr,
+    user: &[u8],
+    uidl: &[u8],
+    size: u64,
+) -> Option<Vec<u8>> {
+    let found = lock(cache).find(server, user, uidl, size)?;
+    let message = found.read();
+    lock(cache).settle(&found, message.as_deref());
+    message
 }

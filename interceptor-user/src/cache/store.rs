@@ -116,6 +116,25 @@ pub struct StoreStats {
     pub corrupt: u64,
 }
 
+/// A copy [`Store::find`] found, to be read without holding the store.
+#[derive(Debug)]
+pub struct Found {
+    id: UserId,
+    uidl: Vec<u8>,
+    path: PathBuf,
+    message: Message,
+}
+
+impl Found {
+    /// The file's bytes, if they are exactly what was stored (length and digest).
+    pub fn read(&self) -> Option<Vec<u8>> {
+        let bytes = fs::read(&self.path).ok()?;
+        let sound = bytes.len() as u64 == self.message.size
+            && digest(&SHA256, &bytes).as_ref() == self.message.digest;
+        sound.then_some(bytes)
+    }
+}
+
 /// The cache folder and what is in it.
 #[derive(Debug)]
 pub struct Store {
@@ -244,31 +263,40 @@ impl Store {
         Ok(())
     }
 
-    /// The cached message `uidl` of `id`, if the server's `size` for it matches and
-    /// the file still holds exactly what was stored. A file that fails the check is
-    /// deleted.
-    pub fn get(&mut self, id: UserId, uidl: &[u8], size: u64) -> Option<Vec<u8>> {
-        let entry = self.users.get(&id)?.messages.get(uidl)?.clone();
-        let dir = self.root.join(id.folder());
-        let path = dir.join("new").join(entry.file_name(uidl));
-        let bytes = fs::read(&path).ok();
-        let sound = bytes.as_ref().is_some_and(|bytes| {
-            bytes.len() as u64 == entry.size && digest(&SHA256, bytes).as_ref() == entry.digest
-        });
+    /// The cached message `uidl` of `id`, if it was stored with the server's `size`:
+    /// what to read (with [`Found::read`], no store needed) and then [`Store::settle`].
+    pub fn find(&self, id: UserId, uidl: &[u8], size: u64) -> Option<Found> {
+        let message = self.users.get(&id)?.messages.get(uidl)?.clone();
+        let path = self
+            .root
+            .join(id.folder())
+            .join("new")
+            .join(message.file_name(uidl));
+        (message.size == size).then(|| Found {
+            id,
+            uidl: uidl.to_vec(),
+            path,
+            message,
+        })
+    }
+
+    /// What reading `found` showed: a sound copy counts as a use (the LRU order); a
+    /// failed one is deleted, unless the copy was replaced meanwhile.
+    pub fn settle(&mut self, found: &Found, sound: bool) {
+        let Found { id, uidl, .. } = found;
+        let current = self.users.get(id).and_then(|user| user.messages.get(uidl));
+        if current != Some(&found.message) {
+            return;
+        }
         if !sound {
             self.corrupt += 1;
-            self.remove(id, uidl);
-            return None;
-        }
-        if entry.size != size {
-            return None;
+            return self.remove(*id, uidl);
         }
         self.clock += 1;
-        if let Some(user) = self.users.get_mut(&id) {
+        if let Some(user) = self.users.get_mut(id) {
             user.last_used = self.clock;
         }
-        touch(&dir);
-        bytes
+        touch(&self.root.join(id.folder()));
     }
 
     /// The size `uidl` of `id` was cached with, if it is (no file is read).
@@ -285,9 +313,11 @@ impl Store {
         })
     }
 
-    /// Bytes cached for `id`.
-    pub fn user_bytes(&self, id: UserId) -> u64 {
-        self.users.get(&id).map_or(0, |user| user.bytes)
+    /// Messages and bytes cached for `id`.
+    pub fn usage(&self, id: UserId) -> (usize, u64) {
+        self.users
+            .get(&id)
+            .map_or((0, 0), |user| (user.messages.len(), user.bytes))
     }
 
     /// Forgets and deletes message `uidl` of `id`.

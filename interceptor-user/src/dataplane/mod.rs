@@ -39,7 +39,7 @@ use smoltcp::socket::tcp::State;
 use thiserror::Error;
 
 use crate::{
-    cache::EdgeCache,
+    cache::{self, SharedCache, reads::CacheReads},
     signals::SignalFd,
     upstream::{Upstream, UpstreamEvent},
     waker::Waker,
@@ -136,6 +136,9 @@ const MAX_PENDING_TO_UPSTREAM: usize = 256 * 1024;
 const CHALLENGE_ACKS_PER_SECOND: u32 = 1000;
 /// Connections at a peak worth trimming the heap after.
 const TRIM_AFTER_PEAK: usize = 256;
+/// Blocking threads of the operator runtime: edge-cache reads at once (each holds one
+/// message in memory), and name lookups.
+const BLOCKING_THREADS: usize = 4;
 /// How often idle and handshake timeouts are checked at the latest.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Connections looked at per pass for their timeouts, about: a pass stays short however
@@ -152,6 +155,7 @@ pub struct Dataplane<E> {
     upstream: Upstream,
     /// What `upstream` reported in this pass (kept to reuse its allocation).
     upstream_events: Vec<UpstreamEvent>,
+    cache_reads: CacheReads,
     /// The runtime of the daemon's operator I/O (notifications, metrics, NATS).
     runtime: tokio::runtime::Runtime,
     waker: Arc<Waker>,
@@ -173,8 +177,9 @@ pub struct Dataplane<E> {
     stats: DataplaneStats,
     epoch: Instant,
     last_housekeeping: Instant,
-    /// The edge cache (`--cache-dir`), read on this thread when the engine asks.
-    cache: Option<EdgeCache>,
+    /// The edge cache (`--cache-dir`), read on the operator runtime's blocking threads
+    /// when the engine asks.
+    cache: Option<SharedCache>,
     /// When the last share of connections was looked at (see `service_conns`).
     last_round: Instant,
 }
@@ -199,6 +204,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("operator-io")
+            .max_blocking_threads(BLOCKING_THREADS)
             .enable_io()
             .enable_time()
             .build()
@@ -223,6 +229,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             engine,
             upstream,
             upstream_events: Vec::new(),
+            cache_reads: CacheReads::new(runtime.handle().clone(), waker.clone()),
             runtime,
             waker,
             outputs: Vec::new(),
@@ -264,12 +271,12 @@ impl<E: Pop3Engine> Dataplane<E> {
     }
 
     /// Answers the engine's edge-cache requests from `cache`.
-    pub fn set_cache(&mut self, cache: EdgeCache) {
+    pub fn set_cache(&mut self, cache: SharedCache) {
         self.cache = Some(cache);
     }
 
     /// The edge cache, when there is one.
-    pub fn cache(&self) -> Option<&EdgeCache> {
+    pub fn cache(&self) -> Option<&SharedCache> {
         self.cache.as_ref()
     }
 
@@ -523,6 +530,14 @@ impl<E: Pop3Engine> Dataplane<E> {
             self.apply_outputs(now);
         }
         self.upstream_events = events;
+        for (id, message) in self.cache_reads.finished() {
+            if self.conns.get_mut(id).is_none() {
+                continue;
+            }
+            let event = Event::Cached(message.as_deref());
+            self.engine.handle(id, event, now, &mut self.outputs);
+            self.apply_outputs(now);
+        }
     }
 
     /// Moves bytes between the touched connections' sockets and the engine, and reclaims
@@ -616,22 +631,6 @@ impl<E: Pop3Engine> Dataplane<E> {
     }
 
     fn apply_outputs(&mut self, now: Instant) {
-        // The edge cache's answers are new events, whose actions are applied in turn.
-        let mut cached = Vec::new();
-        loop {
-            self.apply_actions(now, &mut cached);
-            if cached.is_empty() {
-                return;
-            }
-            for (id, message) in cached.drain(..) {
-                let message: Option<Vec<u8>> = message;
-                let event = Event::Cached(message.as_deref());
-                self.engine.handle(id, event, now, &mut self.outputs);
-            }
-        }
-    }
-
-    fn apply_actions(&mut self, now: Instant, cached: &mut Vec<(ConnId, Option<Vec<u8>>)>) {
         for Output { conn: id, action } in self.outputs.drain(..) {
             let Some(conn) = self.conns.get_mut(id) else {
                 continue;
@@ -657,15 +656,14 @@ impl<E: Pop3Engine> Dataplane<E> {
                 }
                 Action::CloseClient => conn.close_after_flush = true,
                 Action::CacheRead { user, uidl, size } => {
-                    let message = self
-                        .cache
-                        .as_mut()
-                        .and_then(|cache| cache.read(conn.server, &user, &uidl, size));
-                    cached.push((id, message));
+                    let (cache, server) = (self.cache.clone(), conn.server);
+                    self.cache_reads.start(id, move || {
+                        cache::read(cache.as_ref()?, server, &user, &uidl, size)
+                    });
                 }
                 Action::CacheForget { user, uidls } => {
-                    if let Some(cache) = &mut self.cache {
-                        cache.forget(conn.server, &user, uidls.as_deref());
+                    if let Some(cache) = &self.cache {
+                        cache::lock(cache).forget(conn.server, &user, uidls.as_deref());
                     }
                 }
             }

@@ -17,9 +17,11 @@
 //! # Memory
 //!
 //! Per connection: the command gate's bound (about 17 KB: one partial line, held client
-//! input, one partial status line), a 4 KB CAPA body at most, and the session's login
-//! lines. Shared: the user table, bounded by [`Config::table_size`], and one small
-//! record per mail server (at most [`MAX_SERVERS`]).
+//! input, one partial status line), a 4 KB CAPA body at most, the session's login
+//! lines, and with the edge cache the server's listing once a RETR or TOP asked for it
+//! (at most `edge_cache::MAX_NUMBERING`, 16 KiB). Shared: the user table, bounded by
+//! [`Config::table_size`], and one small record per mail server (at most
+//! [`MAX_SERVERS`]).
 //!
 //! # Trust
 //!

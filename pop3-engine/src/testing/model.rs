@@ -17,7 +17,8 @@
 //!   replayed from a snapshot) is true of the maildrop within the time rule: every
 //!   message older than n counted, none that has been gone for n; a local "no such
 //!   message" never for a number that old mail must have;
-//! - RETR or TOP of a number a UIDL listing showed brings that very message;
+//! - RETR or TOP of a number a UIDL listing showed brings that very message, and one
+//!   answered from the edge cache the message the server numbers so in that session;
 //! - no XCLIENT but the engine's own reaches the server, in any state;
 //! - no DELE and no QUIT reach the server that the client did not send;
 //! - the engine asks for one upstream connection at a time and writes only to one it
@@ -62,6 +63,18 @@ pub const SERVER_GREETING: &[u8] = b"+OK srv ready\r\n";
 struct Message {
     uid: u32,
     arrived: Instant,
+}
+
+impl Message {
+    /// The message's bytes, as RETR sends them (before the `.` line).
+    fn body(&self) -> String {
+        body(self.uid)
+    }
+}
+
+/// The bytes of message `uid`.
+fn body(uid: u32) -> String {
+    format!("u{uid}\r\n")
 }
 
 /// One upstream connection as the model server sees it.
@@ -126,6 +139,9 @@ pub struct ModelServer {
     gone: HashMap<String, Vec<Instant>>,
     conns: HashMap<ConnId, ServerConn>,
     said: Vec<Said>,
+    /// Whose each UID is (deleted messages included): what an edge cache filled by
+    /// prefetch may hold.
+    owners: HashMap<u32, String>,
 }
 
 impl Default for ModelServer {
@@ -140,6 +156,7 @@ impl Default for ModelServer {
             gone: HashMap::new(),
             conns: HashMap::new(),
             said: Vec::new(),
+            owners: HashMap::new(),
         }
     }
 }
@@ -156,6 +173,37 @@ impl ModelServer {
             .entry(user.to_owned())
             .or_default()
             .push(message);
+        self.owners.insert(message.uid, user.to_owned());
+    }
+
+    /// What an edge cache prefetched from this server holds for `user` under `uidl`:
+    /// most messages ever delivered (deleted ones too), some never fetched (every
+    /// fourth UID) and some as a copy of another size (every fifth, a sync mismatch);
+    /// `forgotten` UIDs are gone. `None` unless a sound copy of `size` bytes is there.
+    pub fn edge_copy(
+        &self,
+        user: &[u8],
+        uidl: &[u8],
+        size: u64,
+        forgotten: &BTreeSet<u32>,
+    ) -> Option<Vec<u8>> {
+        let uid: u32 = std::str::from_utf8(uidl.strip_prefix(b"u")?)
+            .ok()?
+            .parse()
+            .ok()?;
+        let held = self.owners.get(&uid)?.as_bytes() == user
+            && !uid.is_multiple_of(4)
+            && !uid.is_multiple_of(5)
+            && !forgotten.contains(&uid);
+        let body = body(uid).into_bytes();
+        (held && body.len() as u64 == size).then_some(body)
+    }
+
+    /// The UID line of message `n` as server session `conn` numbers it now, if live.
+    fn numbered(&self, conn: ConnId, n: usize) -> Option<String> {
+        let c = self.conns.get(&conn)?;
+        let m = c.view.get(n.checked_sub(1)?)?;
+        (!c.deleted.contains(&n)).then(|| format!("u{}", m.uid))
     }
 
     /// Someone deletes the user's first message without the edge (webmail).
@@ -243,7 +291,8 @@ impl ModelServer {
             .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok())
             .and_then(|n| live.iter().find(|(m, _)| *m == n).copied());
         let mark = self.said.len();
-        let stat = format!("+OK {} {}", live.len(), live.len() * 10);
+        let octets: usize = live.iter().map(|(_, m)| m.body().len()).sum();
+        let stat = format!("+OK {} {octets}", live.len());
         let (status, body) = match (cmd.verb, &authed) {
             (Verb::Capa, _) => (
                 "+OK",
@@ -284,14 +333,14 @@ impl ModelServer {
                 let lines: String = live
                     .iter()
                     .map(|(n, m)| match cmd.verb {
-                        Verb::List => format!("{n} 10\r\n"),
+                        Verb::List => format!("{n} {}\r\n", m.body().len()),
                         _ => format!("{n} u{}\r\n", m.uid),
                     })
                     .collect();
                 ("+OK", format!("{lines}.\r\n"))
             }
             (Verb::Retr | Verb::Top, Some(_)) => match numbered {
-                Some((_, m)) => ("+OK", format!("u{}\r\n.\r\n", m.uid)),
+                Some((_, m)) => ("+OK", format!("{}.\r\n", m.body())),
                 None => ("-ERR no such message", String::new()),
             },
             (Verb::Dele, Some(_)) => match numbered {
@@ -522,6 +571,11 @@ pub struct World<E> {
     /// The server's status lines (by mark) a client has read: a second reading is a
     /// replay.
     read: std::collections::HashSet<usize>,
+    /// The engine runs with the edge cache: its reads are answered from what the
+    /// server's prefetch would have copied ([`ModelServer::edge_copy`]).
+    edge_cache: bool,
+    /// UIDs the engine had the edge forget.
+    forgotten: BTreeSet<u32>,
 }
 
 impl<E: Judged> World<E> {
@@ -535,7 +589,15 @@ impl<E: Judged> World<E> {
             accepted: HashMap::new(),
             said_empty: HashMap::new(),
             read: Default::default(),
+            edge_cache: false,
+            forgotten: BTreeSet::new(),
         }
+    }
+
+    /// The world of an engine configured with the edge cache.
+    pub fn with_edge_cache(mut self) -> Self {
+        self.edge_cache = true;
+        self
     }
 
     /// Connections opened and not released.
@@ -708,6 +770,7 @@ impl<E: Judged> World<E> {
             );
             return;
         }
+        let mut reads = Vec::new();
         for action in actions {
             let c = self.conns.get_mut(&conn).expect("open");
             match action {
@@ -733,10 +796,28 @@ impl<E: Judged> World<E> {
                     };
                 }
                 Action::CloseClient => c.client.closed = true,
-                Action::CacheRead { .. } | Action::CacheForget { .. } => {
-                    panic!("the model runs without the edge cache: {action:?}")
+                Action::CacheRead { .. } | Action::CacheForget { .. } if !self.edge_cache => {
+                    panic!("the engine asked for an edge cache it does not have: {action:?}")
+                }
+                Action::CacheRead { user, uidl, size } => {
+                    let copy = self.server.edge_copy(&user, &uidl, size, &self.forgotten);
+                    reads.push(copy);
+                }
+                Action::CacheForget { uidls, .. } => {
+                    let uids = uidls.into_iter().flatten();
+                    let uids =
+                        uids.filter_map(|u| lossy(u.strip_prefix(b"u")?).parse::<u32>().ok());
+                    self.forgotten.extend(uids);
                 }
             }
+        }
+        // The daemon's answers come back as events of their own.
+        for copy in reads {
+            if !self.conns.contains_key(&conn) {
+                break;
+            }
+            let actions = self.h.event(conn, Event::Cached(copy.as_deref()));
+            self.carry_out(conn, actions);
         }
         let c = &self.conns[&conn];
         if let Some(bound) = E::HELD_BOUND
@@ -899,6 +980,18 @@ impl<E: Judged> World<E> {
                         lossy(got),
                         lossy(expected),
                         "{} brought another message than UIDL listed",
+                        lossy(trim_eol(answered))
+                    );
+                }
+                // Not the server's word: from the edge, which must bring what the server
+                // numbers n in this very session now.
+                if self.server.said_by(line).is_none() {
+                    let number = lossy(n).parse().ok();
+                    let now_numbered = number.and_then(|n| self.server.numbered(conn, n));
+                    let got = lines().next().map(lossy);
+                    assert!(
+                        now_numbered.is_some() && got == now_numbered,
+                        "{} from the edge brought {got:?}, the server numbers {now_numbered:?}",
                         lossy(trim_eol(answered))
                     );
                 }

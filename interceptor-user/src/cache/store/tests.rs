@@ -34,6 +34,14 @@ impl Drop for Folder {
     }
 }
 
+/// A read the way the daemon does it: find, read, settle.
+fn get(store: &mut Store, id: UserId, uidl: &[u8], size: u64) -> Option<Vec<u8>> {
+    let found = store.find(id, uidl, size)?;
+    let bytes = found.read();
+    store.settle(&found, bytes.is_some());
+    bytes
+}
+
 fn user(name: &str) -> UserId {
     UserId::new(SERVER.parse().unwrap(), name.as_bytes())
 }
@@ -72,17 +80,17 @@ fn stores_reads_and_keeps_across_a_restart() {
     store.put(user("alice"), b"00000001abc", body).unwrap();
     assert_eq!(store.size_of(user("alice"), b"00000001abc"), Some(size));
     assert_eq!(
-        store.get(user("alice"), b"00000001abc", size).unwrap(),
+        get(&mut store, user("alice"), b"00000001abc", size).unwrap(),
         body
     );
     // Another size from the server: not this message, not served (and kept).
-    assert_eq!(store.get(user("alice"), b"00000001abc", 3), None);
-    assert_eq!(store.get(user("bob"), b"00000001abc", size), None);
+    assert_eq!(get(&mut store, user("alice"), b"00000001abc", 3), None);
+    assert_eq!(get(&mut store, user("bob"), b"00000001abc", size), None);
     drop(store);
 
     let mut store = Store::open(&folder.0, LIMITS).unwrap();
     assert_eq!(
-        store.get(user("alice"), b"00000001abc", size).unwrap(),
+        get(&mut store, user("alice"), b"00000001abc", size).unwrap(),
         body
     );
     assert_eq!(store.stats().messages, 1);
@@ -123,14 +131,17 @@ fn a_corrupted_file_is_deleted_not_served() {
     let victim = file_of(&folder.0, b"u1");
     // Same size, one byte changed: only the digest tells.
     fs::write(&victim, b"hellO\r\n").unwrap();
-    assert_eq!(store.get(user("alice"), b"u1", 7), None);
+    assert_eq!(get(&mut store, user("alice"), b"u1", 7), None);
     assert!(!victim.exists());
     assert_eq!(store.stats().corrupt, 1);
-    assert_eq!(store.get(user("alice"), b"u2", 7).unwrap(), b"world\r\n");
+    assert_eq!(
+        get(&mut store, user("alice"), b"u2", 7).unwrap(),
+        b"world\r\n"
+    );
     // A file gone under the store fails its check too.
     store.put(user("alice"), b"u3", b"three\r\n").unwrap();
     fs::remove_file(file_of(&folder.0, b"u3")).unwrap();
-    assert_eq!(store.get(user("alice"), b"u3", 7), None);
+    assert_eq!(get(&mut store, user("alice"), b"u3", 7), None);
     assert_eq!(store.size_of(user("alice"), b"u3"), None);
 }
 
@@ -147,7 +158,7 @@ fn bounded_per_user_and_in_total_evicting_the_least_recently_used() {
     store.put(user("b"), b"1", &msg).unwrap();
     store.put(user("c"), b"1", &msg).unwrap();
     // a is used again: b is now the least recently used.
-    assert!(store.get(user("a"), b"1", 600).is_some());
+    assert!(get(&mut store, user("a"), b"1", 600).is_some());
     store.put(user("d"), b"1", &msg).unwrap();
     assert_eq!(store.stats().evictions, 1);
     assert_eq!(store.size_of(user("b"), b"1"), None);

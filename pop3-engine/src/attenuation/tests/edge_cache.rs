@@ -7,7 +7,8 @@ const MESSAGE: &[u8] = b"Subject: cached\r\n\r\n.starts with a dot\r\nend\r\n";
 const RETR_ANSWER: &[u8] =
     b"+OK 44 octets\r\nSubject: cached\r\n\r\n..starts with a dot\r\nend\r\n.\r\n";
 
-fn cache_engine() -> Harness<AttenuationEngine> {
+/// An engine with the edge cache on that greets locally.
+pub(super) fn cache_engine() -> Harness<AttenuationEngine> {
     let config = Config {
         cache: true,
         ..config()
@@ -40,19 +41,29 @@ fn logged_in(h: &mut Harness<AttenuationEngine>, conn: ConnId) {
     );
 }
 
-/// RETR 1 up to the daemon's lookup, the server saying `uidl` and `size`.
+/// The server's answers to `UIDL` and `LIST` for one message `uidl` of `size` bytes.
+fn listing(uidl: &str, size: usize) -> (String, String) {
+    (
+        format!("+OK\r\n1 {uidl}\r\n.\r\n"),
+        format!("+OK 1 messages:\r\n1 {size}\r\n.\r\n"),
+    )
+}
+
+/// The first RETR 1 of a session up to the daemon's lookup: the session's one
+/// handshake, the server listing message 1 as `uidl` of `size` bytes.
 fn retr_looked_up(h: &mut Harness<AttenuationEngine>, conn: ConnId, uidl: &str, size: usize) {
-    assert_eq!(h.client(conn, b"RETR 1\r\n"), [to_upstream(b"UIDL 1\r\n")]);
-    let id = format!("+OK 1 {uidl}\r\n");
-    assert_eq!(h.server(conn, id.as_bytes()), [to_upstream(b"LIST 1\r\n")]);
-    assert_eq!(
-        h.server(conn, format!("+OK 1 {size}\r\n").as_bytes()),
-        [Action::CacheRead {
-            user: b"alice".to_vec(),
-            uidl: uidl.as_bytes().to_vec(),
-            size: size as u64,
-        }]
-    );
+    assert_eq!(h.client(conn, b"RETR 1\r\n"), [to_upstream(b"UIDL\r\n")]);
+    let (uidls, sizes) = listing(uidl, size);
+    assert_eq!(h.server(conn, uidls.as_bytes()), [to_upstream(b"LIST\r\n")]);
+    assert_eq!(h.server(conn, sizes.as_bytes()), [cache_read(uidl, size)]);
+}
+
+fn cache_read(uidl: &str, size: usize) -> Action {
+    Action::CacheRead {
+        user: b"alice".to_vec(),
+        uidl: uidl.as_bytes().to_vec(),
+        size: size as u64,
+    }
 }
 
 #[test]
@@ -67,6 +78,69 @@ fn a_retr_whose_uidl_and_size_match_is_answered_from_the_edge() {
     // The session goes on with the server: nothing more was owed to it.
     assert_eq!(h.client(1, b"NOOP\r\n"), [to_upstream(b"NOOP\r\n")]);
     assert_eq!(h.server(1, b"+OK\r\n"), [to_client(b"+OK\r\n")]);
+    // The handshake was the session's: the next RETR asks the server nothing.
+    assert_eq!(
+        h.client(1, b"RETR 1\r\n"),
+        [cache_read("000001ab", MESSAGE.len())]
+    );
+    assert_eq!(
+        h.event(1, Event::Cached(Some(MESSAGE))),
+        [to_client(RETR_ANSWER)]
+    );
+}
+
+#[test]
+fn a_top_whose_uidl_and_size_match_is_answered_from_the_edge() {
+    let mut h = cache_engine();
+    logged_in(&mut h, 1);
+    for (i, (top, answer)) in [
+        (
+            &b"TOP 1 0\r\n"[..],
+            &b"+OK\r\nSubject: cached\r\n\r\n.\r\n"[..],
+        ),
+        (
+            b"TOP 1 1\r\n",
+            b"+OK\r\nSubject: cached\r\n\r\n..starts with a dot\r\n.\r\n",
+        ),
+        (
+            b"TOP 1 99\r\n",
+            b"+OK\r\nSubject: cached\r\n\r\n..starts with a dot\r\nend\r\n.\r\n",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let read = cache_read("000001ab", MESSAGE.len());
+        if i == 0 {
+            // The session's one handshake, before its first TOP.
+            assert_eq!(h.client(1, top), [to_upstream(b"UIDL\r\n")]);
+            let (uidls, sizes) = listing("000001ab", MESSAGE.len());
+            assert_eq!(h.server(1, uidls.as_bytes()), [to_upstream(b"LIST\r\n")]);
+            assert_eq!(h.server(1, sizes.as_bytes()), [read]);
+        } else {
+            assert_eq!(h.client(1, top), [read]);
+        }
+        assert_eq!(
+            h.event(1, Event::Cached(Some(MESSAGE))),
+            [to_client(answer)]
+        );
+    }
+    // A miss: the TOP itself goes to the server.
+    assert_eq!(
+        h.client(1, b"TOP 1 0\r\n"),
+        [cache_read("000001ab", MESSAGE.len())]
+    );
+    assert_eq!(
+        h.event(1, Event::Cached(None)),
+        [to_upstream(b"TOP 1 0\r\n")]
+    );
+    let from_server = b"+OK\r\nSubject: cached\r\n\r\n.\r\n";
+    assert_eq!(h.server(1, from_server), [to_client(from_server)]);
+    // Not a message number and a line count: straight to the server.
+    for odd in [&b"TOP 1\r\n"[..], b"TOP 1 -1\r\n", b"TOP x 1\r\n"] {
+        assert_eq!(h.client(1, odd), [to_upstream(odd)]);
+        assert_eq!(h.server(1, b"-ERR no\r\n"), [to_client(b"-ERR no\r\n")]);
+    }
 }
 
 #[test]
@@ -87,33 +161,59 @@ fn a_miss_is_relayed_to_the_server() {
 fn no_lookup_without_the_servers_own_uidl_and_size_for_that_message() {
     let mut h = cache_engine();
     logged_in(&mut h, 1);
-    // No such message: the server's own answer to RETR reaches the client.
-    assert_eq!(h.client(1, b"RETR 1\r\n"), [to_upstream(b"UIDL 1\r\n")]);
-    assert_eq!(
-        h.server(1, b"-ERR There's no message 1.\r\n"),
-        [to_upstream(b"LIST 1\r\n")]
-    );
-    assert_eq!(
-        h.server(1, b"-ERR There's no message 1.\r\n"),
-        [to_upstream(b"RETR 1\r\n")]
-    );
-    assert_eq!(
-        h.server(1, b"-ERR There's no message 1.\r\n"),
-        [to_client(b"-ERR There's no message 1.\r\n")]
-    );
-    // An answer about another message, or a malformed size, is no handshake.
-    for (id, size) in [
-        (&b"+OK 2 000001ab\r\n"[..], &b"+OK 1 44\r\n"[..]),
-        (b"+OK 1 000001ab\r\n", b"+OK 1 forty\r\n"),
-        (b"+OK 1 000001ab\r\n", b"+OK 2 44\r\n"),
-    ] {
-        assert_eq!(h.client(1, b"RETR 1\r\n"), [to_upstream(b"UIDL 1\r\n")]);
-        assert_eq!(h.server(1, id), [to_upstream(b"LIST 1\r\n")]);
-        assert_eq!(h.server(1, size), [to_upstream(b"RETR 1\r\n")]);
-        assert_eq!(h.server(1, RETR_ANSWER), [to_client(RETR_ANSWER)]);
-    }
+    // Message 1 is not listed: the server's own answer to RETR reaches the client.
+    assert_eq!(h.client(1, b"RETR 1\r\n"), [to_upstream(b"UIDL\r\n")]);
+    let (uidls, sizes) = listing("000001ab", MESSAGE.len());
+    let uidls = uidls.replace("1 0", "2 0");
+    assert_eq!(h.server(1, uidls.as_bytes()), [to_upstream(b"LIST\r\n")]);
+    assert_eq!(h.server(1, sizes.as_bytes()), [to_upstream(b"RETR 1\r\n")]);
+    let no = b"-ERR There's no message 1.\r\n";
+    assert_eq!(h.server(1, no), [to_client(no)]);
     // Not a message number: straight to the server.
     assert_eq!(h.client(1, b"RETR 1 x\r\n"), [to_upstream(b"RETR 1 x\r\n")]);
+}
+
+/// A server that refuses the listing, or a maildrop whose listing is too large to keep,
+/// is asked `UIDL n` and `LIST n` before each message.
+#[test]
+fn without_a_listing_each_message_is_asked_about() {
+    let large = format!("+OK\r\n{}.\r\n", "9 x\r\n".repeat(5000));
+    for refusal in [&b"-ERR Unknown command\r\n"[..], large.as_bytes()] {
+        let mut h = cache_engine();
+        logged_in(&mut h, 1);
+        assert_eq!(h.client(1, b"RETR 1\r\n"), [to_upstream(b"UIDL\r\n")]);
+        assert_eq!(h.server(1, refusal), [to_upstream(b"LIST\r\n")]);
+        let (_, sizes) = listing("000001ab", MESSAGE.len());
+        assert_eq!(h.server(1, sizes.as_bytes()), [to_upstream(b"UIDL 1\r\n")]);
+        assert_eq!(
+            h.server(1, b"+OK 1 000001ab\r\n"),
+            [to_upstream(b"LIST 1\r\n")]
+        );
+        let size = format!("+OK 1 {}\r\n", MESSAGE.len());
+        assert_eq!(
+            h.server(1, size.as_bytes()),
+            [cache_read("000001ab", MESSAGE.len())]
+        );
+        assert_eq!(
+            h.event(1, Event::Cached(Some(MESSAGE))),
+            [to_client(RETR_ANSWER)]
+        );
+        // An answer about another message, or a malformed size, is no handshake.
+        for (id, size) in [
+            (&b"+OK 2 000001ab\r\n"[..], &b"+OK 1 44\r\n"[..]),
+            (b"+OK 1 000001ab\r\n", b"+OK 1 forty\r\n"),
+            (b"+OK 1 000001ab\r\n", b"+OK 2 44\r\n"),
+            (
+                b"-ERR There's no message 1.\r\n",
+                b"-ERR There's no message 1.\r\n",
+            ),
+        ] {
+            assert_eq!(h.client(1, b"RETR 1\r\n"), [to_upstream(b"UIDL 1\r\n")]);
+            assert_eq!(h.server(1, id), [to_upstream(b"LIST 1\r\n")]);
+            assert_eq!(h.server(1, size), [to_upstream(b"RETR 1\r\n")]);
+            assert_eq!(h.server(1, RETR_ANSWER), [to_client(RETR_ANSWER)]);
+        }
+    }
 }
 
 #[test]
@@ -156,6 +256,41 @@ fn quit(h: &mut Harness<AttenuationEngine>, conn: ConnId, quit: &[u8]) -> Vec<Ac
     assert_eq!(h.client(conn, b"QUIT\r\n"), [to_upstream(b"STAT\r\n")]);
     assert_eq!(h.server(conn, b"+OK 0 0\r\n"), [to_upstream(b"QUIT\r\n")]);
     h.server(conn, quit)
+}
+
+#[test]
+fn a_message_this_session_deleted_is_the_servers_to_answer() {
+    let mut h = cache_engine();
+    logged_in(&mut h, 1);
+    retr_looked_up(&mut h, 1, "000001ab", MESSAGE.len());
+    h.event(1, Event::Cached(Some(MESSAGE)));
+    // With the session's listing, the DELE needs no question of its own.
+    assert_eq!(h.client(1, b"DELE 1\r\n"), [to_upstream(b"DELE 1\r\n")]);
+    let marked = b"+OK Marked to be deleted.\r\n";
+    assert_eq!(h.server(1, marked), [to_client(marked)]);
+    for fetch in [&b"RETR 1\r\n"[..], b"TOP 1 0\r\n"] {
+        assert_eq!(h.client(1, fetch), [to_upstream(fetch)]);
+        let deleted = b"-ERR Message is deleted.\r\n";
+        assert_eq!(h.server(1, deleted), [to_client(deleted)]);
+    }
+    // RSET undeletes: served from the edge again.
+    assert_eq!(h.client(1, b"RSET\r\n"), [to_upstream(b"RSET\r\n")]);
+    assert_eq!(h.server(1, b"+OK\r\n"), [to_client(b"+OK\r\n")]);
+    assert_eq!(
+        h.client(1, b"RETR 1\r\n"),
+        [cache_read("000001ab", MESSAGE.len())]
+    );
+    // What it deleted with the listing's UIDL is forgotten at QUIT.
+    h.event(1, Event::Cached(Some(MESSAGE)));
+    h.client(1, b"DELE 1\r\n");
+    h.server(1, marked);
+    assert_eq!(
+        quit(&mut h, 1, b"+OK Logging out, messages deleted.\r\n")[0],
+        Action::CacheForget {
+            user: b"alice".to_vec(),
+            uidls: Some(vec![b"000001ab".to_vec()]),
+        }
+    );
 }
 
 #[test]

@@ -95,7 +95,16 @@ fn say(w: &mut World<AttenuationEngine>, conn: ConnId, line: &str) {
 
 /// Plays `ops` one session at a time, the world judging every step.
 fn run(ops: Vec<Op>) {
-    let mut w = World::new(engine().engine, INTERVAL);
+    play(World::new(engine().engine, INTERVAL), ops);
+}
+
+/// [`run`] with the edge cache on, its reads answered by the world.
+fn run_cached(ops: Vec<Op>) {
+    let engine = super::edge_cache::cache_engine().engine;
+    play(World::new(engine, INTERVAL).with_edge_cache(), ops);
+}
+
+fn play(mut w: World<AttenuationEngine>, ops: Vec<Op>) {
     for (conn, op) in (1..).zip(ops) {
         let now = w.h.now;
         match op {
@@ -159,6 +168,11 @@ proptest! {
     fn attenuation_never_lies(ops in prop::collection::vec(op(), 1..30)) {
         run(ops);
     }
+
+    #[test]
+    fn the_edge_cache_never_serves_another_message(ops in prop::collection::vec(op(), 1..30)) {
+        run_cached(ops);
+    }
 }
 
 /// alice's check session with the right password, these commands at once, then QUIT.
@@ -209,5 +223,19 @@ fn a_refused_user_line_does_not_change_whose_login_follows() {
             lines: vec![10, 13, 14],
             chunk: 1,
         },
+    ]);
+}
+
+/// The edge cache's scenarios, spelt out: a message fetched, deleted and asked for again
+/// in one session, then fetched by number in a session that webmail renumbered.
+#[test]
+fn the_edge_never_serves_a_deleted_or_renumbered_message() {
+    run_cached(vec![
+        Op::NewMail { user: 0 },
+        Op::NewMail { user: 0 },
+        check(&["RETR 1", "DELE 1", "RETR 1", "TOP 1 0", "RSET", "TOP 1 0"]),
+        Op::DeleteElsewhere { user: 0 },
+        Op::Wait(100),
+        check(&["RETR 1", "UIDL", "RETR 2", "TOP 1 0"]),
     ]);
 }

@@ -1,4 +1,5 @@
-//! Issue 10's rules through the whole engine: LOGIN-DELAY and the load-adaptive n.
+//! The patent's other rules through the whole engine: LOGIN-DELAY, the load-adaptive n,
+//! one-in-m and the fast-check reward.
 
 use super::*;
 use crate::attenuation::{LoadAdaptive, LoginDelay, LoginDelayAction};
@@ -144,4 +145,76 @@ fn only_checks_with_the_accepted_password_count_towards_the_check_rate() {
         h.engine.close(conn, h.now);
     }
     assert_eq!(h.engine.interval(h.now), Duration::from_secs(600));
+}
+
+#[test]
+fn one_in_m_passes_every_mth_local_check_through() {
+    let mut h = alice_verified_empty();
+    h.engine.shared.config.one_in_m = std::num::NonZeroU32::new(3);
+    let mut went = Vec::new();
+    for conn in 2..9 {
+        h.open(conn);
+        h.client(conn, b"USER alice\r\n");
+        let out = h.client(conn, b"PASS pw\r\n");
+        went.push(out == [ConnectUpstream]);
+        h.engine.close(conn, h.now);
+    }
+    assert_eq!(went, [false, false, true, false, false, true, false]);
+    assert_eq!(h.engine.counters().one_in_m_passed, 2);
+}
+
+/// One check of alice on `conn`: whether its PASS went to the server.
+fn passes_through(h: &mut Harness<AttenuationEngine>, conn: ConnId) -> bool {
+    h.open(conn);
+    h.client(conn, b"USER alice\r\n");
+    let out = h.client(conn, b"PASS pw\r\n");
+    let through = out == [ConnectUpstream];
+    if !through {
+        assert_eq!(h.client(conn, b"STAT\r\n"), [to_client(b"+OK 0 0\r\n")]);
+    }
+    h.engine.close(conn, h.now);
+    through
+}
+
+#[test]
+fn the_third_fast_check_is_rewarded_then_fast_polling_is_answered_at_the_edge() {
+    let mut h = alice_verified_empty();
+    h.engine.shared.config.fast_check = Some(FastCheck {
+        count: std::num::NonZeroU32::new(3).unwrap(),
+        window: Duration::from_secs(20),
+        penalty: Duration::from_secs(300),
+    });
+    let mut went = Vec::new();
+    for conn in 2..5 {
+        h.now += Duration::from_secs(5);
+        went.push(passes_through(&mut h, conn));
+    }
+    assert_eq!(
+        went,
+        [false, false, true],
+        "the third within 20 s is rewarded"
+    );
+    // Within the penalty, checks stay at the edge even once n (60 s) has passed.
+    let mut h = alice_verified_empty();
+    h.engine.shared.config.fast_check = Some(FastCheck {
+        count: std::num::NonZeroU32::new(2).unwrap(),
+        window: Duration::from_secs(20),
+        penalty: Duration::from_secs(300),
+    });
+    h.now += Duration::from_secs(5);
+    assert!(!passes_through(&mut h, 2));
+    h.now += Duration::from_secs(5);
+    assert!(passes_through(&mut h, 3), "rewarded");
+    h.now += INTERVAL * 2;
+    assert!(
+        !passes_through(&mut h, 4),
+        "penalized: answered from the old view"
+    );
+    h.now += Duration::from_secs(300);
+    assert!(
+        passes_through(&mut h, 5),
+        "penalty over, view old: the server answers"
+    );
+    let c = *h.engine.counters();
+    assert_eq!((c.fast_checks_rewarded, c.fast_checks_penalized), (1, 1));
 }
