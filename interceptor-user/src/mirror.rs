@@ -1,8 +1,9 @@
 //! Mirrors the attenuation table into the pinned `USERS` map, and live sessions into
 //! `SESSIONS`, for operators using bpftool or `pop3-interceptor status`.
 //!
-//! The engine's table stays authoritative; the maps are a copy refreshed from the
-//! engine's change log once per dataplane pass. Losing them loses nothing, and a full
+//! The engines' tables stay authoritative; the maps are a copy refreshed from the
+//! engines' change logs by the operator thread. With several workers a user may have an
+//! entry in more than one worker's table: the map shows the one checked last. Losing them loses nothing, and a full
 //! map only means "not mirrored" (counted), never an error on the packet path.
 
 use std::{
@@ -89,12 +90,13 @@ impl Mirror {
         self.stats
     }
 
-    /// Brings the maps up to date with what the engine changed, the sessions that
-    /// ended (`closed`, as `(client, server)`), and the attenuations that ran out; once
-    /// a second also the counters (`sessions_active` comes from the dataplane).
+    /// Brings the maps up to date with what the engines (one per worker) changed, the
+    /// sessions that ended (`closed`, as `(client, server)`), and the attenuations that
+    /// ran out; once a second also the counters (`sessions_active` comes from the
+    /// dataplane).
     pub fn sync(
         &mut self,
-        engine: &mut AttenuationEngine,
+        engines: &mut [&mut AttenuationEngine],
         closed: &[(SocketAddr, SocketAddr)],
         sessions_active: u64,
         now: Instant,
@@ -104,26 +106,28 @@ impl Mirror {
             .is_none_or(|at| now.duration_since(at) >= STATS_PERIOD)
         {
             self.stats_published = Some(now);
-            self.publish_stats(engine, sessions_active, now);
+            self.publish_stats(engines, sessions_active, now);
         }
         // A session touches its entry at every command: write each user and each
         // session once per pass, as they stand now.
         let mut users: hashbrown::HashMap<Arc<engine::UserKey>, Option<SocketAddr>> =
             hashbrown::HashMap::new();
         let mut sessions = hashbrown::HashMap::new();
-        for change in engine.take_changes() {
-            let client = change.session.map(|(_, client)| client);
-            let last = users.entry(change.key.clone()).or_default();
-            *last = client.or(*last);
-            if let Some((conn, client)) = change.session {
-                sessions.insert(conn, (client, change.key));
+        for (worker, engine) in engines.iter_mut().enumerate() {
+            for change in engine.take_changes() {
+                let client = change.session.map(|(_, client)| client);
+                let last = users.entry(change.key.clone()).or_default();
+                *last = client.or(*last);
+                if let Some((conn, client)) = change.session {
+                    sessions.insert((worker, conn), (client, change.key));
+                }
             }
         }
         for (key, client) in users {
-            self.refresh_user(engine, &key, client, now);
+            self.refresh_user(engines, &key, client, now);
         }
-        for (conn, (client, key)) in sessions {
-            let state = engine.state(conn).map_or("closed", state_word);
+        for ((worker, conn), (client, key)) in sessions {
+            let state = engines[worker].state(conn).map_or("closed", state_word);
             self.write_session(client, &key, state);
         }
         for &(client, server) in closed {
@@ -133,33 +137,45 @@ impl Mirror {
             && *at <= now
         {
             let (_, key) = self.expiries.pop_first().expect("just looked at it");
-            self.refresh_user(engine, &key, None, now);
+            self.refresh_user(engines, &key, None, now);
         }
     }
 
-    fn publish_stats(&mut self, engine: &AttenuationEngine, sessions_active: u64, now: Instant) {
-        let counters = engine.counters();
+    fn publish_stats(
+        &mut self,
+        engines: &[&mut AttenuationEngine],
+        sessions_active: u64,
+        now: Instant,
+    ) {
+        let mut counters = engine::Counters::default();
+        for engine in engines {
+            counters += *engine.counters();
+        }
+        let Some(first) = engines.first() else {
+            return;
+        };
         let stats = DaemonStats {
             checks_seen: counters.checks_seen,
             checks_answered_locally: counters.answered_locally,
             checks_passed_through: counters.passed_through,
             upstream_logins_avoided: counters.upstream_logins_avoided,
             sessions_active,
-            table_entries: engine.table().len() as u64,
+            table_entries: engines.iter().map(|e| e.table().len() as u64).sum(),
             gc_runs: counters.gc_runs,
             users_not_mirrored: self.stats.users_not_mirrored,
             updated_at: self.clock.unix(now),
-            interval_secs: engine.interval(now).as_secs(),
+            interval_secs: first.interval(now).as_secs(),
             rule_decisions: counters.rule_decisions().map(|(_, _, n)| n),
         };
         let _ = self.stats_map.set(0, stats, 0);
     }
 
-    /// Writes a user's entry as the engine has it (deletes it if gone); `client` is the
-    /// subscriber of the session that just touched it, if any.
+    /// Writes a user's entry as the engines have it (the one checked last; deletes it if
+    /// no engine has one); `client` is the subscriber of the session that just touched
+    /// it, if any.
     fn refresh_user(
         &mut self,
-        engine: &AttenuationEngine,
+        engines: &[&mut AttenuationEngine],
         key: &Arc<engine::UserKey>,
         client: Option<SocketAddr>,
         now: Instant,
@@ -168,7 +184,11 @@ impl Mirror {
             self.stats.users_not_mirrored += 1;
             return;
         };
-        let Some(entry) = engine.table().get(key) else {
+        let found = engines
+            .iter()
+            .filter_map(|engine| Some((engine, engine.table().get(key)?)))
+            .max_by_key(|(_, entry)| entry.last_check());
+        let Some((engine, entry)) = found else {
             let _ = self.users.remove(&map_key);
             return;
         };

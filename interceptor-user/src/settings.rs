@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::{
     choice::{DataplaneKind, TcAttach, XdpMode},
     cli::RunArgs,
-    dataplane::sources::SourceLimits,
+    dataplane::{sources::SourceLimits, workers::WorkerCount},
     fanout::FanoutConfig,
     notify::NotifyConfig,
 };
@@ -39,6 +39,7 @@ pub struct FileSettings {
     pub iface: Option<String>,
     pub dataplane: Option<DataplaneKind>,
     pub xdp_mode: Option<XdpMode>,
+    pub workers: Option<WorkerCount>,
     pub tc_attach: Option<TcAttach>,
     pub ports: Option<Vec<u16>>,
     pub servers: Option<Vec<IpNet>>,
@@ -102,6 +103,8 @@ pub struct Settings {
     pub iface: String,
     pub dataplane: DataplaneKind,
     pub xdp_mode: XdpMode,
+    /// How many dataplane workers.
+    pub workers: WorkerCount,
     pub tc_attach: TcAttach,
     pub ports: Vec<u16>,
     pub servers: Vec<IpNet>,
@@ -342,6 +345,10 @@ impl Settings {
                 .or(file.dataplane)
                 .unwrap_or(DataplaneKind::Auto),
             xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or(XdpMode::Auto),
+            workers: args
+                .workers
+                .or(file.workers)
+                .unwrap_or(WorkerCount::Fixed(std::num::NonZeroUsize::MIN)),
             tc_attach: args.tc_attach.or(file.tc_attach).unwrap_or(TcAttach::Auto),
             ports,
             servers: args.servers.or(file.servers).unwrap_or_default(),

@@ -45,6 +45,11 @@ struct Buffers {
     ptr: NonNull<u8>,
 }
 
+// SAFETY: the mapping is owned by this value alone (only the socket built on it points
+// into it, and the two move together with the stack); sending it to another thread moves
+// that ownership whole.
+unsafe impl Send for Buffers {}
+
 impl Buffers {
     const LEN: usize = RX_BUFFER + TX_BUFFER;
 

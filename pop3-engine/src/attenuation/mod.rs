@@ -133,6 +133,27 @@ impl Counters {
     }
 }
 
+impl std::ops::AddAssign for Counters {
+    /// Sums the counters of two engines (a daemon's workers).
+    fn add_assign(&mut self, o: Self) {
+        self.checks_seen += o.checks_seen;
+        self.answered_locally += o.answered_locally;
+        self.passed_through += o.passed_through;
+        self.upstream_logins_avoided += o.upstream_logins_avoided;
+        self.gc_runs += o.gc_runs;
+        self.notifications += o.notifications;
+        self.notifications_applied += o.notifications_applied;
+        self.one_in_m_passed += o.one_in_m_passed;
+        self.fast_checks_rewarded += o.fast_checks_rewarded;
+        self.fast_checks_penalized += o.fast_checks_penalized;
+        self.periodic_held += o.periodic_held;
+        self.irregular_passed += o.irregular_passed;
+        self.login_delay_local += o.login_delay_local;
+        self.login_delay_refused += o.login_delay_refused;
+        self.load_held += o.load_held;
+    }
+}
+
 /// A user whose table entry may have changed, for mirrors of the table (the pinned BPF
 /// map): look it up in [`AttenuationEngine::table`]; absent means removed.
 #[derive(Clone, Debug, PartialEq, Eq)]

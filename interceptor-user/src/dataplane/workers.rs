@@ -1,0 +1,421 @@
+//! `--workers`: the dataplane on several threads, one per set of frame queues.
+//!
+//! Each worker is a [`Dataplane`] of its own (AF_XDP sockets of its RX queues, or its
+//! queue of the TAP; smoltcp stacks, connection table, upstream runtime and POP3 engine),
+//! pinned to a core of its own when there are several. Frames of one flow always reach
+//! the same worker: on XDP the RX queue decides (the queue's socket belongs to one
+//! worker), on TC the kernel's flow hash picks the TAP queue. The workers share only the
+//! connection [`Limits`] (checked on SYNs and when connections end, never per packet).
+//!
+//! Each worker has its own engine, and so its own user table: no lock is shared in the
+//! hot path. The price: a user whose checks arrive on several workers is learnt by each
+//! (up to one server login per worker per interval instead of one). Operators who run
+//! several workers keep a subscriber's flows on one queue (on a NIC: `ethtool -N IF
+//! rx-flow-hash tcp4 sd`, hashing addresses only). The engine sits behind a mutex only
+//! its own worker takes in the hot path; the operator thread takes it to mirror the
+//! table, apply notifications and read counters.
+//!
+//! The operator thread (the daemon's main thread) is woken when a worker has new flows
+//! for the classifier's `FLOWS` map, and asks the workers for fresh counters on a scrape.
+
+use std::{
+    net::SocketAddr,
+    num::NonZeroUsize,
+    ops::ControlFlow,
+    os::fd::BorrowedFd,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use pop3_engine::session::{ConnId, ConnInfo, Event, Output, Pop3Engine};
+
+use super::{
+    Dataplane, DataplaneConfig, DataplaneError, DataplaneStats,
+    limits::Limits,
+    lock,
+    queue::{FrameQueue, FrameSource},
+    sources::SourceLimits,
+    tap::TapQueue,
+    xsk::XskQueue,
+};
+use crate::{cache::EdgeCache, engine::Engine, upstream::Waker};
+
+/// How long the operator waits for the workers' counters on a scrape.
+const STATS_WAIT: Duration = Duration::from_secs(1);
+
+/// How many workers `--workers` asks for (in the config file: a number or `"auto"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "WorkerCountText")]
+pub enum WorkerCount {
+    /// One per RX queue of the interface (on TC: one per queue the kernel gives the
+    /// subscriber interface), at most one per CPU the daemon may run on.
+    Auto,
+    Fixed(NonZeroUsize),
+}
+
+impl std::str::FromStr for WorkerCount {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "auto" {
+            return Ok(Self::Auto);
+        }
+        s.parse()
+            .map(Self::Fixed)
+            .map_err(|_| format!("{s:?}: a number of workers (at least 1) or \"auto\""))
+    }
+}
+
+/// `workers` as the config file may write it.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum WorkerCountText {
+    Number(usize),
+    Text(String),
+}
+
+impl TryFrom<WorkerCountText> for WorkerCount {
+    type Error = String;
+
+    fn try_from(value: WorkerCountText) -> Result<Self, Self::Error> {
+        match value {
+            WorkerCountText::Number(n) => n.to_string().parse(),
+            WorkerCountText::Text(s) => s.parse(),
+        }
+    }
+}
+
+impl WorkerCount {
+    /// The number of workers for an interface with `queues` RX queues. On XDP a worker
+    /// without a queue would have nothing to read, so there are at most `queues`.
+    pub fn resolve(self, queues: u32, source: FrameSource) -> usize {
+        let queues = queues.max(1) as usize;
+        let wanted = match self {
+            WorkerCount::Auto => queues.min(cpus().len().max(1)),
+            WorkerCount::Fixed(n) => n.get(),
+        };
+        match source {
+            FrameSource::AfXdp => wanted.min(queues),
+            FrameSource::Tap => wanted,
+        }
+    }
+}
+
+/// The CPUs this process may run on.
+fn cpus() -> Vec<usize> {
+    rustix::thread::sched_getaffinity(None)
+        .map(|set| {
+            (0..rustix::thread::CpuSet::MAX_CPU)
+                .filter(|&cpu| set.is_set(cpu))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A worker's engine as its dataplane drives it: each call takes the mutex, which only
+/// the operator thread ever contends for.
+pub struct WorkerEngine(Arc<Mutex<Engine>>);
+
+impl Pop3Engine for WorkerEngine {
+    fn open(&mut self, conn: ConnId, info: ConnInfo, now: Instant, out: &mut Vec<Output>) {
+        lock(&self.0).open(conn, info, now, out);
+    }
+
+    fn handle(&mut self, conn: ConnId, event: Event<'_>, now: Instant, out: &mut Vec<Output>) {
+        lock(&self.0).handle(conn, event, now, out);
+    }
+
+    fn close(&mut self, conn: ConnId, now: Instant) {
+        lock(&self.0).close(conn, now);
+    }
+
+    fn next_timeout(&self) -> Option<Instant> {
+        lock(&self.0).next_timeout()
+    }
+
+    fn on_timeout(&mut self, now: Instant, out: &mut Vec<Output>) {
+        lock(&self.0).on_timeout(now, out);
+    }
+}
+
+/// What a worker hands the operator thread.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// `(client, server)` of connections whose handshake completed, for `FLOWS`.
+    established: Vec<(SocketAddr, SocketAddr)>,
+    /// `(client, server)` of connections that ended.
+    closed: Vec<(SocketAddr, SocketAddr)>,
+    /// The worker's counters, as of the scrape numbered `generation`.
+    stats: DataplaneStats,
+    generation: u64,
+}
+
+/// A worker as the operator thread sees it.
+struct Worker {
+    engine: Arc<Mutex<Engine>>,
+    outbox: Arc<Mutex<Outbox>>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<Result<(), DataplaneError>>>,
+}
+
+/// What the workers are built from.
+pub struct WorkersConfig {
+    /// The subscriber-facing interface.
+    pub ifname: String,
+    /// Where frames come from: AF_XDP sockets or the TC dataplane's TAP.
+    pub source: FrameSource,
+    /// RX queues of the interface; one AF_XDP socket each.
+    pub queues: u32,
+    /// Per-subscriber limits on connections and SYNs, over all workers.
+    pub per_source: SourceLimits,
+    /// Each worker's dataplane settings.
+    pub dataplane: DataplaneConfig,
+}
+
+/// The dataplane workers of one interface.
+pub struct Workers {
+    workers: Vec<Worker>,
+    /// Built, not running yet (see [`Workers::start`]).
+    ready: Vec<Dataplane<WorkerEngine>>,
+    stop: Arc<AtomicBool>,
+    /// The number of the last scrape asked for.
+    scrape: Arc<AtomicU64>,
+    limits: Arc<Limits>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Workers {
+    /// Opens the frame queues (one AF_XDP socket per RX queue, dealt round-robin, or one
+    /// TAP queue per worker) and builds one worker per engine of `engines`. The
+    /// sockets still have to go into the XSKMAP ([`Self::sockets`]), or the TAP into the
+    /// classifier's config ([`Self::tap`]), before [`Self::start`].
+    pub fn open(config: WorkersConfig, engines: Vec<Engine>) -> Result<Self, DataplaneError> {
+        let count = engines.len().max(1);
+        let mut queues: Vec<Vec<FrameQueue>> = (0..count).map(|_| Vec::new()).collect();
+        match config.source {
+            FrameSource::AfXdp => {
+                for q in 0..config.queues {
+                    let queue = XskQueue::open(&config.ifname, q)?;
+                    queues[q as usize % count].push(FrameQueue::Xsk(queue));
+                }
+            }
+            FrameSource::Tap => {
+                let ifindex = crate::ebpf::interface_index(&config.ifname)
+                    .ok_or_else(|| DataplaneError::NoSuchInterface(config.ifname.clone()))?;
+                let taps = TapQueue::open(ifindex, config.dataplane.mtu, count)?;
+                for (worker, tap) in queues.iter_mut().zip(taps) {
+                    worker.push(FrameQueue::Tap(tap));
+                }
+            }
+        }
+        let limits = Arc::new(Limits::new(config.dataplane.max_conns, config.per_source));
+        let mut workers = Vec::with_capacity(count);
+        let mut ready = Vec::with_capacity(count);
+        for (queues, engine) in queues.into_iter().zip(engines) {
+            let shared = Arc::new(Mutex::new(engine));
+            let dataplane = Dataplane::new(
+                config.dataplane.clone(),
+                WorkerEngine(shared.clone()),
+                queues,
+                limits.clone(),
+            )?;
+            workers.push(Worker {
+                engine: shared,
+                outbox: Arc::default(),
+                waker: dataplane.waker(),
+                thread: None,
+            });
+            ready.push(dataplane);
+        }
+        let runtime = ready[0].runtime().clone();
+        Ok(Self {
+            workers,
+            ready,
+            stop: Arc::default(),
+            scrape: Arc::default(),
+            limits,
+            runtime,
+        })
+    }
+
+    /// How many workers there are.
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Whether there is no worker (never: there is at least one).
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// `(queue id, socket)` pairs for the XSKMAP, before [`Self::start`].
+    pub fn sockets(&self) -> Vec<(u32, BorrowedFd<'_>)> {
+        self.ready.iter().flat_map(|dp| dp.sockets()).collect()
+    }
+
+    /// The TAP's interface index, for the TC classifier (`None` on AF_XDP).
+    pub fn tap(&self) -> Option<u32> {
+        self.ready.first().and_then(|dp| dp.tap())
+    }
+
+    /// The first worker's tokio runtime, for the daemon's other I/O (HTTP endpoints).
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    /// Answers every worker's edge-cache requests from `cache`.
+    pub fn set_cache(&mut self, cache: &Arc<Mutex<EdgeCache>>) {
+        for dp in &mut self.ready {
+            dp.set_cache(cache.clone());
+        }
+    }
+
+    /// Starts one thread per worker, each pinned to a CPU of its own when there are
+    /// several (a single worker is left where the scheduler puts it); `operator` is woken
+    /// when a worker has something for the operator thread.
+    pub fn start(&mut self, operator: &Arc<Waker>) -> std::io::Result<()> {
+        let cpus = cpus();
+        let pin = self.ready.len() > 1 && !cpus.is_empty();
+        for (index, dataplane) in self.ready.drain(..).enumerate() {
+            let cpu = pin.then(|| cpus[index % cpus.len()]);
+            let worker = &mut self.workers[index];
+            let run = WorkerRun {
+                outbox: worker.outbox.clone(),
+                stop: self.stop.clone(),
+                scrape: self.scrape.clone(),
+                operator: operator.clone(),
+            };
+            worker.thread = Some(
+                std::thread::Builder::new()
+                    .name(format!("dataplane-{index}"))
+                    .spawn(move || run.run(dataplane, cpu))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// The workers' engines, in worker order.
+    pub fn engines(&self) -> impl Iterator<Item = &Arc<Mutex<Engine>>> {
+        self.workers.iter().map(|w| &w.engine)
+    }
+
+    /// Moves the flows the workers saw established and closed since the last call into
+    /// `established` and `closed`.
+    pub fn take_flows(
+        &self,
+        established: &mut Vec<(SocketAddr, SocketAddr)>,
+        closed: &mut Vec<(SocketAddr, SocketAddr)>,
+    ) {
+        for worker in &self.workers {
+            let mut outbox = lock(&worker.outbox);
+            established.append(&mut outbox.established);
+            closed.append(&mut outbox.closed);
+        }
+    }
+
+    /// Connections open over all workers.
+    pub fn active_conns(&self) -> usize {
+        self.limits.conns()
+    }
+
+    /// Each worker's counters, fresh: asks every worker and waits (at most a second) for
+    /// them to answer at the end of their pass.
+    pub fn stats(&self) -> Vec<DataplaneStats> {
+        let generation = self.scrape.fetch_add(1, Ordering::AcqRel) + 1;
+        for worker in &self.workers {
+            worker.waker.wake();
+        }
+        let deadline = Instant::now() + STATS_WAIT;
+        loop {
+            let fresh = self
+                .workers
+                .iter()
+                .all(|w| w.thread.is_none() || lock(&w.outbox).generation >= generation);
+            if fresh || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        self.workers.iter().map(|w| lock(&w.outbox).stats).collect()
+    }
+
+    /// The first worker that stopped on its own (an error, a panic), if one did.
+    pub fn failed(&self) -> Option<usize> {
+        self.workers
+            .iter()
+            .position(|w| w.thread.as_ref().is_some_and(JoinHandle::is_finished))
+    }
+
+    /// Stops every worker and waits for them; returns the first error one met.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Release);
+        for worker in &self.workers {
+            worker.waker.wake();
+        }
+        let mut result = Ok(());
+        for (index, worker) in self.workers.iter_mut().enumerate() {
+            let Some(thread) = worker.thread.take() else {
+                continue;
+            };
+            let outcome = match thread.join() {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err(anyhow::anyhow!("dataplane worker {index}: {err}")),
+                Err(_) => Err(anyhow::anyhow!("dataplane worker {index} panicked")),
+            };
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+        result
+    }
+}
+
+/// What a worker thread shares with the operator thread.
+struct WorkerRun {
+    outbox: Arc<Mutex<Outbox>>,
+    stop: Arc<AtomicBool>,
+    scrape: Arc<AtomicU64>,
+    operator: Arc<Waker>,
+}
+
+impl WorkerRun {
+    fn run(
+        self,
+        mut dataplane: Dataplane<WorkerEngine>,
+        cpu: Option<usize>,
+    ) -> Result<(), DataplaneError> {
+        if let Some(cpu) = cpu {
+            let mut set = rustix::thread::CpuSet::new();
+            set.set(cpu);
+            if let Err(err) = rustix::thread::sched_setaffinity(None, &set) {
+                tracing::warn!(cpu, %err, "could not pin a dataplane worker");
+            }
+        }
+        let mut answered = 0;
+        dataplane.run(|dp| {
+            let flows = !dp.established_flows().is_empty() || !dp.closed_flows().is_empty();
+            let wanted = self.scrape.load(Ordering::Acquire);
+            if flows || wanted > answered {
+                let mut outbox = lock(&self.outbox);
+                outbox.established.extend_from_slice(dp.established_flows());
+                outbox.closed.extend_from_slice(dp.closed_flows());
+                if wanted > answered {
+                    outbox.stats = dp.stats();
+                    outbox.generation = wanted;
+                    answered = wanted;
+                }
+                drop(outbox);
+                self.operator.wake();
+            }
+            if self.stop.load(Ordering::Acquire) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+    }
+}
