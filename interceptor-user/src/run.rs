@@ -205,7 +205,18 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
     let result = op.run(&signals, &operator, &settings, &excluded);
     let counters = op.attachment.counters().unwrap_or_default();
     let stats = op.workers.stats();
-    tracing::info!(?stats, ?counters, "stopping: detaching from {iface}");
+    let engine = op.workers.engines().fold(None, |sum, engine| {
+        let counters = *lock(engine).attenuation()?.counters();
+        let mut sum: pop3_engine::attenuation::Counters = sum.unwrap_or_default();
+        sum += counters;
+        Some(sum)
+    });
+    tracing::info!(
+        ?stats,
+        ?counters,
+        ?engine,
+        "stopping: detaching from {iface}"
+    );
     let Operator {
         mut attachment,
         workers,

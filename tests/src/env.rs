@@ -8,7 +8,7 @@ use crate::{
     Dovecot, DovecotOptions, Interceptor, InterceptorOptions, Node, Topology,
     clients::{self, PoplibOptions, RawSession},
     prometheus,
-    topology::server_pop3_v4,
+    topology::{TopologyOptions, server_pop3_v4},
 };
 
 /// The topology, Dovecot and the daemon (if started). Fields drop in order: the daemon,
@@ -42,7 +42,12 @@ impl Env {
 
     /// No daemon yet: clients reach Dovecot directly until [`Env::start_daemon`].
     pub fn direct(options: DovecotOptions) -> Self {
-        let topo = Topology::new().expect("topology");
+        Self::direct_on(TopologyOptions::default(), options)
+    }
+
+    /// [`Env::direct`] on a topology built with `topology` (more RX queues, say).
+    pub fn direct_on(topology: TopologyOptions, options: DovecotOptions) -> Self {
+        let topo = Topology::with_options(topology).expect("topology");
         let dc = Dovecot::start_with(&topo, options).expect("dovecot");
         Self { ic: None, dc, topo }
     }
