@@ -19,7 +19,9 @@
 //! ([`other_traffic`]).
 //!
 //! The daemon's rows run on `--dataplane` (default `auto`: tc on veth); run the bench once
-//! with `--dataplane xdp` and once with `--dataplane tc` for the A/B figures.
+//! with `--dataplane xdp` and once with `--dataplane tc` for the A/B figures. The relay and
+//! attenuated rows run with one dataplane worker, then again with each of `--workers`
+//! ([`workers`] prints them side by side).
 //!
 //! The load generator (`xtask loadgen`) runs inside the client namespace.
 
@@ -28,6 +30,7 @@ mod cpu;
 mod peers;
 mod report;
 mod table_memory;
+mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,7 +41,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use e2e::dovecot::make_large_message;
 use e2e::topology::server_pop3_v4;
-use e2e::{Dovecot, DovecotOptions, Interceptor, InterceptorOptions, Node, Topology};
+use e2e::{
+    Dovecot, DovecotOptions, Interceptor, InterceptorOptions, Node, Topology, TopologyOptions,
+};
 use serde::Serialize;
 
 use crate::loadgen::LoadReport;
@@ -107,6 +112,16 @@ pub struct BenchArgs {
     /// Dovecot with one login process per connection (its default) instead of its fast mode.
     #[arg(long)]
     dovecot_secure_login: bool,
+    /// Worker counts (`--workers`) of the extra relay and attenuated rows, beside the
+    /// one-worker rows (comma-separated; empty: none). The router's client-facing veth gets
+    /// as many RX queues as the largest.
+    #[arg(long, value_delimiter = ',', default_value = "2",
+          value_parser = clap::value_parser!(u16).range(2..=16))]
+    workers: Vec<u16>,
+    /// Concurrencies of the extra workers' rows (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "16,64",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers_concurrency: Vec<u16>,
     /// Where to write the JSON (default: <target>/bench.json).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -198,12 +213,17 @@ pub struct Measurement {
     /// CPU time (user + system, all threads and direct children) of the process on the
     /// path (daemon, nginx, ideal responder) per completed session; `None` for `direct`.
     pub cpu_us_per_session: Option<f64>,
+    /// The daemon's `--workers` (`None` for the paths without the daemon).
+    pub workers: Option<usize>,
 }
 
 /// What Dovecot saw of the attenuated runs.
 #[derive(Debug, Default, Serialize)]
 struct AttenuationCheck {
-    /// Warm-up sessions (one per user, passed through to Dovecot).
+    /// The daemon's `--workers`.
+    workers: usize,
+    /// Warm-up sessions (one per user, passed through to Dovecot; with several workers,
+    /// several per user, so that every worker's engine learns every user).
     warm_sessions: u64,
     /// Dovecot logins during the warm-up.
     warm_logins: usize,
@@ -230,6 +250,8 @@ struct BenchJson {
     nproc: usize,
     measurements: Vec<Measurement>,
     attenuation: Option<AttenuationCheck>,
+    /// What Dovecot saw of the attenuated runs with several workers.
+    attenuation_workers: Vec<AttenuationCheck>,
     table_memory: Option<TableMemory>,
     other_traffic: Option<OtherTraffic>,
 }
@@ -290,17 +312,22 @@ impl Bench<'_> {
         Ok(r)
     }
 
-    /// Runs every scenario of `path` against `target`; `cpu_pid` is the process on the path
-    /// whose CPU time each run costs.
+    /// Runs every scenario of `path` against `target` (the daemon's with `workers`);
+    /// `cpu_pid` is the process on the path whose CPU time each run costs.
     fn measure(
         &self,
-        path: Path,
+        (path, workers): (Path, Option<usize>),
         target: SocketAddr,
         cpu_pid: Option<u32>,
         out: &mut Vec<Measurement>,
     ) -> Result<()> {
-        for sc in scenarios(self.args, path) {
-            eprint!("bench: {:<10} {:<16} ... ", path.label(), sc.name());
+        let loads = match workers {
+            Some(n) if n > 1 => workers::scenarios(&self.args.workers_concurrency),
+            _ => scenarios(self.args, path),
+        };
+        for sc in loads {
+            let label = workers::label(path, workers);
+            eprint!("bench: {label:<10} {:<16} ... ", sc.name());
             let before = cpu_pid.map(cpu::tree_cpu).transpose()?;
             let r = self.loadgen(target, &sc, None)?;
             let used = match (cpu_pid, before) {
@@ -332,6 +359,7 @@ impl Bench<'_> {
                 scenario: sc,
                 report: r,
                 cpu_us_per_session,
+                workers,
             });
         }
         Ok(())
@@ -341,16 +369,17 @@ impl Bench<'_> {
     fn measure_peers(&self, out: &mut Vec<Measurement>) -> Result<()> {
         let dir = self.topo.dir().join("peers");
         let nginx = peers::start_nginx(self.topo, &dir).context("starting nginx's mail proxy")?;
-        self.measure(Path::Nginx, nginx.addr, Some(nginx.pid()), out)?;
+        self.measure((Path::Nginx, None), nginx.addr, Some(nginx.pid()), out)?;
         drop(nginx);
         let ideal = peers::start_ideal(self.topo, &self.exe, &dir)
             .context("starting the ideal responder")?;
-        self.measure(Path::Ideal, ideal.addr, Some(ideal.pid()), out)
+        self.measure((Path::Ideal, None), ideal.addr, Some(ideal.pid()), out)
     }
 
-    /// The daemon's arguments for `mode`, the bench's own first.
-    fn daemon_opts(&self, bin: &std::path::Path, mode: &str) -> InterceptorOptions {
+    /// The daemon's arguments for `mode` with `workers`, the bench's own first.
+    fn daemon_opts(&self, bin: &std::path::Path, mode: &str, workers: usize) -> InterceptorOptions {
         let mut extra_args = vec!["--mode".to_string(), mode.to_string()];
+        extra_args.extend(["--workers".to_string(), workers.to_string()]);
         extra_args.extend(["--dataplane".to_string(), self.args.dataplane.clone()]);
         extra_args.extend(one_source_load());
         if mode == "attenuate"
@@ -371,24 +400,33 @@ impl Bench<'_> {
         }
     }
 
-    /// The relay rows: the daemon in relay mode.
-    fn measure_relay(&self, bin: &std::path::Path, out: &mut Vec<Measurement>) -> Result<()> {
-        let mut icpt = Interceptor::start_with(self.topo, self.daemon_opts(bin, "relay"))
+    /// The relay rows: the daemon in relay mode with `workers`.
+    fn measure_relay(
+        &self,
+        bin: &std::path::Path,
+        workers: usize,
+        out: &mut Vec<Measurement>,
+    ) -> Result<()> {
+        let mut icpt = Interceptor::start_with(self.topo, self.daemon_opts(bin, "relay", workers))
             .context("starting the interceptor (relay)")?;
-        let res = self.measure(Path::Relay, server_pop3_v4(), Some(icpt.pid()), out);
+        let path = (Path::Relay, Some(workers));
+        let res = self.measure(path, server_pop3_v4(), Some(icpt.pid()), out);
         icpt.terminate(Duration::from_secs(10));
         res
     }
 
-    /// The attenuation rows: the daemon in attenuate mode, its table warmed by one check per
-    /// user, then the attenuated checks; Dovecot's log says how many logins they cost.
+    /// The attenuation rows: the daemon in attenuate mode with `workers`, its table warmed
+    /// by one check per user (per worker), then the attenuated checks; Dovecot's log says how
+    /// many logins they cost.
     fn measure_attenuated(
         &self,
         bin: &std::path::Path,
         dovecot: &Dovecot,
+        workers: usize,
         out: &mut Vec<Measurement>,
     ) -> Result<AttenuationCheck> {
-        let mut icpt = Interceptor::start_with(self.topo, self.daemon_opts(bin, "attenuate"))
+        let opts = self.daemon_opts(bin, "attenuate", workers);
+        let mut icpt = Interceptor::start_with(self.topo, opts)
             .context("starting the interceptor (attenuate)")?;
         let first = out.len();
         let res = (|| -> Result<AttenuationCheck> {
@@ -402,8 +440,15 @@ impl Bench<'_> {
                 dovecot.logins().len()
             };
             let before = settle(0);
-            let users = self.args.users;
-            eprint!("bench: {:<10} {:<16} ... ", "attenuated", "warm-up, 1/user");
+            // Each worker learns a user for itself, and a session reaches a worker by its
+            // flow's hash: several rounds make it likely that every worker saw every user.
+            let rounds = workers::warm_up_rounds(workers);
+            let users = self.args.users * rounds;
+            eprint!(
+                "bench: {:<10} {:<16} ... ",
+                "attenuated",
+                format!("warm-up, {rounds}/user")
+            );
             let one = Scenario {
                 mode: "check",
                 concurrency: 1,
@@ -418,10 +463,12 @@ impl Bench<'_> {
                     warm.first_errors
                 );
             }
-            let warmed = settle(before + users as usize);
-            self.measure(Path::Attenuated, server_pop3_v4(), Some(icpt.pid()), out)?;
+            let warmed = settle(before + self.args.users as usize);
+            let path = (Path::Attenuated, Some(workers));
+            self.measure(path, server_pop3_v4(), Some(icpt.pid()), out)?;
             let after = settle(0);
             Ok(AttenuationCheck {
+                workers,
                 warm_sessions: warm.sessions,
                 warm_logins: warmed - before,
                 sessions: out[first..].iter().map(|m| m.report.sessions).sum(),
@@ -477,7 +524,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     let exe = loadgen_exe(args.skip_build)?;
 
-    let topo = Topology::new()?;
+    // XDP gives each worker RX queues of its own: as many queues as the most workers.
+    let queues = args.workers.iter().copied().max().unwrap_or(1);
+    let topo = Topology::with_options(TopologyOptions {
+        rc0_queues: queues.into(),
+    })?;
     let mut users: Vec<(String, String)> = (0..args.users)
         .map(|i| (format!("{BENCH_PREFIX}{i:03}"), BENCH_PASS.to_string()))
         .collect();
@@ -509,19 +560,29 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     };
     let warm = bench.loadgen(server_pop3_v4(), &eight, Some(args.users))?;
     eprintln!("{} sessions, {} errors", warm.sessions, warm.errors);
-    bench.measure(Path::Direct, server_pop3_v4(), None, &mut ms)?;
+    bench.measure((Path::Direct, None), server_pop3_v4(), None, &mut ms)?;
     if !args.direct_only && !args.skip_peers {
         bench.measure_peers(&mut ms)?;
     }
     if let Some(bin) = &bin {
-        bench.measure_relay(bin, &mut ms)?;
+        bench.measure_relay(bin, 1, &mut ms)?;
     }
     let attenuation = match &bin {
         Some(bin) if !args.skip_attenuate => {
-            Some(bench.measure_attenuated(bin, &dovecot, &mut ms)?)
+            Some(bench.measure_attenuated(bin, &dovecot, 1, &mut ms)?)
         }
         _ => None,
     };
+    let mut attenuation_workers = Vec::new();
+    if let Some(bin) = &bin {
+        for &n in &args.workers {
+            bench.measure_relay(bin, n.into(), &mut ms)?;
+            if !args.skip_attenuate {
+                let check = bench.measure_attenuated(bin, &dovecot, n.into(), &mut ms)?;
+                attenuation_workers.push(check);
+            }
+        }
+    }
     drop(dovecot);
     let other = match &bin {
         Some(bin) if !args.skip_other_traffic => {
@@ -546,6 +607,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if let Some(a) = &attenuation {
         print_attenuation_check(a);
     }
+    workers::print(&ms);
+    for a in &attenuation_workers {
+        print_attenuation_check(a);
+    }
     if let Some(t) = &table_memory {
         print_table_memory(t);
     }
@@ -564,6 +629,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             .unwrap_or(0),
         measurements: ms,
         attenuation,
+        attenuation_workers,
         table_memory,
     };
     let out = match &args.out {
@@ -626,8 +692,8 @@ fn chart_caption(j: &BenchJson) -> String {
 /// What the attenuated runs cost Dovecot, and the daemon's counters.
 fn print_attenuation_check(a: &AttenuationCheck) {
     println!(
-        "  Dovecot logins: warm-up {} for {} sessions; attenuated runs {} for {} sessions",
-        a.warm_logins, a.warm_sessions, a.logins, a.sessions
+        "  {} worker(s): Dovecot logins: warm-up {} for {} sessions; attenuated runs {} for {} sessions",
+        a.workers, a.warm_logins, a.warm_sessions, a.logins, a.sessions
     );
     if let Some(c) = &a.engine_counters {
         println!("  daemon engine counters at exit: {c}");
