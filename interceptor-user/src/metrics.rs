@@ -93,9 +93,10 @@ impl Snapshot {
         let (mut interval_secs, mut table_entries) = (0, 0);
         for (index, shared) in workers.engines().enumerate() {
             if let Some(e) = lock(shared).attenuation() {
-                engine += *e.counters();
-                table_entries += e.table().len() as u64;
+                engine.add_worker(e.counters());
+                // One table, shared by every worker's engine.
                 if index == 0 {
+                    table_entries = e.table().len() as u64;
                     interval_secs = e.interval(std::time::Instant::now()).as_secs();
                 }
             }

@@ -2,8 +2,8 @@
 //! `SESSIONS`, for operators using bpftool or `pop3-interceptor status`.
 //!
 //! The engines' tables stay authoritative; the maps are a copy refreshed from the
-//! engines' change logs by the operator thread. With several workers a user may have an
-//! entry in more than one worker's table: the map shows the one checked last. Losing them loses nothing, and a full
+//! engines' change logs by the operator thread (one change log per worker's engine, one
+//! table shared by all of them). Losing them loses nothing, and a full
 //! map only means "not mirrored" (counted), never an error on the packet path.
 
 use std::{
@@ -149,7 +149,7 @@ impl Mirror {
     ) {
         let mut counters = engine::Counters::default();
         for engine in engines {
-            counters += *engine.counters();
+            counters.add_worker(engine.counters());
         }
         let Some(first) = engines.first() else {
             return;
@@ -160,7 +160,7 @@ impl Mirror {
             checks_passed_through: counters.passed_through,
             upstream_logins_avoided: counters.upstream_logins_avoided,
             sessions_active,
-            table_entries: engines.iter().map(|e| e.table().len() as u64).sum(),
+            table_entries: first.table().len() as u64,
             gc_runs: counters.gc_runs,
             users_not_mirrored: self.stats.users_not_mirrored,
             updated_at: self.clock.unix(now),
@@ -170,9 +170,8 @@ impl Mirror {
         let _ = self.stats_map.set(0, stats, 0);
     }
 
-    /// Writes a user's entry as the engines have it (the one checked last; deletes it if
-    /// no engine has one); `client` is the subscriber of the session that just touched
-    /// it, if any.
+    /// Writes a user's entry as the (shared) table has it (deletes it if gone); `client` is
+    /// the subscriber of the session that just touched it, if any.
     fn refresh_user(
         &mut self,
         engines: &[&mut AttenuationEngine],
@@ -184,15 +183,19 @@ impl Mirror {
             self.stats.users_not_mirrored += 1;
             return;
         };
-        let found = engines
-            .iter()
-            .filter_map(|engine| Some((engine, engine.table().get(key)?)))
-            .max_by_key(|(_, entry)| entry.last_check());
-        let Some((engine, entry)) = found else {
+        let Some(engine) = engines.first() else {
+            return;
+        };
+        let Some(entry) = engine.table().get(key) else {
             let _ = self.users.remove(&map_key);
             return;
         };
-        let interval = engine.interval_for(key, now);
+        // Each engine knows which servers notified it of new mail: the longest n in force.
+        let interval = engines
+            .iter()
+            .map(|e| e.interval_for(key, now))
+            .max()
+            .unwrap_or_default();
         let attenuated = entry.fresh(now, interval);
         let until = entry.verified().map(|t| t + interval);
         if attenuated && let Some(until) = until {

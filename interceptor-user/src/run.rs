@@ -127,11 +127,8 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
             response_timeout: settings.response_timeout,
         },
     };
-    // One salt per engine: each worker's verifiers live in its own table.
-    let engines = (0..count)
-        .map(|_| Engine::new(&settings))
-        .collect::<Result<Vec<_>, _>>()
-        .context("drawing the verifier salt from the OS")?;
+    let engines =
+        Engine::for_workers(&settings, count).context("drawing the verifier salt from the OS")?;
     let mut workers = Workers::open(config, engines).with_context(|| {
         format!(
             "opening the {} dataplane's frame queues on {iface}",
@@ -208,7 +205,7 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
     let engine = op.workers.engines().fold(None, |sum, engine| {
         let counters = *lock(engine).attenuation()?.counters();
         let mut sum: pop3_engine::attenuation::Counters = sum.unwrap_or_default();
-        sum += counters;
+        sum.add_worker(&counters);
         Some(sum)
     });
     tracing::info!(

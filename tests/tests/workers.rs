@@ -25,26 +25,20 @@ const METRICS_ADDR: &str = "127.0.0.1:9112";
 /// workers get some (all on one worker: a chance of 2 in 2^24).
 const SESSIONS: usize = 24;
 
-/// A relaying daemon with `workers` workers on a four-queue `rc0`, with `extra` flags.
-fn env(dataplane: &str, workers: &str, extra: &[&str]) -> Env {
+/// A relaying daemon with two workers on a four-queue `rc0`, with `extra` flags.
+fn env(dataplane: &str, extra: &[&str]) -> Env {
     let mut env = Env::direct_on(TopologyOptions { rc0_queues: 4 }, DovecotOptions::default());
-    let mut args = vec![
-        "--mode",
-        "relay",
-        "--workers",
-        workers,
-        "--metrics",
-        METRICS_ADDR,
-    ];
+    start(&mut env, dataplane, &[&["--mode", "relay"], extra].concat());
+    env
+}
+
+/// Starts the daemon with two workers on `dataplane` with `extra` flags.
+fn start(env: &mut Env, dataplane: &str, extra: &[&str]) {
+    let mut args = vec!["--workers", "2", "--metrics", METRICS_ADDR];
     args.extend_from_slice(dataplane_args(dataplane));
     args.extend_from_slice(extra);
     let ic = env.start_daemon(&args);
-    assert!(
-        ic.log_text().contains(&format!("workers={workers}")),
-        "{}",
-        ic.log_tail(5)
-    );
-    env
+    assert!(ic.log_text().contains("workers=2"), "{}", ic.log_tail(5));
 }
 
 /// A worker's counter `name` (`pop3_interceptor_worker_..._total`) in a scrape.
@@ -70,7 +64,7 @@ fn session(env: &Env) -> Duration {
 #[case::xdp("xdp")]
 #[case::tc("tc")]
 fn two_workers_serve_sessions_on_every_queue(#[case] dataplane: &str) {
-    let env = env(dataplane, "2", &[]);
+    let env = env(dataplane, &[]);
     for _ in 0..SESSIONS {
         session(&env);
     }
@@ -104,8 +98,33 @@ fn two_workers_serve_sessions_on_every_queue(#[case] dataplane: &str) {
 #[rstest]
 #[case::xdp("xdp")]
 #[case::tc("tc")]
+fn a_user_learnt_on_one_worker_is_answered_on_every_worker(#[case] dataplane: &str) {
+    let mut env = Env::direct_on(TopologyOptions { rc0_queues: 4 }, DovecotOptions::default());
+    start(&mut env, dataplane, &["--interval", "10m"]);
+    for _ in 0..SESSIONS {
+        assert_eq!(env.check("alice"), "0 0");
+    }
+    let scrape = env.scrape(METRICS_ADDR);
+    let accepted: Vec<u64> = (0..2)
+        .map(|w| per_worker(&scrape, "connections_accepted", w))
+        .collect();
+    eprintln!("{dataplane}: checks per worker {accepted:?}");
+    assert!(accepted.iter().all(|&n| n > 0), "{accepted:?}");
+    // One table for both workers: the first check taught it, every other was answered at
+    // the edge, whichever worker its flow reached.
+    assert_eq!(env.dc.logins_for("alice").len(), 1);
+    assert_eq!(
+        scrape["pop3_interceptor_answered_locally_total"] as u64,
+        SESSIONS as u64 - 1
+    );
+    assert_eq!(scrape["pop3_interceptor_table_entries"] as u64, 1);
+}
+
+#[rstest]
+#[case::xdp("xdp")]
+#[case::tc("tc")]
 fn a_flooded_queue_does_not_stall_the_other_workers_sessions(#[case] dataplane: &str) {
-    let env = env(dataplane, "2", &[]);
+    let env = env(dataplane, &[]);
     let mut quiet: Vec<Duration> = (0..8).map(|_| session(&env)).collect();
     quiet.sort();
     let before = env.scrape(METRICS_ADDR);
@@ -197,7 +216,7 @@ fn open_many(env: &Env, n: usize) -> (Vec<std::net::TcpStream>, usize) {
 #[case::tc("tc")]
 fn connection_limits_hold_over_all_workers(#[case] dataplane: &str) {
     // Per subscriber: the client's flows spread over both workers, and it still gets 4.
-    let mut env = env(dataplane, "2", &["--max-conns-per-source", "4"]);
+    let mut env = env(dataplane, &["--max-conns-per-source", "4"]);
     let (held, refused) = open_many(&env, 16);
     assert_eq!((held.len(), refused), (4, 12), "--max-conns-per-source 4");
     let scrape = env.scrape(METRICS_ADDR);
@@ -230,19 +249,11 @@ fn connection_limits_hold_over_all_workers(#[case] dataplane: &str) {
     drop(held);
 
     // In all: --max-conns is the daemon's, not each worker's.
-    env.stop_daemon();
-    let mut args = vec![
-        "--mode",
-        "relay",
-        "--workers",
-        "2",
-        "--metrics",
-        METRICS_ADDR,
-        "--max-conns",
-        "4",
-    ];
-    args.extend_from_slice(dataplane_args(dataplane));
-    env.start_daemon(&args);
+    start(
+        &mut env,
+        dataplane,
+        &["--mode", "relay", "--max-conns", "4"],
+    );
     let (held, refused) = open_many(&env, 16);
     assert_eq!((held.len(), refused), (4, 12), "--max-conns 4");
     let scrape = env.scrape(METRICS_ADDR);

@@ -222,8 +222,8 @@ pub struct Measurement {
 struct AttenuationCheck {
     /// The daemon's `--workers`.
     workers: usize,
-    /// Warm-up sessions (one per user, passed through to Dovecot; with several workers,
-    /// several per user, so that every worker's engine learns every user).
+    /// Warm-up sessions (one per user, passed through to Dovecot; the workers share one
+    /// table, so with several workers too).
     warm_sessions: u64,
     /// Dovecot logins during the warm-up.
     warm_logins: usize,
@@ -416,8 +416,8 @@ impl Bench<'_> {
     }
 
     /// The attenuation rows: the daemon in attenuate mode with `workers`, its table warmed
-    /// by one check per user (per worker), then the attenuated checks; Dovecot's log says how
-    /// many logins they cost.
+    /// by one check per user, then the attenuated checks; Dovecot's log says how many logins
+    /// they cost.
     fn measure_attenuated(
         &self,
         bin: &std::path::Path,
@@ -440,15 +440,8 @@ impl Bench<'_> {
                 dovecot.logins().len()
             };
             let before = settle(0);
-            // Each worker learns a user for itself, and a session reaches a worker by its
-            // flow's hash: several rounds make it likely that every worker saw every user.
-            let rounds = workers::warm_up_rounds(workers);
-            let users = self.args.users * rounds;
-            eprint!(
-                "bench: {:<10} {:<16} ... ",
-                "attenuated",
-                format!("warm-up, {rounds}/user")
-            );
+            let users = self.args.users;
+            eprint!("bench: {:<10} {:<16} ... ", "attenuated", "warm-up, 1/user");
             let one = Scenario {
                 mode: "check",
                 concurrency: 1,
@@ -463,7 +456,7 @@ impl Bench<'_> {
                     warm.first_errors
                 );
             }
-            let warmed = settle(before + self.args.users as usize);
+            let warmed = settle(before + users as usize);
             let path = (Path::Attenuated, Some(workers));
             self.measure(path, server_pop3_v4(), Some(icpt.pid()), out)?;
             let after = settle(0);

@@ -4,16 +4,14 @@
 //! queue of the TAP; smoltcp stacks, connection table, upstream runtime and POP3 engine),
 //! pinned to a core of its own when there are several. Frames of one flow always reach
 //! the same worker: on XDP the RX queue decides (the queue's socket belongs to one
-//! worker), on TC the kernel's flow hash picks the TAP queue. The workers share only the
-//! connection [`Limits`] (checked on SYNs and when connections end, never per packet).
-//!
-//! Each worker has its own engine, and so its own user table: no lock is shared in the
-//! hot path. The price: a user whose checks arrive on several workers is learnt by each
-//! (up to one server login per worker per interval instead of one). Operators who run
-//! several workers keep a subscriber's flows on one queue (on a NIC: `ethtool -N IF
-//! rx-flow-hash tcp4 sd`, hashing addresses only). The engine sits behind a mutex only
-//! its own worker takes in the hot path; the operator thread takes it to mirror the
-//! table, apply notifications and read counters.
+//! worker), on TC the kernel's flow hash picks the TAP queue. The workers share the
+//! connection [`Limits`] (checked on SYNs and when connections end, never per packet) and
+//! the user table: each worker's engine (its sessions, server records, counters) works
+//! over one [`pop3_engine::attenuation::SharedTable`], in shards by a keyed hash of the
+//! user, each behind its own mutex, so a user learnt on one worker is known to all and
+//! no lock covers the whole table. A worker's engine sits behind a mutex that only its
+//! own worker takes in the hot path; the operator thread takes it to mirror the table,
+//! apply notifications and read counters.
 //!
 //! The operator thread (the daemon's main thread) is woken when a worker has new flows
 //! for the classifier's `FLOWS` map, and asks the workers for fresh counters on a scrape.

@@ -23,13 +23,6 @@ pub fn label(path: Path, workers: Option<usize>) -> String {
     }
 }
 
-/// Warm-up checks per user before the attenuated runs: each worker learns every user for
-/// itself, and sessions reach workers by flow hash; with 8 rounds per worker a given
-/// worker misses a given user with a chance of about e^-8.
-pub fn warm_up_rounds(workers: usize) -> u64 {
-    if workers <= 1 { 1 } else { 8 * workers as u64 }
-}
-
 /// Side by side: each extra worker count's rows against the same load with one worker.
 pub fn print(ms: &[Measurement]) {
     let extra: Vec<&Measurement> = ms
