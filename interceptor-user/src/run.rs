@@ -173,9 +173,11 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         true => Some(attachment.mirror()?),
         false => None,
     };
+    let flows = attachment.flow_maps()?;
     workers
-        .start(&operator)
+        .start(&operator, &flows)
         .context("starting the dataplane workers")?;
+    drop(flows);
     tracing::info!(
         %iface,
         dataplane = hook.label(),
@@ -196,7 +198,6 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         metrics,
         cache,
         excluded_at: Instant::now(),
-        established: Vec::new(),
         closed: Vec::new(),
     };
     let result = op.run(&signals, &operator, &settings, &excluded);
@@ -234,7 +235,7 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
 const OPERATOR_TICK: Duration = Duration::from_millis(100);
 
 /// The operator thread (the daemon's main thread) while the workers run: signals, the
-/// classifier's maps, the mirror, notifications and metrics.
+/// classifier's heartbeat and exclusions, the mirror, notifications and metrics.
 struct Operator {
     attachment: Attachment,
     workers: Workers,
@@ -243,7 +244,7 @@ struct Operator {
     metrics: metrics::Exporter,
     cache: Option<Arc<Mutex<EdgeCache>>>,
     excluded_at: Instant,
-    established: Vec<(SocketAddr, SocketAddr)>,
+    /// Flows the workers saw end since the last tick, for the mirror.
     closed: Vec<(SocketAddr, SocketAddr)>,
 }
 
@@ -290,12 +291,8 @@ impl Operator {
         if let Err(err) = self.attachment.heartbeat() {
             tracing::warn!(%err, "writing the heartbeat for the TC classifier");
         }
-        self.established.clear();
         self.closed.clear();
-        self.workers
-            .take_flows(&mut self.established, &mut self.closed);
-        self.attachment.adopt_flows(&self.established);
-        self.attachment.forget_flows(&self.closed);
+        self.workers.take_closed(&mut self.closed);
         let now = Instant::now();
         if let Some(notifications) = &self.notifications {
             // Every worker's engine hears every notification: a user may be known to any.

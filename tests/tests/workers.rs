@@ -63,7 +63,7 @@ fn session(env: &Env) -> Duration {
 #[rstest]
 #[case::xdp("xdp")]
 #[case::tc("tc")]
-fn two_workers_serve_sessions_on_every_queue(#[case] dataplane: &str) {
+fn two_workers_on_a_four_queue_interface_both_serve_sessions(#[case] dataplane: &str) {
     let env = env(dataplane, &[]);
     for _ in 0..SESSIONS {
         session(&env);

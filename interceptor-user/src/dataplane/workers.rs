@@ -13,8 +13,10 @@
 //! own worker takes in the hot path; the operator thread takes it to mirror the table,
 //! apply notifications and read counters.
 //!
-//! The operator thread (the daemon's main thread) is woken when a worker has new flows
-//! for the classifier's `FLOWS` map, and asks the workers for fresh counters on a scrape.
+//! Each worker moves its own flows into and out of the classifier's `FLOWS` map at the end
+//! of each pass ([`FlowMaps`]), in order. The operator thread (the daemon's main thread)
+//! is woken when a worker's connections came or went (for the mirror), and asks the
+//! workers for fresh counters on a scrape.
 
 use std::{
     net::SocketAddr,
@@ -40,7 +42,7 @@ use super::{
     tap::TapQueue,
     xsk::XskQueue,
 };
-use crate::{cache::EdgeCache, engine::Engine, upstream::Waker};
+use crate::{cache::EdgeCache, engine::Engine, flow_maps::FlowMaps, upstream::Waker};
 
 /// How long the operator waits for the workers' counters on a scrape.
 const STATS_WAIT: Duration = Duration::from_secs(1);
@@ -143,9 +145,7 @@ impl Pop3Engine for WorkerEngine {
 /// What a worker hands the operator thread.
 #[derive(Debug, Default)]
 struct Outbox {
-    /// `(client, server)` of connections whose handshake completed, for `FLOWS`.
-    established: Vec<(SocketAddr, SocketAddr)>,
-    /// `(client, server)` of connections that ended.
+    /// `(client, server)` of connections that ended, for the mirror.
     closed: Vec<(SocketAddr, SocketAddr)>,
     /// The worker's counters, as of the scrape numbered `generation`.
     stats: DataplaneStats,
@@ -273,15 +273,17 @@ impl Workers {
     }
 
     /// Starts one thread per worker, each pinned to a CPU of its own when there are
-    /// several (a single worker is left where the scheduler puts it); `operator` is woken
-    /// when a worker has something for the operator thread.
-    pub fn start(&mut self, operator: &Arc<Waker>) -> std::io::Result<()> {
+    /// several (a single worker is left where the scheduler puts it), each with its own
+    /// handles of `flows`; `operator` is woken when a worker has something for the
+    /// operator thread.
+    pub fn start(&mut self, operator: &Arc<Waker>, flows: &FlowMaps) -> anyhow::Result<()> {
         let cpus = cpus();
         let pin = self.ready.len() > 1 && !cpus.is_empty();
         for (index, dataplane) in self.ready.drain(..).enumerate() {
             let cpu = pin.then(|| cpus[index % cpus.len()]);
             let worker = &mut self.workers[index];
             let run = WorkerRun {
+                flows: flows.try_clone()?,
                 outbox: worker.outbox.clone(),
                 stop: self.stop.clone(),
                 scrape: self.scrape.clone(),
@@ -301,17 +303,10 @@ impl Workers {
         self.workers.iter().map(|w| &w.engine)
     }
 
-    /// Moves the flows the workers saw established and closed since the last call into
-    /// `established` and `closed`.
-    pub fn take_flows(
-        &self,
-        established: &mut Vec<(SocketAddr, SocketAddr)>,
-        closed: &mut Vec<(SocketAddr, SocketAddr)>,
-    ) {
+    /// Moves the flows the workers saw end since the last call into `closed`.
+    pub fn take_closed(&self, closed: &mut Vec<(SocketAddr, SocketAddr)>) {
         for worker in &self.workers {
-            let mut outbox = lock(&worker.outbox);
-            established.append(&mut outbox.established);
-            closed.append(&mut outbox.closed);
+            closed.append(&mut lock(&worker.outbox).closed);
         }
     }
 
@@ -372,8 +367,9 @@ impl Workers {
     }
 }
 
-/// What a worker thread shares with the operator thread.
+/// What a worker thread has besides its dataplane.
 struct WorkerRun {
+    flows: FlowMaps,
     outbox: Arc<Mutex<Outbox>>,
     stop: Arc<AtomicBool>,
     scrape: Arc<AtomicU64>,
@@ -382,7 +378,7 @@ struct WorkerRun {
 
 impl WorkerRun {
     fn run(
-        self,
+        mut self,
         mut dataplane: Dataplane<WorkerEngine>,
         cpu: Option<usize>,
     ) -> Result<(), DataplaneError> {
@@ -395,11 +391,12 @@ impl WorkerRun {
         }
         let mut answered = 0;
         dataplane.run(|dp| {
+            self.flows.adopt(dp.established_flows());
+            self.flows.forget(dp.closed_flows());
             let flows = !dp.established_flows().is_empty() || !dp.closed_flows().is_empty();
             let wanted = self.scrape.load(Ordering::Acquire);
             if flows || wanted > answered {
                 let mut outbox = lock(&self.outbox);
-                outbox.established.extend_from_slice(dp.established_flows());
                 outbox.closed.extend_from_slice(dp.closed_flows());
                 if wanted > answered {
                     outbox.stats = dp.stats();
