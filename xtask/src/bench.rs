@@ -113,8 +113,8 @@ pub struct BenchArgs {
     #[arg(long)]
     dovecot_secure_login: bool,
     /// Worker counts (`--workers`) of the extra relay and attenuated rows, beside the
-    /// one-worker rows (comma-separated; empty: none). The router's client-facing veth gets
-    /// as many RX queues as the largest.
+    /// one-worker rows (comma-separated). With `--dataplane xdp` the router's client-facing
+    /// veth gets as many RX queues as the largest.
     #[arg(long, value_delimiter = ',', default_value = "2",
           value_parser = clap::value_parser!(u16).range(2..=16))]
     workers: Vec<u16>,
@@ -517,8 +517,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     let exe = loadgen_exe(args.skip_build)?;
 
-    // XDP gives each worker RX queues of its own: as many queues as the most workers.
-    let queues = args.workers.iter().copied().max().unwrap_or(1);
+    // XDP gives each worker RX queues of its own: as many queues as the most workers (the
+    // TC dataplane's TAP has a queue per worker whatever the veth has).
+    let queues = match args.dataplane.as_str() {
+        "xdp" => args.workers.iter().copied().max().unwrap_or(1),
+        _ => 1,
+    };
     let topo = Topology::with_options(TopologyOptions {
         rc0_queues: queues.into(),
     })?;
