@@ -220,12 +220,12 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         workers,
         ..
     } = op;
-    let stopped = workers.stop();
     if source == FrameSource::Tap {
-        // The classifier passes everything again before the TAP goes away, rather than
-        // redirecting to a device that no longer exists (which drops).
+        // The classifier passes everything again before the TAP goes away (with the
+        // workers), rather than redirecting to a device that no longer exists (which drops).
         let _ = attachment.register_tap(0);
     }
+    let stopped = workers.stop();
     drop(attachment);
     result.and(stopped)
 }

@@ -24,6 +24,10 @@
 //! ([`workers`] prints them side by side).
 //!
 //! The load generator (`xtask loadgen`) runs inside the client namespace.
+//!
+//! Longer than 600 lines: the flags and the one run in order (paths, the daemon's rows,
+//! the warm-ups); the tables, charts, peers, CPU and memory measurements and the worker
+//! rows' table are its submodules.
 
 mod charts;
 mod cpu;

@@ -255,14 +255,6 @@ impl<E: Pop3Engine> Dataplane<E> {
         })
     }
 
-    pub fn engine(&self) -> &E {
-        &self.engine
-    }
-
-    pub fn engine_mut(&mut self) -> &mut E {
-        &mut self.engine
-    }
-
     /// Answers the engine's edge-cache requests from `cache`.
     pub fn set_cache(&mut self, cache: Arc<Mutex<EdgeCache>>) {
         self.cache = Some(cache);
@@ -276,11 +268,6 @@ impl<E: Pop3Engine> Dataplane<E> {
     /// Wakes the dataplane's `poll(2)` from another thread.
     pub fn waker(&self) -> Arc<Waker> {
         self.waker.clone()
-    }
-
-    /// Intercepted connections open on this worker now.
-    pub fn active_conns(&self) -> usize {
-        self.conns.len()
     }
 
     /// `(client, server)` of the connections whose handshake completed during the last
