@@ -87,10 +87,10 @@ pub struct RunArgs {
     /// [default: auto].
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpMode>,
-    /// Dataplane worker threads, each with its own frame queues, TCP stacks and engine,
-    /// pinned to a core when more than one: a number, or `auto` (one per RX queue of
-    /// the interface, at most one per CPU). One worker learns a user once; several may
-    /// each have to (see README) [default: 1].
+    /// Dataplane worker threads, each with its own frame queues, TCP stacks and engine
+    /// (one user table and one set of connection limits for all), pinned to a core when
+    /// more than one: a number, or `auto` (one per RX queue of the interface, at most one
+    /// per CPU) [default: 1].
     #[arg(long)]
     pub workers: Option<WorkerCount>,
     /// How the TC dataplane attaches: a TCX link, or a clsact filter through netlink (for

@@ -17,7 +17,10 @@ use std::{
     time::Instant,
 };
 
-use super::sources::{Refusal, SourceLimits, Sources};
+use super::{
+    lock,
+    sources::{Refusal, SourceLimits, Sources},
+};
 
 /// Shards of the source table: enough that workers seldom wait on each other.
 const SHARDS: usize = 64;
@@ -54,10 +57,7 @@ impl Limits {
 
     fn shard(&self, ip: IpAddr) -> MutexGuard<'_, Sources> {
         let index = self.hasher.hash_one(ip) as usize % self.shards.len();
-        // A worker that panicked holding a shard leaves counts that are still counts.
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.shards[index])
     }
 
     /// Decides on a SYN from `ip`; an accepted one holds a slot until [`Self::closed`].
@@ -90,10 +90,7 @@ impl Limits {
     /// Forgets sources without connections whose SYN budget is full again.
     pub fn sweep(&self, now: Instant) {
         for shard in &self.shards {
-            shard
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .sweep(now);
+            lock(shard).sweep(now);
         }
     }
 
