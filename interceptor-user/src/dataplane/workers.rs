@@ -414,3 +414,31 @@ impl WorkerRun {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_counts_parse_and_resolve_against_queues_and_cpus() {
+        assert_eq!("auto".parse(), Ok(WorkerCount::Auto));
+        let two: WorkerCount = "2".parse().unwrap();
+        assert!("0".parse::<WorkerCount>().is_err());
+        assert!("many".parse::<WorkerCount>().is_err());
+        // XDP: no more workers than RX queues, each worker needs a socket to read.
+        assert_eq!(two.resolve(1, FrameSource::AfXdp), 1);
+        assert_eq!(two.resolve(4, FrameSource::AfXdp), 2);
+        // TC: the TAP gets a queue per worker whatever the interface has.
+        assert_eq!(two.resolve(1, FrameSource::Tap), 2);
+        let cpus = cpus().len().max(1);
+        assert_eq!(
+            WorkerCount::Auto.resolve(64, FrameSource::AfXdp),
+            cpus.min(64)
+        );
+        assert_eq!(WorkerCount::Auto.resolve(1, FrameSource::Tap), 1);
+        let file: WorkerCount = serde_json::from_str("3").unwrap();
+        assert_eq!(file, WorkerCount::Fixed(NonZeroUsize::new(3).unwrap()));
+        let file: WorkerCount = serde_json::from_str("\"auto\"").unwrap();
+        assert_eq!(file, WorkerCount::Auto);
+    }
+}
