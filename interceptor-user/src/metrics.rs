@@ -42,7 +42,7 @@ use crate::{
     dataplane::{DataplaneStats, lock, workers::Workers},
     ebpf::Attachment,
     notify::NotifyStats,
-    upstream::Waker,
+    waker::Waker,
 };
 
 /// Prefix of every metric name.

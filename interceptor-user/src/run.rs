@@ -28,7 +28,7 @@ use crate::{
     notify::Notifications,
     settings::{FileSettings, Settings},
     signals::SignalFd,
-    upstream::Waker,
+    waker::Waker,
 };
 
 /// How often the router's own addresses are looked up again for the exclusion maps.

@@ -1,5 +1,7 @@
 //! The daemon's settings: the `--config` TOML file overlaid with command-line flags.
 
+mod file;
+
 use std::{
     collections::HashSet,
     net::SocketAddr,
@@ -12,6 +14,8 @@ use ipnet::IpNet;
 use pop3_engine::{attenuation, secret::Secret};
 use serde::Deserialize;
 use thiserror::Error;
+
+pub use file::FileSettings;
 
 use crate::{
     choice::{DataplaneKind, TcAttach, XdpMode},
@@ -30,71 +34,6 @@ pub enum EngineMode {
     Attenuate,
     /// A transparent relay: every session reaches the server unchanged.
     Relay,
-}
-
-/// The config file. Every key is optional and named like the `run` flag.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileSettings {
-    pub iface: Option<String>,
-    pub dataplane: Option<DataplaneKind>,
-    pub xdp_mode: Option<XdpMode>,
-    pub workers: Option<WorkerCount>,
-    pub tc_attach: Option<TcAttach>,
-    pub ports: Option<Vec<u16>>,
-    pub servers: Option<Vec<IpNet>>,
-    pub pin_dir: Option<PathBuf>,
-    pub keep_pins: Option<bool>,
-    pub mode: Option<EngineMode>,
-    #[serde(default, with = "humantime_serde", alias = "interval-min")]
-    pub interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub interval_max: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub load_latency: Option<Duration>,
-    pub load_check_rate: Option<NonZeroU32>,
-    pub opt_out: Option<Vec<String>>,
-    pub table_size: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
-    pub autologout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub caps_ttl: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub connect_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub response_timeout: Option<Duration>,
-    pub max_conns: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
-    pub idle_timeout: Option<Duration>,
-    pub intercept_private: Option<bool>,
-    #[serde(default, with = "humantime_serde")]
-    pub fin_timeout: Option<Duration>,
-    pub max_conns_per_source: Option<u32>,
-    pub max_half_open_per_source: Option<u32>,
-    pub syn_rate_per_source: Option<u32>,
-    pub metrics: Option<SocketAddr>,
-    pub mirror_size: Option<u32>,
-    pub notify_listen: Option<SocketAddr>,
-    pub notify_secret_file: Option<PathBuf>,
-    pub notify_rate: Option<NonZeroU32>,
-    pub notify_nats: Option<String>,
-    pub notify_subject: Option<String>,
-    #[serde(default, with = "humantime_serde")]
-    pub notify_interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub notify_silence: Option<Duration>,
-    pub maildrop_budget_mb: Option<usize>,
-    pub cache_dir: Option<PathBuf>,
-    pub cache_user_mb: Option<u64>,
-    pub cache_total_mb: Option<u64>,
-    pub one_in_m: Option<NonZeroU32>,
-    pub fast_check: Option<String>,
-    #[serde(default, with = "humantime_serde")]
-    pub fast_check_penalty: Option<Duration>,
-    pub periodicity: Option<NonZeroU32>,
-    /// Seconds.
-    pub login_delay: Option<u64>,
-    pub login_delay_action: Option<crate::cli::LoginDelayChoice>,
 }
 
 /// Everything `run` needs, defaults applied.
@@ -151,19 +90,6 @@ pub enum SettingsError {
     Invalid { key: &'static str, message: String },
     #[error("no interface: pass --iface IF or set iface in the config file")]
     NoInterface,
-}
-
-impl FileSettings {
-    pub fn load(path: &Path) -> Result<Self, SettingsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| SettingsError::Parse {
-            path: path.display().to_string(),
-            source: Box::new(source),
-        })
-    }
 }
 
 impl Settings {
@@ -444,174 +370,4 @@ fn invalid(key: &'static str, message: &str) -> SettingsError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn with_file(toml: &str, args: RunArgs) -> Result<Settings, SettingsError> {
-        let dir = std::env::temp_dir().join(format!("p3i-settings-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{}.toml", toml.len()));
-        std::fs::write(&path, toml).unwrap();
-        Settings::resolve(RunArgs {
-            config: Some(path),
-            ..args
-        })
-    }
-
-    #[test]
-    fn defaults_apply_when_nothing_is_set() {
-        let settings = Settings::resolve(RunArgs {
-            iface: Some("eth1".into()),
-            ..RunArgs::default()
-        })
-        .unwrap();
-        assert_eq!(settings.ports, [110]);
-        assert_eq!(settings.mode, EngineMode::Attenuate);
-        assert_eq!(settings.engine.interval, Duration::from_secs(900));
-        assert_eq!(settings.engine.autologout, Duration::from_secs(600));
-        assert_eq!(settings.connect_timeout, Duration::from_secs(5));
-        assert_eq!(settings.pin_dir, PathBuf::from(common::DEFAULT_PIN_DIR));
-    }
-
-    #[test]
-    fn flags_override_the_file() {
-        let file = r#"
-            iface = "eth0"
-            interval = "5m"
-            opt-out = ["carol"]
-            servers = ["203.0.113.0/24"]
-            mode = "relay"
-        "#;
-        let settings = with_file(
-            file,
-            RunArgs {
-                interval: Some(Duration::from_secs(5)),
-                ..RunArgs::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(settings.iface, "eth0");
-        assert_eq!(settings.engine.interval, Duration::from_secs(5));
-        assert!(settings.engine.opt_out.contains("carol"));
-        assert_eq!(settings.mode, EngineMode::Relay);
-        assert_eq!(settings.servers.len(), 1);
-    }
-
-    #[test]
-    fn the_rules_of_issue_10_are_read_from_the_file() {
-        let file = r#"
-            iface = "eth0"
-            interval-min = "5m"
-            interval-max = "1h"
-            periodicity = 3
-            login-delay = 300
-            login-delay-action = "refuse"
-        "#;
-        let e = with_file(file, RunArgs::default()).unwrap().engine;
-        assert_eq!(e.interval, Duration::from_secs(300));
-        let load = e.load_adaptive.unwrap();
-        assert_eq!(load.max, Duration::from_secs(3600));
-        assert_eq!(load.latency, Duration::from_secs(1));
-        assert_eq!(e.periodicity, NonZeroU32::new(3));
-        let delay = e.login_delay.unwrap();
-        assert_eq!(delay.delay, Duration::from_secs(300));
-        assert_eq!(delay.action, attenuation::LoginDelayAction::Refuse);
-        let err = with_file(
-            "iface = \"eth0\"\ninterval = \"1h\"\ninterval-max = \"5m\"",
-            RunArgs::default(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("interval-max"), "{err}");
-        let err = with_file("iface = \"eth0\"\nlogin-delay = 0", RunArgs::default()).unwrap_err();
-        assert!(err.to_string().contains("login-delay"), "{err}");
-    }
-
-    #[test]
-    fn bad_files_get_clear_errors() {
-        let err =
-            with_file("iface = \"eth0\"\nintervall = \"5m\"", RunArgs::default()).unwrap_err();
-        assert!(err.to_string().contains("intervall"), "{err}");
-        let err =
-            with_file("iface = \"eth0\"\ninterval = \"soon\"", RunArgs::default()).unwrap_err();
-        // The parser points at the key and the value.
-        assert!(err.to_string().contains("interval = \"soon\""), "{err}");
-        let err = Settings::resolve(RunArgs::default()).unwrap_err();
-        assert!(matches!(err, SettingsError::NoInterface));
-    }
-
-    /// `packaging/pop3-interceptor.toml` parses, names every `run` option, and the values
-    /// it shows are the real defaults.
-    #[test]
-    fn the_packaged_example_config_parses_and_shows_the_defaults() {
-        use clap::CommandFactory;
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/pop3-interceptor.toml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let from_file = Settings::resolve(RunArgs {
-            config: Some(path.clone()),
-            ..RunArgs::default()
-        })
-        .unwrap();
-        let defaults = Settings::resolve(RunArgs {
-            iface: Some(from_file.iface.clone()),
-            ..RunArgs::default()
-        })
-        .unwrap();
-        let plain = |s: &Settings| {
-            format!(
-                "{:?}",
-                Settings {
-                    config_file: None,
-                    ..s.clone()
-                }
-            )
-        };
-        assert_eq!(plain(&from_file), plain(&defaults));
-        assert_eq!(from_file.metrics, None, "metrics are off by default");
-
-        let cli = crate::cli::Cli::command();
-        let run = cli.find_subcommand("run").unwrap();
-        for arg in run.get_arguments() {
-            let Some(key) = arg.get_long() else { continue };
-            if key == "config" || key == "log-format" {
-                continue;
-            }
-            let documented = text.lines().any(|l| {
-                let l = l.trim_start_matches('#').trim_start();
-                l.strip_prefix(key)
-                    .is_some_and(|rest| rest.trim_start().starts_with('='))
-            });
-            assert!(documented, "{key} is not in {}", path.display());
-        }
-    }
-
-    #[test]
-    fn the_fan_out_needs_the_endpoint_and_a_plain_subject() {
-        let secret = std::env::temp_dir().join(format!("p3i-secret-{}", std::process::id()));
-        std::fs::write(&secret, "s3cret\n").unwrap();
-        let args = |listen: bool, subject: Option<&str>| RunArgs {
-            iface: Some("eth1".into()),
-            notify_listen: listen.then(|| "127.0.0.1:0".parse().unwrap()),
-            notify_secret_file: Some(secret.clone()),
-            notify_nats: Some("nats://203.0.113.5:4222".into()),
-            notify_subject: subject.map(str::to_owned),
-            ..RunArgs::default()
-        };
-        let fanout = Settings::resolve(args(true, None))
-            .unwrap()
-            .notify
-            .unwrap()
-            .fanout
-            .unwrap();
-        assert_eq!(fanout.subject, DEFAULT_SUBJECT);
-        assert!(Settings::resolve(args(false, None)).is_err(), "no endpoint");
-        let bad_url = RunArgs {
-            notify_nats: Some("http://[::1".into()),
-            ..args(true, None)
-        };
-        assert!(Settings::resolve(bad_url).is_err(), "not a NATS URL");
-        for bad in ["", "a.*", "a.>", "a..b", "a b", ".a", "a\r\nPUB x 1"] {
-            assert!(Settings::resolve(args(true, Some(bad))).is_err(), "{bad:?}");
-        }
-        assert!(Settings::resolve(args(true, Some("isp.edge-mail.new"))).is_ok());
-    }
-}
+mod tests;

@@ -10,9 +10,9 @@
 //! The real [`AttenuationEngine`] is driven through complete check sessions (greeting,
 //! USER, PASS, QUIT with the held STAT) for N distinct users against a scripted mail
 //! server, with a fake clock (1 ms per session). All sessions are closed first, so what
-//! remains is the table: map, timer list, keys (and long usernames). Two views: the bytes
-//! the engine asked the allocator for (live after minus live before, divided by N), and
-//! glibc's in-use bytes (`mallinfo2`: `uordblks + hblkhd`), which add malloc's per-chunk
+//! remains is the table: its slots, index and timer list (and long usernames). Two views:
+//! the bytes the engine asked the allocator for (live after minus live before, divided by
+//! N), and glibc's in-use bytes (`mallinfo2`: `uordblks + hblkhd`), which add malloc's per-chunk
 //! overhead and rounding. The test fails when either passes [`TARGET_BYTES`].
 //!
 //! A second measurement does the same for users who leave mail on the server: the scripted

@@ -1,20 +1,22 @@
 //! One end-to-end environment: a [`Topology`], a real [`Dovecot`] and, when asked, the
-//! daemon under test, torn down daemon first on drop; plus the client sessions most tests
-//! share.
+//! daemon under test (one per edge router with the second edge), torn down daemons first
+//! on drop; plus the client sessions most tests share.
 
 use std::{collections::HashMap, time::Duration};
 
 use crate::{
-    Dovecot, DovecotOptions, Interceptor, InterceptorOptions, Node, Topology,
+    Dovecot, DovecotOptions, Interceptor, InterceptorOptions, Node, Topology, TopologyOptions,
     clients::{self, PoplibOptions, RawSession},
     prometheus,
-    topology::{TopologyOptions, server_pop3_v4},
+    topology::server_pop3_v4,
 };
 
-/// The topology, Dovecot and the daemon (if started). Fields drop in order: the daemon,
+/// The topology, Dovecot and the daemons (if started). Fields drop in order: the daemons,
 /// then Dovecot, then the namespaces.
 pub struct Env {
     ic: Option<Interceptor>,
+    /// The daemon on the second edge's router ([`Env::with_second_edge`]).
+    edge_ic: Option<Interceptor>,
     pub dc: Dovecot,
     pub topo: Topology,
 }
@@ -42,14 +44,31 @@ impl Env {
 
     /// No daemon yet: clients reach Dovecot directly until [`Env::start_daemon`].
     pub fn direct(options: DovecotOptions) -> Self {
-        Self::direct_on(TopologyOptions::default(), options)
+        Self::on(Topology::new().expect("topology"), options)
     }
 
-    /// [`Env::direct`] on a topology built with `topology` (more RX queues, say).
-    pub fn direct_on(topology: TopologyOptions, options: DovecotOptions) -> Self {
-        let topo = Topology::with_options(topology).expect("topology");
+    /// [`Env::direct`] on a topology built with `topology`.
+    pub fn direct_with(topology: TopologyOptions, options: DovecotOptions) -> Self {
+        Self::on(Topology::with_options(topology).expect("topology"), options)
+    }
+
+    /// [`Env::direct`] with the second edge (its router and subscriber namespaces, in front
+    /// of the same Dovecot): start its daemon with [`InterceptorOptions::node`]
+    /// `Node::EdgeRouter`.
+    pub fn with_second_edge(options: DovecotOptions) -> Self {
+        let mut topo = Topology::new().expect("topology");
+        topo.add_edge().expect("second edge");
+        Self::on(topo, options)
+    }
+
+    fn on(topo: Topology, options: DovecotOptions) -> Self {
         let dc = Dovecot::start_with(&topo, options).expect("dovecot");
-        Self { ic: None, dc, topo }
+        Self {
+            ic: None,
+            edge_ic: None,
+            dc,
+            topo,
+        }
     }
 
     /// Starts the daemon with `args` after `run`, stopping the one running first.
@@ -60,11 +79,20 @@ impl Env {
         })
     }
 
-    /// Starts the daemon with `options`, stopping the one running first.
+    /// Starts the daemon with `options` on its router (`options.node`), stopping the one
+    /// running there first.
     pub fn start_daemon_with(&mut self, options: InterceptorOptions) -> &mut Interceptor {
-        self.ic = None;
+        let node = options.node;
+        *self.slot(node) = None;
         let ic = Interceptor::start_with(&self.topo, options).expect("interceptor");
-        self.ic.insert(ic)
+        self.slot(node).insert(ic)
+    }
+
+    fn slot(&mut self, router: Node) -> &mut Option<Interceptor> {
+        match router {
+            Node::EdgeRouter => &mut self.edge_ic,
+            _ => &mut self.ic,
+        }
     }
 
     /// Stops the daemon (killed by pid, pins removed): clients reach Dovecot directly.
@@ -75,6 +103,13 @@ impl Env {
     /// The daemon. Panics when none was started.
     pub fn ic(&self) -> &Interceptor {
         self.ic.as_ref().expect("no daemon started")
+    }
+
+    /// The second edge's daemon. Panics when none was started.
+    pub fn edge_ic(&self) -> &Interceptor {
+        self.edge_ic
+            .as_ref()
+            .expect("no daemon started on the second edge")
     }
 
     pub fn ic_mut(&mut self) -> &mut Interceptor {
@@ -97,18 +132,49 @@ impl Env {
     /// A raw session from the client namespace to the mail server's POP3 port, greeting
     /// read (it must be `+OK`).
     pub fn connect(&self) -> RawSession {
-        let mut s =
-            RawSession::connect(&self.topo, Node::Client, server_pop3_v4()).expect("connect");
+        self.connect_from(Node::Client)
+    }
+
+    /// [`Env::connect`] from `client`'s namespace (`Node::EdgeClient`: behind the second
+    /// edge).
+    pub fn connect_from(&self, client: Node) -> RawSession {
+        let mut s = RawSession::connect(&self.topo, client, server_pop3_v4()).expect("connect");
         s.set_timeout(Duration::from_secs(20)).unwrap();
         let greeting = s.read_line().unwrap();
         assert!(greeting.starts_with("+OK"), "{greeting}");
         s
     }
 
+    /// A raw session from `client` logged in as `user` with its password (USER, PASS: it
+    /// must succeed).
+    pub fn login_from(&self, client: Node, user: &str) -> RawSession {
+        let pass = self.dc.password(user).expect("a fixture user");
+        let mut s = self.connect_from(client);
+        s.command(&format!("USER {user}")).unwrap();
+        let reply = s.command(&format!("PASS {pass}")).unwrap();
+        assert!(reply.starts_with("+OK"), "{reply}");
+        s
+    }
+
+    /// A mail check from `client` as a raw session (USER, PASS, STAT, QUIT); returns the
+    /// STAT count.
+    pub fn check_from(&self, client: Node, user: &str) -> u64 {
+        let mut s = self.login_from(client, user);
+        let stat = s.command("STAT").unwrap();
+        let count = stat.split_whitespace().nth(1).and_then(|n| n.parse().ok());
+        s.command("QUIT").unwrap();
+        count.unwrap_or_else(|| panic!("STAT: {stat}"))
+    }
+
     /// `GET http://addr/metrics` with curl from the router namespace, parsed.
     pub fn scrape(&self, addr: &str) -> HashMap<String, f64> {
+        self.scrape_on(Node::Router, addr)
+    }
+
+    /// [`Env::scrape`] from `router`'s namespace.
+    pub fn scrape_on(&self, router: Node, addr: &str) -> HashMap<String, f64> {
         let out = self
-            .curl(&[&format!("http://{addr}/metrics")])
+            .curl_on(router, &[&format!("http://{addr}/metrics")])
             .check("curl /metrics")
             .unwrap();
         prometheus::parse(&out.stdout_str())
@@ -116,8 +182,13 @@ impl Env {
 
     /// curl with `args` in the router namespace (5 s at most, no proxy).
     pub fn curl(&self, args: &[&str]) -> crate::CmdOutput {
+        self.curl_on(Node::Router, args)
+    }
+
+    /// [`Env::curl`] in `node`'s namespace.
+    pub fn curl_on(&self, node: Node, args: &[&str]) -> crate::CmdOutput {
         let mut all = vec!["curl", "-sS", "--noproxy", "*", "--max-time", "5"];
         all.extend_from_slice(args);
-        self.topo.exec(Node::Router, &all).expect("curl runs")
+        self.topo.exec(node, &all).expect("curl runs")
     }
 }

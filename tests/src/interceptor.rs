@@ -21,6 +21,16 @@ use crate::util::{
 pub const TEST_BPFFS: &str = "/run/pop3-interceptor-tests/bpffs";
 /// The log line the daemon prints once it is attached and serving.
 pub const READY_MARKER: &str = "interceptor ready";
+/// The daemon flags that switch the per-subscriber limits off: for a load generator, one
+/// subscriber making thousands of sessions a second.
+pub const NO_PER_SOURCE_LIMITS: [&str; 6] = [
+    "--max-conns-per-source",
+    "0",
+    "--max-half-open-per-source",
+    "0",
+    "--syn-rate-per-source",
+    "0",
+];
 /// Environment variable naming the daemon binary (set by `cargo xtask test`).
 pub const BIN_ENV: &str = "POP3I_BIN";
 

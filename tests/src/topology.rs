@@ -181,43 +181,9 @@ impl Topology {
             )?;
             self.ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
-        let q = self.options.rc0_queues.max(1).to_string();
-        self.ip(&[
-            "-n",
-            &r,
-            "link",
-            "add",
-            ROUTER_CLIENT_IFACE,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            HOST_IFACE,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "netns",
-            &c,
-        ])?;
-        self.ip(&[
-            "-n",
-            &r,
-            "link",
-            "add",
-            ROUTER_SERVER_IFACE,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            HOST_IFACE,
-            "netns",
-            &s,
-        ])?;
+        let queues = self.options.rc0_queues.max(1);
+        self.veth_pair((&r, ROUTER_CLIENT_IFACE), (&c, HOST_IFACE), queues)?;
+        self.veth_pair((&r, ROUTER_SERVER_IFACE), (&s, HOST_IFACE), 1)?;
         let addrs: [(&str, &str, String, String); 4] = [
             (
                 &c,
@@ -311,34 +277,8 @@ impl Topology {
             self.ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
         self.edge = Some((c.clone(), r.clone()));
-        self.ip(&[
-            "-n",
-            &r,
-            "link",
-            "add",
-            ROUTER_CLIENT_IFACE,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            HOST_IFACE,
-            "netns",
-            &c,
-        ])?;
-        self.ip(&[
-            "-n",
-            &r,
-            "link",
-            "add",
-            ROUTER_SERVER_IFACE,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            SERVER_EDGE_IFACE,
-            "netns",
-            &s,
-        ])?;
+        self.veth_pair((&r, ROUTER_CLIENT_IFACE), (&c, HOST_IFACE), 1)?;
+        self.veth_pair((&r, ROUTER_SERVER_IFACE), (&s, SERVER_EDGE_IFACE), 1)?;
         for (ns, dev, addr) in [
             (&c, HOST_IFACE, EDGE_CLIENT_V4),
             (&r, ROUTER_CLIENT_IFACE, EDGE_ROUTER_CLIENT_V4),
@@ -367,6 +307,24 @@ impl Topology {
             &router_s,
         ])?;
         Ok(())
+    }
+
+    /// A veth pair from `(namespace, name)` to its peer, with `queues` RX and TX queues
+    /// on each side.
+    fn veth_pair(
+        &self,
+        (ns, name): (&str, &str),
+        (peer_ns, peer): (&str, &str),
+        queues: u32,
+    ) -> Result<()> {
+        let q = queues.to_string();
+        let queues = ["numtxqueues", &q, "numrxqueues", &q];
+        let mut args = vec!["-n", ns, "link", "add", name];
+        args.extend(queues);
+        args.extend(["type", "veth", "peer", "name", peer]);
+        args.extend(queues);
+        args.extend(["netns", peer_ns]);
+        self.ip(&args)
     }
 
     fn ip(&self, args: &[&str]) -> Result<()> {

@@ -1,20 +1,18 @@
-//! Issue 9, many edges: new-mail notifications fanned out over a real `nats-server`. Two
-//! interceptors on two edge routers in front of one Dovecot; the mail server notifies
-//! edge A, and the attenuation of a user behind edge B ends. Run as root, one at a time:
+//! Many edges: new-mail notifications fanned out over a real `nats-server`. Two
+//! interceptors on two edge routers in front of one Dovecot ([`Env::with_second_edge`]);
+//! the mail server notifies edge A, and the attenuation of a user behind edge B ends. Run
+//! as root, one at a time:
 //! `cargo test -p pop3-interceptor-e2e --test fanout -- --test-threads=1`.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use pop3_interceptor_e2e::clients::RawSession;
 use pop3_interceptor_e2e::dovecot::make_message;
 use pop3_interceptor_e2e::interceptor::InterceptorOptions;
-use pop3_interceptor_e2e::topology::{
-    EDGE_ROUTER_SERVER_V4, ROUTER_SERVER_V4, SERVER_V4, server_pop3_v4,
-};
+use pop3_interceptor_e2e::topology::{EDGE_ROUTER_SERVER_V4, ROUTER_SERVER_V4, SERVER_V4};
 use pop3_interceptor_e2e::util::{ChildGuard, wait_for};
-use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
+use pop3_interceptor_e2e::{DovecotOptions, Env, Node, Topology};
 
 const SECRET: &str = "f4n-out-s3cret";
 const SUBJECT: &str = "isp.pop3.new-mail";
@@ -49,8 +47,8 @@ fn start_broker(topo: &Topology) -> ChildGuard {
 }
 
 /// An edge: the daemon in `node`'s namespace, its endpoint on `listen`, fanning out.
-fn edge(topo: &Topology, node: Node, listen: SocketAddr, interval: &str) -> Interceptor {
-    let secret = topo.dir().join("notify.secret");
+fn start_edge(env: &mut Env, node: Node, listen: SocketAddr, interval: &str) {
+    let secret = env.topo.dir().join("notify.secret");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     let args = [
         "--interval",
@@ -67,18 +65,13 @@ fn edge(topo: &Topology, node: Node, listen: SocketAddr, interval: &str) -> Inte
         METRICS,
     ]
     .map(str::to_owned);
-    let ic = Interceptor::start_with(
-        topo,
-        InterceptorOptions {
-            node,
-            extra_args: args.to_vec(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let ic = env.start_daemon_with(InterceptorOptions {
+        node,
+        extra_args: args.to_vec(),
+        ..Default::default()
+    });
     ic.wait_log("NATS broker connected", Duration::from_secs(10))
         .unwrap();
-    ic
 }
 
 fn endpoint_a() -> SocketAddr {
@@ -108,27 +101,10 @@ fn notify_edge_a(topo: &Topology, user: &str) -> u16 {
     reply.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// A check (USER, PASS, STAT, QUIT) from `client`; returns the STAT count.
-fn check(topo: &Topology, client: Node, user: &str) -> u64 {
-    let mut s = RawSession::connect(topo, client, server_pop3_v4()).unwrap();
-    s.set_timeout(Duration::from_secs(20)).unwrap();
-    s.read_line().unwrap();
-    s.command(&format!("USER {user}")).unwrap();
-    let pass = s.command(&format!("PASS {user}-pw")).unwrap();
-    assert!(pass.starts_with("+OK"), "{pass}");
-    let stat = s.command("STAT").unwrap();
-    let count = stat.split_whitespace().nth(1).unwrap().parse().unwrap();
-    s.command("QUIT").unwrap();
-    count
-}
-
 /// Fetches and deletes every message of `user` from `client`.
-fn fetch_and_delete(topo: &Topology, client: Node, user: &str) {
-    let count = check(topo, client, user);
-    let mut s = RawSession::connect(topo, client, server_pop3_v4()).unwrap();
-    s.read_line().unwrap();
-    s.command(&format!("USER {user}")).unwrap();
-    s.command(&format!("PASS {user}-pw")).unwrap();
+fn fetch_and_delete(env: &Env, client: Node, user: &str) {
+    let count = env.check_from(client, user);
+    let mut s = env.login_from(client, user);
     for n in 1..=count {
         assert!(s.command(&format!("DELE {n}")).unwrap().starts_with("+OK"));
     }
@@ -136,40 +112,23 @@ fn fetch_and_delete(topo: &Topology, client: Node, user: &str) {
 }
 
 /// One value of an edge's metrics (0 when absent), scraped in its router namespace.
-fn metric(topo: &Topology, router: Node, name: &str) -> u64 {
-    let out = topo
-        .exec(
-            router,
-            &[
-                "curl",
-                "-sS",
-                "--noproxy",
-                "*",
-                "--max-time",
-                "5",
-                &format!("http://{METRICS}/metrics"),
-            ],
-        )
-        .unwrap()
-        .check("curl /metrics")
-        .unwrap();
-    out.stdout_str()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+fn metric(env: &Env, router: Node, name: &str) -> u64 {
+    env.scrape_on(router, METRICS)
+        .get(name)
+        .map_or(0, |&v| v as u64)
 }
 
 fn event(name: &str) -> String {
     format!("pop3_interceptor_nats_events_total{{event=\"{name}\"}}")
 }
 
-/// Waits until `router`'s metric `name` reaches `at_least` (refreshed once a second).
-fn metric_reaches(topo: &Topology, router: Node, name: &str, at_least: u64) {
+/// Waits until `router`'s metric `name` reaches `at_least`.
+fn metric_reaches(env: &Env, router: Node, name: &str, at_least: u64) {
     wait_for(
         &format!("{name} >= {at_least} on {router}"),
         Duration::from_secs(10),
         Duration::from_millis(200),
-        || (metric(topo, router, name) >= at_least).then_some(()),
+        || (metric(env, router, name) >= at_least).then_some(()),
     )
     .unwrap();
 }
@@ -208,16 +167,15 @@ fn publish_raw(topo: &Topology, mac: Option<&str>, payload: &str) {
 
 #[test]
 fn a_delivery_notified_to_one_edge_ends_the_attenuation_on_the_other() {
-    let mut topo = Topology::new().unwrap();
-    topo.add_edge().unwrap();
-    let dc = Dovecot::start(&topo).unwrap();
-    let _broker = start_broker(&topo);
-    let _a = edge(&topo, Node::Router, endpoint_a(), "15m");
-    let b = edge(&topo, Node::EdgeRouter, endpoint_b(), "15m");
+    let mut env = Env::with_second_edge(DovecotOptions::default());
+    let _broker = start_broker(&env.topo);
+    start_edge(&mut env, Node::Router, endpoint_a(), "15m");
+    start_edge(&mut env, Node::EdgeRouter, endpoint_b(), "15m");
+    let dc = &env.dc;
 
     // bob is behind edge B only; his checks are answered there.
     for _ in 0..5 {
-        assert_eq!(check(&topo, Node::EdgeClient, "bob"), 0);
+        assert_eq!(env.check_from(Node::EdgeClient, "bob"), 0);
     }
     assert_eq!(
         dc.wait_login_count("bob", 1, Duration::from_secs(5))
@@ -230,7 +188,7 @@ fn a_delivery_notified_to_one_edge_ends_the_attenuation_on_the_other() {
     )
     .unwrap();
     assert_eq!(
-        check(&topo, Node::EdgeClient, "bob"),
+        env.check_from(Node::EdgeClient, "bob"),
         0,
         "without a notification the time rule hides it for 15m"
     );
@@ -241,26 +199,26 @@ fn a_delivery_notified_to_one_edge_ends_the_attenuation_on_the_other() {
         .unwrap()
         .as_secs();
     let forged = format!(r#"{{"server":"{SERVER_V4}","user":"bob","sent":{sent}}}"#);
-    publish_raw(&topo, None, &forged);
+    publish_raw(&env.topo, None, &forged);
     publish_raw(
-        &topo,
+        &env.topo,
         Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
         &forged,
     );
-    publish_raw(&topo, Some("x"), &"{".repeat(5000));
-    metric_reaches(&topo, Node::EdgeRouter, &event("rejected"), 3);
+    publish_raw(&env.topo, Some("x"), &"{".repeat(5000));
+    metric_reaches(&env, Node::EdgeRouter, &event("rejected"), 3);
     assert_eq!(
-        check(&topo, Node::EdgeClient, "bob"),
+        env.check_from(Node::EdgeClient, "bob"),
         0,
         "forged: still attenuated"
     );
 
     // The mail server notifies edge A; edge B applies it.
     let started = Instant::now();
-    assert_eq!(notify_edge_a(&topo, "bob"), 204);
-    metric_reaches(&topo, Node::EdgeRouter, &event("received"), 1);
+    assert_eq!(notify_edge_a(&env.topo, "bob"), 204);
+    metric_reaches(&env, Node::EdgeRouter, &event("received"), 1);
     assert_eq!(
-        check(&topo, Node::EdgeClient, "bob"),
+        env.check_from(Node::EdgeClient, "bob"),
         1,
         "the very next check on edge B sees it"
     );
@@ -269,50 +227,45 @@ fn a_delivery_notified_to_one_edge_ends_the_attenuation_on_the_other() {
         "{:?}",
         started.elapsed()
     );
-    metric_reaches(&topo, Node::Router, &event("published"), 1);
+    metric_reaches(&env, Node::Router, &event("published"), 1);
     // No echo, no loop: A does not get its own message back, B publishes nothing.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(metric(&topo, Node::Router, &event("received")), 0);
-    assert_eq!(metric(&topo, Node::EdgeRouter, &event("published")), 0);
-    assert_eq!(metric(&topo, Node::EdgeRouter, &event("received")), 1);
-    assert!(b.log_text().contains("NATS broker connected"));
+    assert_eq!(metric(&env, Node::Router, &event("received")), 0);
+    assert_eq!(metric(&env, Node::EdgeRouter, &event("published")), 0);
+    assert_eq!(metric(&env, Node::EdgeRouter, &event("received")), 1);
+    assert!(env.edge_ic().log_text().contains("NATS broker connected"));
 }
 
 #[test]
 fn with_the_broker_down_notifications_still_apply_locally_and_the_outage_counts() {
-    let mut topo = Topology::new().unwrap();
-    topo.add_edge().unwrap();
-    let dc = Dovecot::start(&topo).unwrap();
-    let mut broker = start_broker(&topo);
-    let a = edge(&topo, Node::Router, endpoint_a(), "8s");
-    let _b = edge(&topo, Node::EdgeRouter, endpoint_b(), "8s");
-    metric_reaches(&topo, Node::Router, "pop3_interceptor_nats_connected", 1);
-    metric_reaches(
-        &topo,
-        Node::EdgeRouter,
-        "pop3_interceptor_nats_connected",
-        1,
-    );
+    let mut env = Env::with_second_edge(DovecotOptions::default());
+    let mut broker = start_broker(&env.topo);
+    start_edge(&mut env, Node::Router, endpoint_a(), "8s");
+    start_edge(&mut env, Node::EdgeRouter, endpoint_b(), "8s");
+    let dc = &env.dc;
+    metric_reaches(&env, Node::Router, "pop3_interceptor_nats_connected", 1);
+    metric_reaches(&env, Node::EdgeRouter, "pop3_interceptor_nats_connected", 1);
     // carol behind edge B has had a notification through the broker: from then on her
     // views are trusted for --notify-interval (1h), not 8s.
-    assert_eq!(check(&topo, Node::EdgeClient, "carol"), 0);
-    assert_eq!(notify_edge_a(&topo, "carol"), 204);
-    metric_reaches(&topo, Node::EdgeRouter, &event("received"), 1);
-    assert_eq!(check(&topo, Node::EdgeClient, "carol"), 0);
+    assert_eq!(env.check_from(Node::EdgeClient, "carol"), 0);
+    assert_eq!(notify_edge_a(&env.topo, "carol"), 204);
+    metric_reaches(&env, Node::EdgeRouter, &event("received"), 1);
+    assert_eq!(env.check_from(Node::EdgeClient, "carol"), 0);
 
     broker.kill();
-    a.wait_log("NATS broker lost", Duration::from_secs(10))
+    env.ic()
+        .wait_log("NATS broker lost", Duration::from_secs(10))
         .unwrap();
-    metric_reaches(&topo, Node::Router, &event("disconnect"), 1);
-    metric_reaches(&topo, Node::EdgeRouter, &event("disconnect"), 1);
+    metric_reaches(&env, Node::Router, &event("disconnect"), 1);
+    metric_reaches(&env, Node::EdgeRouter, &event("disconnect"), 1);
     assert_eq!(
-        metric(&topo, Node::Router, "pop3_interceptor_nats_connected"),
+        metric(&env, Node::Router, "pop3_interceptor_nats_connected"),
         0
     );
 
     // alice behind edge A: the notification still applies there.
-    assert_eq!(check(&topo, Node::Client, "alice"), 0);
-    assert_eq!(check(&topo, Node::Client, "alice"), 0);
+    assert_eq!(env.check_from(Node::Client, "alice"), 0);
+    assert_eq!(env.check_from(Node::Client, "alice"), 0);
     assert_eq!(
         dc.wait_login_count("alice", 1, Duration::from_secs(5))
             .unwrap(),
@@ -323,52 +276,55 @@ fn with_the_broker_down_notifications_still_apply_locally_and_the_outage_counts(
         &make_message("a@example.org", "alice@example.org", "hi", "1"),
     )
     .unwrap();
-    assert_eq!(notify_edge_a(&topo, "alice"), 204);
-    assert_eq!(check(&topo, Node::Client, "alice"), 1, "applied on edge A");
-    metric_reaches(&topo, Node::Router, &event("publish_dropped"), 1);
+    assert_eq!(notify_edge_a(&env.topo, "alice"), 204);
+    assert_eq!(
+        env.check_from(Node::Client, "alice"),
+        1,
+        "applied on edge A"
+    );
+    metric_reaches(&env, Node::Router, &event("publish_dropped"), 1);
 
     // carol behind edge B misses the news, but the time rule (8s), not the 1h of a
     // notifying server, still bounds her delay: news may have been lost.
-    assert_eq!(check(&topo, Node::EdgeClient, "carol"), 0);
+    assert_eq!(env.check_from(Node::EdgeClient, "carol"), 0);
     let verified = Instant::now();
     dc.deliver(
         "carol",
         &make_message("a@example.org", "carol@example.org", "hi", "1"),
     )
     .unwrap();
-    assert_eq!(notify_edge_a(&topo, "carol"), 204);
+    assert_eq!(notify_edge_a(&env.topo, "carol"), 204);
     assert_eq!(
-        check(&topo, Node::EdgeClient, "carol"),
+        env.check_from(Node::EdgeClient, "carol"),
         0,
         "hidden: the broker is down"
     );
     std::thread::sleep(Duration::from_secs(9).saturating_sub(verified.elapsed()));
     assert_eq!(
-        check(&topo, Node::EdgeClient, "carol"),
+        env.check_from(Node::EdgeClient, "carol"),
         1,
         "seen once n is over"
     );
 
     // The broker comes back: both edges reconnect and resubscribe by themselves.
-    let _broker = start_broker(&topo);
-    metric_reaches(&topo, Node::Router, "pop3_interceptor_nats_connected", 1);
-    metric_reaches(
-        &topo,
-        Node::EdgeRouter,
-        "pop3_interceptor_nats_connected",
-        1,
-    );
-    fetch_and_delete(&topo, Node::EdgeClient, "dave");
+    let _broker = start_broker(&env.topo);
+    metric_reaches(&env, Node::Router, "pop3_interceptor_nats_connected", 1);
+    metric_reaches(&env, Node::EdgeRouter, "pop3_interceptor_nats_connected", 1);
+    fetch_and_delete(&env, Node::EdgeClient, "dave");
     let verified = Instant::now();
-    assert_eq!(check(&topo, Node::EdgeClient, "dave"), 0);
+    assert_eq!(env.check_from(Node::EdgeClient, "dave"), 0);
     dc.deliver(
         "dave",
         &make_message("a@example.org", "dave@example.org", "hi", "1"),
     )
     .unwrap();
-    assert_eq!(notify_edge_a(&topo, "dave"), 204);
-    metric_reaches(&topo, Node::EdgeRouter, &event("received"), 2);
-    assert_eq!(check(&topo, Node::EdgeClient, "dave"), 1, "fan-out is back");
+    assert_eq!(notify_edge_a(&env.topo, "dave"), 204);
+    metric_reaches(&env, Node::EdgeRouter, &event("received"), 2);
+    assert_eq!(
+        env.check_from(Node::EdgeClient, "dave"),
+        1,
+        "fan-out is back"
+    );
     assert!(
         verified.elapsed() < Duration::from_secs(7),
         "inconclusive: n (8s) was nearly over, {:?}",

@@ -14,6 +14,7 @@ use std::{
 
 use pop3_interceptor_e2e::{
     Env, Node, RawSession,
+    interceptor::NO_PER_SOURCE_LIMITS,
     topology::{in_netns, server_pop3_v4},
 };
 
@@ -27,23 +28,16 @@ const MAX_BYTES_PER_IDLE: u64 = 16 * 1024;
 fn ten_thousand_idle_sessions_are_held_cheaply_and_checks_still_succeed() {
     raise_fd_limit();
     let max_conns = (IDLE + 1000).to_string();
-    let env = Env::start(
-        Default::default(),
-        &[
-            "--interval",
-            "1h",
-            "--max-conns",
-            &max_conns,
-            "--max-conns-per-source",
-            "0",
-            "--max-half-open-per-source",
-            "0",
-            "--syn-rate-per-source",
-            "0",
-            "--idle-timeout",
-            "10m",
-        ],
-    );
+    let mut args = vec![
+        "--interval",
+        "1h",
+        "--max-conns",
+        &max_conns,
+        "--idle-timeout",
+        "10m",
+    ];
+    args.extend(NO_PER_SOURCE_LIMITS);
+    let env = Env::start(Default::default(), &args);
     let (user, pass) = env.dc.users()[0].clone();
     // The first check goes to Dovecot and teaches the table; the timed ones are attenuated.
     timed_checks(&env, &user, &pass, 20);

@@ -8,7 +8,7 @@
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use common::HEARTBEAT_GRACE_NS;
+use common::{Counter, HEARTBEAT_GRACE_NS};
 use pop3_interceptor_e2e::clients::{self, FetchmailOptions, PoplibOptions, RawSession};
 use pop3_interceptor_e2e::dovecot::{make_large_message, make_message};
 use pop3_interceptor_e2e::interceptor::dataplane_args;
@@ -20,10 +20,6 @@ use pop3_interceptor_e2e::topology::{
 use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology, TopologyOptions};
 use rstest::rstest;
 
-/// Slots of the XDP program's COUNTERS map (see `common::Counter`).
-const MATCHED: u32 = 1;
-const REDIRECTED: u32 = 2;
-
 /// The daemon in relay mode on `dataplane` (`xdp`: native, or `tc`).
 fn relay(topo: &Topology, dataplane: &str) -> Interceptor {
     let mut args = vec!["--mode", "relay"];
@@ -32,8 +28,8 @@ fn relay(topo: &Topology, dataplane: &str) -> Interceptor {
 }
 
 /// A per-CPU counter of the pinned COUNTERS map, summed, read with the real bpftool.
-fn counter(ic: &Interceptor, slot: u32) -> u64 {
-    ic.xdp_counter(slot).expect("bpftool COUNTERS")
+fn counter(ic: &Interceptor, counter: Counter) -> u64 {
+    ic.xdp_counter(counter).expect("bpftool COUNTERS")
 }
 
 /// A poplib session for `user` (password `<user>-pw`) that must succeed; its transcript.
@@ -107,7 +103,7 @@ fn curl_poplib_and_fetchmail_see_the_same_bytes_through_the_relay(#[case] datapl
 
     // Proof of interception: the XDP program redirected the flows, and Dovecot saw the
     // sessions come from the router, not from the client.
-    assert!(counter(&ic, REDIRECTED) > 0);
+    assert!(counter(&ic, Counter::Redirected) > 0);
     assert_eq!(last_login_rip(&dc, "alice"), ROUTER_SERVER_V4.to_string());
     let rips: Vec<String> = dc
         .logins_for("alice")
@@ -168,7 +164,7 @@ fn ipv6_client_reaches_the_ipv6_server_through_the_interceptor(#[case] dataplane
     });
     assert_eq!(direct, through);
     assert!(through.contains("over IPv6"), "{through}");
-    assert!(counter(&ic, REDIRECTED) > 0);
+    assert!(counter(&ic, Counter::Redirected) > 0);
     let rips: Vec<String> = dc
         .logins_for("alice")
         .iter()
@@ -274,7 +270,7 @@ fn other_tcp_ports_pass_untouched(#[case] dataplane: &str) {
         .spawn(Node::Server, &["python3", "-c", script], &log)
         .unwrap();
     let other = SocketAddr::new(SERVER_V4.into(), 2525);
-    let matched_before = counter(&ic, MATCHED);
+    let matched_before = counter(&ic, Counter::Matched);
     let mut session = None;
     for _ in 0..50 {
         if let Ok(s) = RawSession::connect(&topo, Node::Client, other) {
@@ -291,7 +287,7 @@ fn other_tcp_ports_pass_untouched(#[case] dataplane: &str) {
         "the kernel forwarded it"
     );
     assert_eq!(
-        counter(&ic, MATCHED),
+        counter(&ic, Counter::Matched),
         matched_before,
         "the program left it alone"
     );
@@ -494,5 +490,5 @@ fn a_vlan_tagged_client_is_answered_with_its_tags(
         .expect("a SYN-ACK for the tagged SYN");
     assert!(reply.is_syn_ack(), "{reply:?}");
     assert_eq!(reply.vlans, vlans, "the client's tags kept, outer first");
-    assert!(counter(&ic, REDIRECTED) > 0);
+    assert!(counter(&ic, Counter::Redirected) > 0);
 }

@@ -10,11 +10,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pop3_interceptor_e2e::clients::{self, PoplibOptions};
 use pop3_interceptor_e2e::interceptor::interceptor_bin;
-use pop3_interceptor_e2e::topology::server_pop3_v4;
 use pop3_interceptor_e2e::util::{set_mode, workspace_root};
-use pop3_interceptor_e2e::{Dovecot, Interceptor, InterceptorOptions, Topology, TopologyOptions};
+use pop3_interceptor_e2e::{
+    DovecotOptions, Env, Interceptor, InterceptorOptions, Topology, TopologyOptions,
+};
 
 fn unit() -> String {
     let path = workspace_root().join("packaging/pop3-interceptor.service");
@@ -81,18 +81,21 @@ fn wrapper(dir: &Path, name: &str, caps: &[String], memlock: &Memlock) -> PathBu
     path
 }
 
+/// The daemon run by `bin`.
+fn options(bin: PathBuf) -> InterceptorOptions {
+    InterceptorOptions {
+        bin: Some(bin),
+        // The expectations below are the AF_XDP ones (UMEM, memlock); on veth the
+        // default would be the TC dataplane.
+        extra_args: vec!["--dataplane".into(), "xdp".into()],
+        ready_timeout: Duration::from_secs(20),
+        ..Default::default()
+    }
+}
+
+/// Starts the daemon run by `bin`, which may fail to start.
 fn start(topo: &Topology, bin: PathBuf) -> anyhow::Result<Interceptor> {
-    Interceptor::start_with(
-        topo,
-        InterceptorOptions {
-            bin: Some(bin),
-            // The expectations below are the AF_XDP ones (UMEM, memlock); on veth the
-            // default would be the TC dataplane.
-            extra_args: vec!["--dataplane".into(), "xdp".into()],
-            ready_timeout: Duration::from_secs(20),
-            ..Default::default()
-        },
-    )
+    Interceptor::start_with(topo, options(bin))
 }
 
 #[test]
@@ -119,15 +122,14 @@ fn the_units_capabilities_are_enough_and_each_is_needed() {
         Memlock::IpcLock
     };
     // Four RX queues: four AF_XDP sockets with an 8 MiB UMEM each.
-    let topo = Topology::with_options(TopologyOptions { rc0_queues: 4 }).unwrap();
-    let dc = Dovecot::start(&topo).unwrap();
-    let dir = topo.dir().to_path_buf();
+    let mut env = Env::direct_with(TopologyOptions { rc0_queues: 4 }, DovecotOptions::default());
+    let dir = env.topo.dir().to_path_buf();
 
     // Each capability left out: the daemon cannot start, and says so.
     for missing in &caps {
         let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
         let bin = wrapper(&dir, &format!("without-{missing}.sh"), &fewer, &memlock);
-        let err = start(&topo, bin).expect_err(&format!("started without CAP_{missing}"));
+        let err = start(&env.topo, bin).expect_err(&format!("started without CAP_{missing}"));
         let err = format!("{err:#}");
         eprintln!("without CAP_{}: {err}", missing.to_uppercase());
         let why = match missing.as_str() {
@@ -149,27 +151,23 @@ fn the_units_capabilities_are_enough_and_each_is_needed() {
         &caps,
         &Memlock::Limit("8388608".into()),
     );
-    let err = start(&topo, bin).expect_err("started with 32 MiB of UMEM under an 8 MiB limit");
+    let err = start(&env.topo, bin).expect_err("started with 32 MiB of UMEM under an 8 MiB limit");
     let err = format!("{err:#}");
     eprintln!("with LimitMEMLOCK=8M: {err}");
     assert!(err.contains("No buffer space available"), "{err}");
 
     // Exactly the unit's privileges: it attaches, attenuates, and detaches on SIGTERM.
     let bin = wrapper(&dir, "as-the-unit.sh", &caps, &memlock);
-    let mut ic = start(&topo, bin).unwrap();
-    let opts = PoplibOptions {
-        retr: false,
-        ..Default::default()
-    };
+    env.start_daemon_with(options(bin));
     for _ in 0..3 {
-        let t = clients::poplib(&topo, server_pop3_v4(), "alice", "alice-pw", &opts).unwrap();
-        assert!(t.ok(), "{}", t.normalized());
+        env.check("alice");
     }
     assert_eq!(
-        dc.login_count("alice"),
+        env.dc.login_count("alice"),
         1,
         "two of three checks answered at the edge"
     );
+    let ic = env.ic_mut();
     let pin_dir = ic.pin_dir().to_path_buf();
     let (exit, by_itself) = ic.terminate(Duration::from_secs(10));
     assert!(by_itself && exit.is_some_and(|s| s.success()), "{exit:?}");

@@ -27,7 +27,7 @@ const SESSIONS: usize = 24;
 
 /// A relaying daemon with two workers on a four-queue `rc0`, with `extra` flags.
 fn env(dataplane: &str, extra: &[&str]) -> Env {
-    let mut env = Env::direct_on(TopologyOptions { rc0_queues: 4 }, DovecotOptions::default());
+    let mut env = Env::direct_with(TopologyOptions { rc0_queues: 4 }, DovecotOptions::default());
     start(&mut env, dataplane, &[&["--mode", "relay"], extra].concat());
     env
 }
@@ -99,7 +99,7 @@ fn two_workers_on_a_four_queue_interface_both_serve_sessions(#[case] dataplane: 
 #[case::xdp("xdp")]
 #[case::tc("tc")]
 fn a_user_learnt_on_one_worker_is_answered_on_every_worker(#[case] dataplane: &str) {
-    let mut env = Env::direct_on(TopologyOptions { rc0_queues: 4 }, DovecotOptions::default());
+    let mut env = Env::direct_with(TopologyOptions { rc0_queues: 4 }, DovecotOptions::default());
     start(&mut env, dataplane, &["--interval", "10m"]);
     for _ in 0..SESSIONS {
         assert_eq!(env.check("alice"), "0 0");

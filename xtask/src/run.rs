@@ -21,6 +21,22 @@ pub fn cargo() -> Command {
     c
 }
 
+/// `cargo SUBCOMMAND` of pop3-engine in release with its `testing` feature: the build of
+/// its measurements and its simulation.
+pub fn engine_testing(subcommand: &str) -> Command {
+    let mut c = cargo();
+    c.args([
+        subcommand,
+        "--release",
+        "--quiet",
+        "-p",
+        "pop3-engine",
+        "--features",
+        "testing",
+    ]);
+    c
+}
+
 /// The target folder cargo uses (honours CARGO_TARGET_DIR and .cargo/config.toml).
 pub fn target_dir() -> Result<PathBuf> {
     let out = cargo()
@@ -86,6 +102,9 @@ pub struct TestTotals {
     pub passed: u64,
     pub failed: u64,
     pub ignored: u64,
+    /// `cargo test` runs that failed with no test failed: a build error, or a test binary
+    /// that crashed before its result line.
+    pub broken: u64,
 }
 
 impl TestTotals {
@@ -93,6 +112,23 @@ impl TestTotals {
         self.passed += o.passed;
         self.failed += o.failed;
         self.ignored += o.ignored;
+        self.broken += o.broken;
+    }
+
+    /// The summary line: counts of tests, and of runs that failed outside any test.
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "summary: {} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.ignored
+        );
+        if self.broken > 0 {
+            line += &format!(
+                ", and {} cargo test run(s) FAILED outside any test (a build error or a \
+                 crashed test binary: see the output above)",
+                self.broken
+            );
+        }
+        line
     }
 }
 
@@ -116,6 +152,12 @@ pub fn cargo_test(what: &str, cmd: &mut Command) -> Result<(bool, TestTotals, Ve
         }
     }
     let st = child.wait()?;
+    if !st.success() && totals.failed == 0 {
+        totals.broken += 1;
+        lines.push(format!(
+            "cargo test failed ({st}) with no test failed: a build error or a crashed test binary"
+        ));
+    }
     Ok((st.success(), totals, lines))
 }
 
@@ -151,5 +193,20 @@ mod tests {
         .unwrap();
         assert_eq!((t.passed, t.failed, t.ignored), (14, 1, 2));
         assert!(parse_result_line("running 3 tests").is_none());
+    }
+
+    #[test]
+    fn the_summary_tells_a_run_that_failed_outside_any_test() {
+        let mut t = TestTotals {
+            passed: 3,
+            ..TestTotals::default()
+        };
+        assert_eq!(t.summary(), "summary: 3 passed, 0 failed, 0 skipped");
+        t.broken = 1;
+        assert!(
+            t.summary().contains("1 cargo test run(s) FAILED"),
+            "{}",
+            t.summary()
+        );
     }
 }

@@ -17,19 +17,8 @@ pub struct SimulateArgs {
 }
 
 pub fn run(a: SimulateArgs) -> Result<ExitCode> {
-    let status = run::cargo()
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "pop3-engine",
-            "--features",
-            "testing",
-            "--example",
-            "simulate",
-            "--",
-        ])
+    let status = run::engine_testing("run")
+        .args(["--example", "simulate", "--"])
         .args(&a.args)
         .status()
         .context("running the simulate example")?;

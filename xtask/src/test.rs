@@ -80,7 +80,7 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
                         totals.add(TestTotals {
                             passed: u64::from(good),
                             failed: u64::from(!good),
-                            ignored: 0,
+                            ..TestTotals::default()
                         });
                         results.push(format!("fuzz: {}", o.line()));
                     }
@@ -90,7 +90,7 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
                     totals.add(TestTotals {
                         passed: 0,
                         failed: fuzz::TARGETS.len() as u64,
-                        ignored: 0,
+                        ..TestTotals::default()
                     });
                     results.push(format!("fuzz: did not run: {e:#}"));
                 }
@@ -120,10 +120,7 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
     for l in &results {
         println!("  {l}");
     }
-    println!(
-        "summary: {} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.ignored
-    );
+    println!("{}", totals.summary());
     if ok && totals.failed == 0 {
         Ok(ExitCode::SUCCESS)
     } else {

@@ -1,16 +1,17 @@
 //! The packet path in userspace: frames in (AF_XDP sockets, or the TC dataplane's TAP),
-//! TCP terminated by smoltcp, POP3 bytes to and from the engine, upstream connections on
-//! tokio, frames out.
+//! TCP terminated by smoltcp, POP3 bytes to and from the engine and the upstream
+//! connections, frames out.
 //!
 //! Longer than 600 lines: the one loop and the steps of a pass in order; the pieces with
 //! a job of their own (frames, stacks, connections, sources, RFC 5961, frame queues) are
 //! its submodules.
 //!
-//! One worker thread runs the whole loop for its frame queues (`poll(2)` on them and the
-//! upstream eventfd), so connection state needs no locks; `--workers` runs several, each
-//! a [`Dataplane`] of its own (see [`workers`]), sharing only the connection [`limits`].
-//! Data flows one way through each step: frames -> [`frame::parse`] -> [`stack::Stack`]
-//! -> [`Pop3Engine`] -> actions -> stack -> frames.
+//! One worker thread runs the whole loop for its frame queues (`poll(2)` on them, its
+//! upstream sockets' epoll descriptor and its eventfd), so connection state needs no
+//! locks; `--workers` runs several, each a [`Dataplane`] of its own (see [`workers`]),
+//! sharing only the connection [`limits`] and the user table. Data flows one way through
+//! each step: frames -> [`frame::parse`] -> [`stack::Stack`] -> [`Pop3Engine`] -> actions
+//! -> stack -> frames.
 
 mod conn;
 pub mod destinations;
@@ -28,8 +29,8 @@ pub mod xsk;
 use std::{
     net::SocketAddr,
     ops::ControlFlow,
-    os::fd::{AsFd, BorrowedFd},
-    sync::{Arc, Mutex, mpsc},
+    os::fd::AsFd,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -43,7 +44,8 @@ use thiserror::Error;
 
 use crate::{
     cache::EdgeCache,
-    upstream::{Upstream, UpstreamEvent, Waker},
+    upstream::{Upstream, UpstreamEvent},
+    waker::Waker,
 };
 use conn::{Conn, ConnTable};
 use frame::ReplyHeader;
@@ -85,7 +87,7 @@ pub enum DataplaneError {
     Tap(#[from] TapError),
     #[error("no interface named {0:?}")]
     NoSuchInterface(String),
-    #[error("starting the upstream runtime: {0}")]
+    #[error("starting the upstream poller, the operator runtime or an eventfd: {0}")]
     Runtime(std::io::Error),
     #[error("poll: {0}")]
     Poll(std::io::Error),
@@ -165,7 +167,8 @@ pub struct Dataplane<E> {
     conns: ConnTable,
     engine: E,
     upstream: Upstream,
-    upstream_events: mpsc::Receiver<UpstreamEvent>,
+    /// What `upstream` reported in this pass (kept to reuse its allocation).
+    upstream_events: Vec<UpstreamEvent>,
     waker: Arc<Waker>,
     outputs: Vec<Output>,
     /// Segments we build ourselves (RSTs for refused SYNs, challenge ACKs): queue index,
@@ -194,16 +197,16 @@ pub struct Dataplane<E> {
 
 impl<E: Pop3Engine> Dataplane<E> {
     /// A worker's dataplane over `queues` (opened by [`workers`]), admitting connections
-    /// through the `limits` all workers share; starts the worker's upstream runtime.
+    /// through the `limits` all workers share; `waker` wakes its `poll(2)` from other
+    /// threads. Built on the worker's own thread (its upstream poller stays there).
     pub fn new(
         config: DataplaneConfig,
         engine: E,
         queues: Vec<FrameQueue>,
         limits: Arc<Limits>,
+        waker: Arc<Waker>,
     ) -> Result<Self, DataplaneError> {
-        let waker = Arc::new(Waker::new().map_err(DataplaneError::Runtime)?);
-        let (upstream, upstream_events) = Upstream::new(config.connect_timeout, waker.clone())
-            .map_err(DataplaneError::Runtime)?;
+        let upstream = Upstream::new(config.connect_timeout).map_err(DataplaneError::Runtime)?;
         let epoch = Instant::now();
         // Initial sequence numbers must be unpredictable to off-path attackers.
         let stacks = Stacks::new(
@@ -223,7 +226,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             peak_since_trim: 0,
             engine,
             upstream,
-            upstream_events,
+            upstream_events: Vec::new(),
             waker,
             outputs: Vec::new(),
             control_tx: Vec::new(),
@@ -239,35 +242,9 @@ impl<E: Pop3Engine> Dataplane<E> {
         })
     }
 
-    /// `(queue id, socket)` pairs for the XSKMAP.
-    pub fn sockets(&self) -> impl Iterator<Item = (u32, BorrowedFd<'_>)> {
-        self.queues.iter().filter_map(|q| match q {
-            FrameQueue::Xsk(q) => Some((q.queue_id(), q.fd())),
-            FrameQueue::Tap(_) => None,
-        })
-    }
-
-    /// The TAP's interface index, for the TC classifier (`None` on AF_XDP).
-    pub fn tap(&self) -> Option<u32> {
-        self.queues.iter().find_map(|q| match q {
-            FrameQueue::Tap(q) => Some(q.ifindex()),
-            FrameQueue::Xsk(_) => None,
-        })
-    }
-
     /// Answers the engine's edge-cache requests from `cache`.
     pub fn set_cache(&mut self, cache: Arc<Mutex<EdgeCache>>) {
         self.cache = Some(cache);
-    }
-
-    /// The tokio runtime of the upstream connections, for the daemon's other I/O.
-    pub fn runtime(&self) -> &tokio::runtime::Handle {
-        self.upstream.runtime()
-    }
-
-    /// Wakes the dataplane's `poll(2)` from another thread.
-    pub fn waker(&self) -> Arc<Waker> {
-        self.waker.clone()
     }
 
     /// `(client, server)` of the connections whose handshake completed during the last
@@ -304,11 +281,12 @@ impl<E: Pop3Engine> Dataplane<E> {
     ) -> Result<(), DataplaneError> {
         // The descriptors never change: build the poll set once, not per pass, on
         // duplicates (the same open files) so that it does not borrow `self`.
+        let upstream_slot = self.queues.len();
         let watched = self
             .queues
             .iter()
             .map(|q| q.fd())
-            .chain([self.waker.as_fd()])
+            .chain([self.upstream.as_fd(), self.waker.as_fd()])
             .map(|fd| fd.try_clone_to_owned())
             .collect::<Result<Vec<_>, _>>()
             .map_err(DataplaneError::Poll)?;
@@ -333,7 +311,8 @@ impl<E: Pop3Engine> Dataplane<E> {
             self.established_flows.clear();
             let now = Instant::now();
             self.receive(now);
-            self.upstream_events(now);
+            let upstream_ready = fds[upstream_slot].revents().contains(PollFlags::IN);
+            self.upstream_events(upstream_ready, now);
             self.service_conns(now);
             self.timers(now);
             self.transmit(now);
@@ -348,7 +327,7 @@ impl<E: Pop3Engine> Dataplane<E> {
     }
 
     fn next_wakeup(&mut self, now: Instant) -> Duration {
-        if !self.dirty.is_empty() {
+        if !self.dirty.is_empty() || self.upstream.has_work() {
             return Duration::ZERO;
         }
         let smol_now = self.smol_now(now);
@@ -359,7 +338,10 @@ impl<E: Pop3Engine> Dataplane<E> {
         if let Some(delay) = self.stacks.poll_delay(smol_now) {
             wait = wait.min(Duration::from_micros(delay.total_micros()));
         }
-        if let Some(at) = self.engine.next_timeout() {
+        for at in [self.engine.next_timeout(), self.upstream.next_deadline()]
+            .into_iter()
+            .flatten()
+        {
             wait = wait.min(at.saturating_duration_since(now));
         }
         wait
@@ -471,8 +453,10 @@ impl<E: Pop3Engine> Dataplane<E> {
         }
     }
 
-    fn upstream_events(&mut self, now: Instant) {
-        while let Ok(event) = self.upstream_events.try_recv() {
+    fn upstream_events(&mut self, ready: bool, now: Instant) {
+        let mut events = std::mem::take(&mut self.upstream_events);
+        self.upstream.poll(ready, now, &mut events);
+        for event in events.drain(..) {
             let (id, event) = match &event {
                 UpstreamEvent::Connected(id) => (*id, Event::UpstreamConnected),
                 UpstreamEvent::Data(id, data) => {
@@ -491,6 +475,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             self.engine.handle(id, event, now, &mut self.outputs);
             self.apply_outputs(now);
         }
+        self.upstream_events = events;
     }
 
     /// Moves bytes between the touched connections' sockets and the engine, and reclaims

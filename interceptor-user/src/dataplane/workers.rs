@@ -1,7 +1,7 @@
 //! `--workers`: the dataplane on several threads, one per set of frame queues.
 //!
 //! Each worker is a [`Dataplane`] of its own (AF_XDP sockets of its RX queues, or its
-//! queue of the TAP; smoltcp stacks, connection table, upstream runtime and POP3 engine),
+//! queue of the TAP; smoltcp stacks, connection table, upstream poller and POP3 engine),
 //! pinned to a core of its own when there are several. Frames of one flow always reach
 //! the same worker: on XDP the RX queue decides (the queue's socket belongs to one
 //! worker), on TC the kernel's flow hash picks the TAP queue. The workers share the
@@ -42,7 +42,7 @@ use super::{
     tap::TapQueue,
     xsk::XskQueue,
 };
-use crate::{cache::EdgeCache, engine::Engine, flow_maps::FlowMaps, upstream::Waker};
+use crate::{cache::EdgeCache, engine::Engine, flow_maps::FlowMaps, waker::Waker};
 
 /// How long the operator waits for the workers' counters on a scrape.
 const STATS_WAIT: Duration = Duration::from_secs(1);
@@ -177,20 +177,24 @@ pub struct WorkersConfig {
 /// The dataplane workers of one interface.
 pub struct Workers {
     workers: Vec<Worker>,
-    /// Built, not running yet (see [`Workers::start`]).
-    ready: Vec<Dataplane<WorkerEngine>>,
+    /// Each worker's frame queues until its thread starts (see [`Workers::start`]).
+    ready: Vec<Vec<FrameQueue>>,
+    /// Each worker's dataplane settings.
+    config: DataplaneConfig,
+    cache: Option<Arc<Mutex<EdgeCache>>>,
     stop: Arc<AtomicBool>,
     /// The number of the last scrape asked for.
     scrape: Arc<AtomicU64>,
     limits: Arc<Limits>,
-    runtime: tokio::runtime::Handle,
+    /// The daemon's operator I/O (notifications, metrics, NATS).
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Workers {
     /// Opens the frame queues (one AF_XDP socket per RX queue, dealt round-robin, or one
-    /// TAP queue per worker) and builds one worker per engine of `engines`. The
-    /// sockets still have to go into the XSKMAP ([`Self::sockets`]), or the TAP into the
-    /// classifier's config ([`Self::tap`]), before [`Self::start`].
+    /// TAP queue per worker) for one worker per engine of `engines`, and the operator
+    /// runtime. The sockets still have to go into the XSKMAP ([`Self::sockets`]), or the
+    /// TAP into the classifier's config ([`Self::tap`]), before [`Self::start`].
     pub fn open(config: WorkersConfig, engines: Vec<Engine>) -> Result<Self, DataplaneError> {
         let count = engines.len().max(1);
         let mut queues: Vec<Vec<FrameQueue>> = (0..count).map(|_| Vec::new()).collect();
@@ -211,28 +215,29 @@ impl Workers {
             }
         }
         let limits = Arc::new(Limits::new(config.dataplane.max_conns, config.per_source));
-        let mut workers = Vec::with_capacity(count);
-        let mut ready = Vec::with_capacity(count);
-        for (queues, engine) in queues.into_iter().zip(engines) {
-            let shared = Arc::new(Mutex::new(engine));
-            let dataplane = Dataplane::new(
-                config.dataplane.clone(),
-                WorkerEngine(shared.clone()),
-                queues,
-                limits.clone(),
-            )?;
-            workers.push(Worker {
-                engine: shared,
-                outbox: Arc::default(),
-                waker: dataplane.waker(),
-                thread: None,
-            });
-            ready.push(dataplane);
-        }
-        let runtime = ready[0].runtime().clone();
+        let workers = engines
+            .into_iter()
+            .map(|engine| {
+                Ok(Worker {
+                    engine: Arc::new(Mutex::new(engine)),
+                    outbox: Arc::default(),
+                    waker: Arc::new(Waker::new().map_err(DataplaneError::Runtime)?),
+                    thread: None,
+                })
+            })
+            .collect::<Result<Vec<_>, DataplaneError>>()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("operator-io")
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(DataplaneError::Runtime)?;
         Ok(Self {
             workers,
-            ready,
+            ready: queues,
+            config: config.dataplane,
+            cache: None,
             stop: Arc::default(),
             scrape: Arc::default(),
             limits,
@@ -252,24 +257,32 @@ impl Workers {
 
     /// `(queue id, socket)` pairs for the XSKMAP, before [`Self::start`].
     pub fn sockets(&self) -> Vec<(u32, BorrowedFd<'_>)> {
-        self.ready.iter().flat_map(|dp| dp.sockets()).collect()
+        self.ready
+            .iter()
+            .flatten()
+            .filter_map(|q| match q {
+                FrameQueue::Xsk(q) => Some((q.queue_id(), q.fd())),
+                FrameQueue::Tap(_) => None,
+            })
+            .collect()
     }
 
     /// The TAP's interface index, for the TC classifier (`None` on AF_XDP).
     pub fn tap(&self) -> Option<u32> {
-        self.ready.first().and_then(|dp| dp.tap())
+        self.ready.iter().flatten().find_map(|q| match q {
+            FrameQueue::Tap(q) => Some(q.ifindex()),
+            FrameQueue::Xsk(_) => None,
+        })
     }
 
-    /// The first worker's tokio runtime, for the daemon's other I/O (HTTP endpoints).
+    /// The tokio runtime of the daemon's operator I/O (HTTP endpoints, NATS).
     pub fn runtime(&self) -> &tokio::runtime::Handle {
-        &self.runtime
+        self.runtime.handle()
     }
 
     /// Answers every worker's edge-cache requests from `cache`.
     pub fn set_cache(&mut self, cache: &Arc<Mutex<EdgeCache>>) {
-        for dp in &mut self.ready {
-            dp.set_cache(cache.clone());
-        }
+        self.cache = Some(cache.clone());
     }
 
     /// Starts one thread per worker, each pinned to a CPU of its own when there are
@@ -279,10 +292,16 @@ impl Workers {
     pub fn start(&mut self, operator: &Arc<Waker>, flows: &FlowMaps) -> anyhow::Result<()> {
         let cpus = cpus();
         let pin = self.ready.len() > 1 && !cpus.is_empty();
-        for (index, dataplane) in self.ready.drain(..).enumerate() {
+        for (index, queues) in self.ready.drain(..).enumerate() {
             let cpu = pin.then(|| cpus[index % cpus.len()]);
             let worker = &mut self.workers[index];
             let run = WorkerRun {
+                config: self.config.clone(),
+                engine: WorkerEngine(worker.engine.clone()),
+                queues,
+                limits: self.limits.clone(),
+                waker: worker.waker.clone(),
+                cache: self.cache.clone(),
                 flows: flows.try_clone()?,
                 outbox: worker.outbox.clone(),
                 stop: self.stop.clone(),
@@ -292,7 +311,7 @@ impl Workers {
             worker.thread = Some(
                 std::thread::Builder::new()
                     .name(format!("dataplane-{index}"))
-                    .spawn(move || run.run(dataplane, cpu))?,
+                    .spawn(move || run.run(cpu))?,
             );
         }
         Ok(())
@@ -367,8 +386,14 @@ impl Workers {
     }
 }
 
-/// What a worker thread has besides its dataplane.
+/// What a worker thread builds its dataplane from, and what it shares.
 struct WorkerRun {
+    config: DataplaneConfig,
+    engine: WorkerEngine,
+    queues: Vec<FrameQueue>,
+    limits: Arc<Limits>,
+    waker: Arc<Waker>,
+    cache: Option<Arc<Mutex<EdgeCache>>>,
     flows: FlowMaps,
     outbox: Arc<Mutex<Outbox>>,
     stop: Arc<AtomicBool>,
@@ -377,11 +402,7 @@ struct WorkerRun {
 }
 
 impl WorkerRun {
-    fn run(
-        mut self,
-        mut dataplane: Dataplane<WorkerEngine>,
-        cpu: Option<usize>,
-    ) -> Result<(), DataplaneError> {
+    fn run(self, cpu: Option<usize>) -> Result<(), DataplaneError> {
         if let Some(cpu) = cpu {
             let mut set = rustix::thread::CpuSet::new();
             set.set(cpu);
@@ -389,14 +410,31 @@ impl WorkerRun {
                 tracing::warn!(cpu, %err, "could not pin a dataplane worker");
             }
         }
+        let WorkerRun {
+            config,
+            engine,
+            queues,
+            limits,
+            waker,
+            cache,
+            mut flows,
+            outbox,
+            stop,
+            scrape,
+            operator,
+        } = self;
+        let mut dataplane = Dataplane::new(config, engine, queues, limits, waker)?;
+        if let Some(cache) = cache {
+            dataplane.set_cache(cache);
+        }
         let mut answered = 0;
         dataplane.run(|dp| {
-            self.flows.adopt(dp.established_flows());
-            self.flows.forget(dp.closed_flows());
-            let flows = !dp.established_flows().is_empty() || !dp.closed_flows().is_empty();
-            let wanted = self.scrape.load(Ordering::Acquire);
-            if flows || wanted > answered {
-                let mut outbox = lock(&self.outbox);
+            flows.adopt(dp.established_flows());
+            flows.forget(dp.closed_flows());
+            let changed = !dp.established_flows().is_empty() || !dp.closed_flows().is_empty();
+            let wanted = scrape.load(Ordering::Acquire);
+            if changed || wanted > answered {
+                let mut outbox = lock(&outbox);
                 outbox.closed.extend_from_slice(dp.closed_flows());
                 if wanted > answered {
                     outbox.stats = dp.stats();
@@ -404,9 +442,9 @@ impl WorkerRun {
                     answered = wanted;
                 }
                 drop(outbox);
-                self.operator.wake();
+                operator.wake();
             }
-            if self.stop.load(Ordering::Acquire) {
+            if stop.load(Ordering::Acquire) {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())

@@ -24,27 +24,26 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
-use pop3_engine::attenuation::{
-    AttenuationEngine, Config, Counters, FastCheck, LoadAdaptive, LoginDelay, LoginDelayAction,
-    Salt,
-};
+use pop3_engine::attenuation::{AttenuationEngine, Config, Counters, Salt};
 use pop3_engine::session::{Action, ConnId, ConnInfo, Event, Output, Pop3Engine};
 use pop3_engine::testing::alloc::{CountingAlloc, thread_net_bytes};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
 
 mod client;
+mod report;
+mod scenarios;
 mod server;
 
 use client::Client;
+use report::Row;
+use scenarios::scenarios;
 use server::SimServer;
 
 #[global_allocator]
@@ -78,65 +77,6 @@ struct SimulateArgs {
 const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5)), 110);
 const MAILS_PER_DAY: f64 = 30.0;
 const MS_PER_HOUR: u64 = 3_600_000;
-
-/// One scenario: a name and the engine's settings.
-fn scenarios() -> Vec<(&'static str, bool, Config)> {
-    let base = Config {
-        interval: Duration::from_secs(15 * 60),
-        notify_interval: Duration::from_secs(60 * 60),
-        ..Config::default()
-    };
-    let one_in_m = Config {
-        one_in_m: NonZeroU32::new(10),
-        ..base.clone()
-    };
-    let fast_check = Config {
-        fast_check: Some(FastCheck {
-            count: NonZeroU32::new(3).unwrap(),
-            window: Duration::from_secs(30),
-            penalty: Duration::from_secs(300),
-        }),
-        ..base.clone()
-    };
-    let periodicity = Config {
-        periodicity: NonZeroU32::new(2),
-        ..base.clone()
-    };
-    let load = Config {
-        load_adaptive: Some(LoadAdaptive {
-            max: Duration::from_secs(60 * 60),
-            latency: Duration::from_millis(500),
-            check_rate: None,
-        }),
-        ..base.clone()
-    };
-    let login_delay = Config {
-        login_delay: Some(LoginDelay {
-            delay: Duration::from_secs(1800),
-            action: LoginDelayAction::Local,
-        }),
-        ..base.clone()
-    };
-    let all = Config {
-        one_in_m: one_in_m.one_in_m,
-        fast_check: fast_check.fast_check,
-        periodicity: periodicity.periodicity,
-        load_adaptive: load.load_adaptive,
-        login_delay: login_delay.login_delay,
-        ..base.clone()
-    };
-    vec![
-        ("time rule n=15m", false, base.clone()),
-        ("+ one-in-m 10", false, one_in_m),
-        ("+ fast-check 3/30s", false, fast_check),
-        ("+ periodicity 2", false, periodicity),
-        ("+ load n 15m..1h", false, load),
-        ("+ login-delay 1800 local", false, login_delay),
-        ("all rules", false, all.clone()),
-        ("notify: time rule", true, base),
-        ("notify: all rules", true, all),
-    ]
-}
 
 fn main() -> Result<ExitCode> {
     run(SimulateArgs::parse())
@@ -175,59 +115,8 @@ fn run(a: SimulateArgs) -> Result<ExitCode> {
     });
     rows.sort_by_key(|(i, _)| *i);
     let rows: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();
-    println!(
-        "{} users, {} min of warm-up then the busy hour, server capacity {} logins/s, seed {}\n",
-        a.users, a.warmup_minutes, a.server_capacity, a.seed
-    );
-    println!(
-        "| scenario | checks cut | checks/s | server logins/s | added delay p50 / p99 / max | engine heap |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|");
-    for r in &rows {
-        println!(
-            "| {} | {:.1} % | {:.1} | {:.1} | {:.0} s / {:.0} s / {:.0} s | {:.1} MB |",
-            r.scenario,
-            r.checks_cut * 100.0,
-            r.busy_checks_per_sec,
-            r.busy_logins_per_sec,
-            r.delay_p50_secs,
-            r.delay_p99_secs,
-            r.delay_max_secs,
-            r.engine_heap_bytes as f64 / 1e6,
-        );
-    }
-    if let Some(dir) = a.json.parent() {
-        std::fs::create_dir_all(dir).ok();
-    }
-    std::fs::write(&a.json, serde_json::to_vec_pretty(&rows)?)
-        .with_context(|| format!("writing {}", a.json.display()))?;
-    println!(
-        "\nwrote {} in {:.1} s",
-        a.json.display(),
-        started.elapsed().as_secs_f64()
-    );
+    report::print(&a, &rows, started)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// One scenario's figures.
-#[derive(Debug, Serialize)]
-struct Row {
-    scenario: &'static str,
-    notifications: bool,
-    checks: u64,
-    server_logins: u64,
-    checks_cut: f64,
-    busy_checks_per_sec: f64,
-    busy_logins_per_sec: f64,
-    delay_p50_secs: f64,
-    delay_p99_secs: f64,
-    delay_max_secs: f64,
-    messages_delivered: u64,
-    messages_waiting_at_end: u64,
-    engine_heap_bytes: i64,
-    table_entries: usize,
-    interval_at_end_secs: u64,
-    rule_decisions: Vec<(String, u64)>,
 }
 
 /// How a subscriber checks mail.

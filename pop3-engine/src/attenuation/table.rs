@@ -15,30 +15,32 @@
 //! names (USER, a failed PASS) never take a slot, so spraying names cannot push real
 //! users out.
 //!
-//! Memory per entry: the key (server address and username, shared by the map and the
-//! timer list through one `Arc`; usernames of up to 22 bytes are stored inside the key,
-//! longer ones get an allocation of their own; 56 bytes, a 72-byte `Arc` allocation), and
-//! the 96-byte entry in an allocation of its own: a 16-byte verifier, the check, view, notification, not-before,
-//! fast-check and expiry times as 8-byte stamps (nanoseconds from the
-//! table's epoch),
-//! an optional shared maildrop snapshot (its bytes counted against a budget of their
-//! own), a session count, check counters and two 2-byte check intervals (the
-//! periodicity rule); plus the map's slots (8-byte `Arc` + 8-byte `Box` + a control byte,
-//! at most 7/8 full and, just after the map doubled, half empty: boxing the entry keeps
-//! that half cheap) and the timer list's B-tree of 16-byte (expiry, key) pairs.
-//! `cargo xtask bench --table-only` measures it with 100,000 users.
+//! Memory per entry, about 170 bytes: a 160-byte slot in the [`store`] (allocated 4,096
+//! at a time), which holds the 56-byte key (server address and username; usernames of
+//! up to 22 bytes are inside it, longer ones get an allocation of their own), the
+//! 96-byte entry and the 8 bytes that link it into the timer list; and the index, a
+//! hash table of 4-byte slot numbers with a control byte each, at most 7/8 full and,
+//! just after it doubled, half empty. The entry holds a 16-byte verifier, the check,
+//! view, notification, not-before, fast-check and expiry times as 8-byte stamps
+//! (nanoseconds from the table's epoch), an optional shared maildrop snapshot (its
+//! bytes counted against a budget of their own), a session count, check counters and
+//! two 2-byte check intervals (the periodicity rule).
+//! `cargo xtask bench --table-only` measures it.
+
+mod store;
+mod user_name;
 
 use std::{
-    collections::BTreeSet,
-    fmt,
-    hash::{Hash, Hasher},
+    hash::BuildHasher,
     net::SocketAddr,
     ops::{Deref, DerefMut},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashTable};
+use store::Store;
+pub use user_name::UserName;
 
 use super::{
     config::FastCheck,
@@ -66,99 +68,6 @@ pub struct UserKey {
     pub server: SocketAddr,
     /// The username, exactly the bytes the client sent.
     pub user: UserName,
-}
-
-/// Longest username kept inside the key itself (longer ones get an allocation of their own).
-/// 22 bytes keep [`UserKey`] at 56 bytes, so its `Arc` still fits an 80-byte malloc chunk.
-const INLINE_NAME: usize = 22;
-
-/// A username as the exact bytes a client sent (no lossy text conversion, so two byte
-/// strings never share an entry): stored inline when at most 22 bytes, boxed otherwise.
-/// It derefs to, and compares, orders and hashes exactly like, the bytes it holds;
-/// it prints them with control characters and backslashes escaped.
-#[derive(Clone)]
-pub struct UserName(Name);
-
-#[derive(Clone)]
-enum Name {
-    Inline { len: u8, bytes: [u8; INLINE_NAME] },
-    Boxed(Box<[u8]>),
-}
-
-impl UserName {
-    /// The username's bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        match &self.0 {
-            Name::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Name::Boxed(s) => s,
-        }
-    }
-}
-
-impl From<&str> for UserName {
-    fn from(s: &str) -> Self {
-        Self::from(s.as_bytes())
-    }
-}
-
-impl From<&[u8]> for UserName {
-    fn from(s: &[u8]) -> Self {
-        Self(if s.len() <= INLINE_NAME {
-            let mut bytes = [0; INLINE_NAME];
-            bytes[..s.len()].copy_from_slice(s);
-            Name::Inline {
-                len: s.len() as u8,
-                bytes,
-            }
-        } else {
-            Name::Boxed(s.into())
-        })
-    }
-}
-
-impl Deref for UserName {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl PartialEq for UserName {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for UserName {}
-
-impl PartialOrd for UserName {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for UserName {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_bytes().cmp(other.as_bytes())
-    }
-}
-
-impl Hash for UserName {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
-    }
-}
-
-impl fmt::Debug for UserName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "\"{self}\"")
-    }
-}
-
-impl fmt::Display for UserName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.as_bytes().escape_ascii(), f)
-    }
 }
 
 /// What the proxy has learnt about one user.
@@ -329,14 +238,18 @@ impl<E: DerefMut<Target = Entry>> Timed<E> {
 }
 
 /// The bounded user table with its timer list.
+///
+/// Sessions hold an `Arc<UserKey>` of their user (what [`UserTable::entry`] returns) and
+/// look their entry up by it; the table keeps its own copy of each key in the entry's slot.
 #[derive(Debug)]
 pub struct UserTable {
     /// The origin of every stamp in the table.
     epoch: Epoch,
-    /// Entries boxed: the map's slots stay 16 bytes, so its power-of-two growth (up to
-    /// half its slots empty) costs 16 bytes a slot, not an entry's size.
-    entries: HashMap<Arc<UserKey>, Box<Entry>>,
-    timers: BTreeSet<(Stamp, Arc<UserKey>)>,
+    /// The entries, their keys and the timer list.
+    store: Store,
+    /// The slot of each key, hashed by the key in the slot.
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
     capacity: usize,
     /// How long an entry stays after its last use.
     lifetime: Duration,
@@ -348,19 +261,21 @@ pub struct UserTable {
 }
 
 impl UserTable {
-    /// A table of at most `capacity` users, each kept `lifetime` after its last use,
-    /// with at most `maildrop_budget` bytes of maildrop snapshots; its times count from
-    /// `epoch` (any time the caller passes in).
+    /// A table of at most `capacity` users (at most `u32::MAX - 1`), each kept `lifetime`
+    /// after its last use, with at most `maildrop_budget` bytes of maildrop snapshots;
+    /// its times count from `epoch` (any time the caller passes in).
     pub fn new(
         capacity: usize,
         lifetime: Duration,
         maildrop_budget: usize,
         epoch: Instant,
     ) -> Self {
+        let capacity = capacity.min(u32::MAX as usize - 1);
         Self {
             epoch: Epoch::new(epoch),
-            entries: HashMap::new(),
-            timers: BTreeSet::new(),
+            store: Store::new(capacity),
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
             capacity,
             lifetime,
             removed: Vec::new(),
@@ -385,7 +300,7 @@ impl UserTable {
         login: Instant,
         maildrop: Option<Maildrop>,
     ) -> bool {
-        let Some(entry) = self.entries.get(&**key) else {
+        let Some(entry) = self.get_entry(key) else {
             return false;
         };
         let held = entry.maildrop_len();
@@ -401,9 +316,7 @@ impl UserTable {
         }
         let view = fits.then_some(maildrop);
         self.replace_view(key, now, view.map(|m| (login, m)));
-        self.entries
-            .get(&**key)
-            .is_some_and(|e| e.verified.is_some())
+        self.get_entry(key).is_some_and(|e| e.verified.is_some())
     }
 
     /// Drops the user's view: the server answers the next check, and no session that
@@ -450,33 +363,51 @@ impl UserTable {
         std::mem::take(&mut self.removed)
     }
 
-    fn forget(&mut self, key: Arc<UserKey>) {
-        if let Some(entry) = self.entries.remove(&*key) {
-            self.maildrop_bytes -= entry.maildrop_len();
+    /// Removes the entry in slot `i`.
+    fn forget(&mut self, i: u32) {
+        let hash = self.hasher.hash_one(&self.store.node(i).key);
+        if let Ok(found) = self.index.find_entry(hash, |&j| j == i) {
+            found.remove();
         }
+        let node = self.store.remove(i);
+        self.maildrop_bytes -= node.entry.maildrop_len();
         if self.removed.len() < self.capacity {
-            self.removed.push(key);
+            self.removed.push(Arc::new(node.key));
         }
+    }
+
+    /// The slot of `key`'s entry, if there is one.
+    fn find(&self, key: &UserKey) -> Option<u32> {
+        let store = &self.store;
+        self.index
+            .find(self.hasher.hash_one(key), |&i| store.node(i).key == *key)
+            .copied()
+    }
+
+    fn get_entry(&self, key: &UserKey) -> Option<&Entry> {
+        self.find(key).map(|i| &self.store.node(i).entry)
     }
 
     /// Number of users in the table.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.index.len()
     }
 
     /// Whether the table has no user.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.index.is_empty()
     }
 
     /// The entry of `key`, if any.
     pub fn get(&self, key: &UserKey) -> Option<EntryRef<'_>> {
-        self.entries.get(key).map(|entry| self.timed(&**entry))
+        self.get_entry(key).map(|entry| self.timed(entry))
     }
 
     /// Every entry, for the operator surface.
     pub fn iter(&self) -> impl Iterator<Item = (&UserKey, EntryRef<'_>)> {
-        self.entries.iter().map(|(k, e)| (&**k, self.timed(&**e)))
+        self.store
+            .iter()
+            .map(|node| (&node.key, self.timed(&node.entry)))
     }
 
     fn timed<E>(&self, entry: E) -> Timed<E> {
@@ -486,35 +417,34 @@ impl UserTable {
         }
     }
 
-    /// The shared key of `key`'s entry, if there is one.
+    /// `key` to hold while a session uses its entry, if there is one.
     pub fn key(&self, key: &UserKey) -> Option<Arc<UserKey>> {
-        self.entries.get_key_value(key).map(|(k, _)| k.clone())
+        self.find(key).map(|_| Arc::new(key.clone()))
     }
 
     /// The entry of `key`, created if missing; `None` if the table is full of entries
-    /// in session. Returns the shared key to hold while a session uses the entry.
+    /// in session. Returns the key to hold while a session uses the entry.
     pub fn entry(
         &mut self,
         key: UserKey,
         now: Instant,
         verifier: Verifier,
     ) -> Option<Arc<UserKey>> {
-        if let Some((k, _)) = self.entries.get_key_value(&key) {
-            return Some(k.clone());
+        if self.find(&key).is_some() {
+            return Some(Arc::new(key));
         }
-        if self.entries.len() >= self.capacity {
+        if self.len() >= self.capacity {
             self.collect(now);
             self.evict_one();
         }
-        if self.entries.len() >= self.capacity {
+        if self.len() >= self.capacity {
             return None;
         }
-        let key = Arc::new(key);
-        let expires = self.epoch.stamp(now + self.lifetime);
-        self.timers.insert((expires, key.clone()));
-        self.entries.insert(
-            key.clone(),
-            Box::new(Entry {
+        let handle = Arc::new(key.clone());
+        let hash = self.hasher.hash_one(&key);
+        let i = self.store.insert(
+            key,
+            Entry {
                 verifier,
                 verified: None,
                 maildrop: None,
@@ -529,10 +459,13 @@ impl UserTable {
                 history: CheckHistory::default(),
                 answered_locally: 0,
                 passed_through: 0,
-                expires,
-            }),
+                expires: self.epoch.stamp(now + self.lifetime),
+            },
         );
-        Some(key)
+        let (store, hasher) = (&self.store, &self.hasher);
+        self.index
+            .insert_unique(hash, i, |&j| hasher.hash_one(&store.node(j).key));
+        Some(handle)
     }
 
     /// Changes an entry and pushes its expiry to `lifetime` from `now`.
@@ -542,17 +475,13 @@ impl UserTable {
         now: Instant,
         f: impl FnOnce(&mut EntryMut<'_>) -> R,
     ) -> Option<R> {
+        let i = self.find(key)?;
         let epoch = self.epoch;
-        let entry = self.entries.get_mut(&**key)?;
-        let result = f(&mut Timed {
-            entry: &mut **entry,
-            epoch,
-        });
+        let entry = &mut self.store.node_mut(i).entry;
+        let result = f(&mut Timed { entry, epoch });
         let expires = epoch.stamp(now + self.lifetime);
-        if expires != entry.expires {
-            self.timers.remove(&(entry.expires, key.clone()));
-            self.timers.insert((expires, key.clone()));
-            entry.expires = expires;
+        if expires != self.store.node(i).entry.expires {
+            self.store.set_expiry(i, expires);
         }
         Some(result)
     }
@@ -562,31 +491,28 @@ impl UserTable {
     /// An entry in session found due is left in place: its session's end re-arms it.
     pub fn collect(&mut self, now: Instant) -> usize {
         let now = self.epoch.stamp(now);
-        let due: Vec<_> = self
-            .timers
-            .iter()
-            .take_while(|(t, _)| *t <= now)
-            .filter(|(_, k)| self.entries.get(&**k).is_some_and(|e| e.sessions == 0))
-            .cloned()
+        let due: Vec<u32> = self
+            .store
+            .by_expiry()
+            .take_while(|(_, n)| n.entry.expires <= now)
+            .filter(|(_, n)| n.entry.sessions == 0)
+            .map(|(i, _)| i)
             .collect();
-        let count = due.len();
-        for (t, key) in due {
-            self.timers.remove(&(t, key.clone()));
-            self.forget(key);
+        for &i in &due {
+            self.forget(i);
         }
-        count
+        due.len()
     }
 
     /// Removes the entry not in session nearest its expiry, to make room.
     fn evict_one(&mut self) {
         let victim = self
-            .timers
-            .iter()
-            .find(|(_, k)| self.entries.get(&**k).is_some_and(|e| e.sessions == 0))
-            .cloned();
-        if let Some((t, key)) = victim {
-            self.timers.remove(&(t, key.clone()));
-            self.forget(key);
+            .store
+            .by_expiry()
+            .find(|(_, n)| n.entry.sessions == 0)
+            .map(|(i, _)| i);
+        if let Some(i) = victim {
+            self.forget(i);
         }
     }
 }

@@ -31,7 +31,7 @@ fn collects_only_expired_entries_not_in_session() {
     assert!(table.get(&a).is_some());
     assert_eq!(table.collect(t0 + Duration::from_secs(121)), 1);
     assert!(table.is_empty());
-    assert!(table.timers.is_empty());
+    assert_eq!(table.store.by_expiry().count(), 0);
 }
 
 #[test]
@@ -57,39 +57,58 @@ fn a_full_table_evicts_the_oldest_entry_not_in_session() {
 }
 
 #[test]
-fn usernames_behave_like_bytes_inline_or_boxed() {
-    use std::hash::BuildHasher;
-    let hasher = std::hash::RandomState::new();
-    for s in [
-        "",
-        "a",
-        "alice",
-        "x".repeat(22).as_str(),
-        "y".repeat(23).as_str(),
-    ] {
-        let n = UserName::from(s);
-        assert_eq!(&*n, s.as_bytes());
-        assert_eq!(format!("{n:?} {n}"), format!("{s:?} {s}"));
-        assert_eq!(hasher.hash_one(&n), hasher.hash_one(s.as_bytes()));
-    }
-    // Not text: kept exactly, printed escaped, never equal to a lossy look-alike.
-    let raw = UserName::from(&b"\xe9\x1b[2J\\"[..]);
-    assert_eq!(raw.to_string(), "\\xe9\\x1b[2J\\\\");
-    assert_ne!(raw, UserName::from("\u{fffd}\u{1b}[2J\\"));
-    let (short, long) = (UserName::from("b"), UserName::from("a".repeat(30).as_str()));
-    assert_eq!(short.cmp(&long), "b".cmp(&"a".repeat(30)));
-    assert!(matches!(
-        UserName::from("x".repeat(22).as_str()).0,
-        Name::Inline { .. }
-    ));
-    assert!(matches!(
-        UserName::from("x".repeat(23).as_str()).0,
-        Name::Boxed(_)
-    ));
-}
-
-#[test]
 fn entry_and_key_sizes_match_the_docs() {
     assert_eq!(std::mem::size_of::<Entry>(), 96);
     assert_eq!(std::mem::size_of::<UserKey>(), 56);
+    assert_eq!(std::mem::size_of::<store::Node>(), 160);
+}
+
+#[test]
+fn slots_keep_the_expiry_order_across_chunks_reuse_and_a_clock_that_steps_back() {
+    let t0 = Instant::now();
+    let lifetime = Duration::from_secs(60);
+    // Capacity 3: chunks of three slots, so ten users span four chunks.
+    let mut table = UserTable::new(3, lifetime, 1 << 20, t0);
+    table.capacity = 10;
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let keys: Vec<_> = (0..10)
+        .map(|n| table.entry(key(&n.to_string()), at(n), verifier()).unwrap())
+        .collect();
+    // Touched at 5 s, then with a clock 3 s behind: each lands in its place, after
+    // the entries that expire at the same time.
+    table.update(&keys[0], at(5), |_| ());
+    table.update(&keys[9], at(2), |_| ());
+    let order = |table: &UserTable| -> Vec<String> {
+        let by_expiry: Vec<_> = table
+            .store
+            .by_expiry()
+            .map(|(_, n)| (n.entry.expires, n.key.user.to_string()))
+            .collect();
+        assert!(by_expiry.is_sorted_by_key(|(t, _)| *t));
+        by_expiry.into_iter().map(|(_, u)| u).collect()
+    };
+    assert_eq!(
+        order(&table),
+        ["1", "2", "9", "3", "4", "5", "0", "6", "7", "8"]
+    );
+    assert_eq!(table.collect(at(62)), 3, "1, 2 and 9 expire by 62 s");
+    assert_eq!(table.take_removed().len(), 3);
+    // The three freed slots are used again before a new chunk.
+    let chunks = table.store.chunks.len();
+    for n in 10..13 {
+        table
+            .entry(key(&n.to_string()), at(70), verifier())
+            .unwrap();
+    }
+    assert_eq!(table.store.chunks.len(), chunks);
+    assert_eq!(
+        order(&table),
+        ["3", "4", "5", "0", "6", "7", "8", "10", "11", "12"]
+    );
+    for n in 0..13 {
+        assert_eq!(
+            table.get(&key(&n.to_string())).is_some(),
+            ![1, 2, 9].contains(&n)
+        );
+    }
 }
