@@ -7,6 +7,7 @@ use ipnet::IpNet;
 
 use crate::{
     choice::{DataplaneKind, TcAttach, XdpMode},
+    dataplane::workers::WorkerCount,
     settings::EngineMode,
     status::SortBy,
 };
@@ -86,6 +87,12 @@ pub struct RunArgs {
     /// [default: auto].
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpMode>,
+    /// Dataplane worker threads, each with its own frame queues, TCP stacks and engine
+    /// (one user table and one set of connection limits for all), pinned to a core when
+    /// more than one: a number, or `auto` (one per RX queue of the interface, at most one
+    /// per CPU) [default: 1].
+    #[arg(long)]
+    pub workers: Option<WorkerCount>,
     /// How the TC dataplane attaches: a TCX link, or a clsact filter through netlink (for
     /// kernels before 6.6); `auto` is TCX where the kernel has it [default: auto].
     #[arg(long, value_enum)]

@@ -29,12 +29,13 @@ use aya::{
         tc::{self, NlOptions, TcAttachOptions, TcAttachType},
     },
 };
-use common::{AttachInfo, Config, Counter, FlowKey, FlowValue, map_names};
+use common::{AttachInfo, Config, Counter, map_names};
 use ipnet::IpNet;
 use thiserror::Error;
 
 use crate::{
     choice::{Hook, TcAttach, XdpMode},
+    flow_maps::FlowMaps,
     mirror::text,
 };
 
@@ -129,8 +130,7 @@ pub struct Attachment {
     hook: Hook,
     /// A netlink-attached classifier: when the heartbeat was last written.
     heartbeat: Option<Instant>,
-    flows: HashMap<aya::maps::MapData, FlowKey, FlowValue>,
-    half_open: HashMap<aya::maps::MapData, FlowKey, FlowValue>,
+    flows: FlowMaps,
     counters: PerCpuArray<aya::maps::MapData, u64>,
     excluded_v4: LpmTrie<aya::maps::MapData, [u8; 4], u8>,
     excluded_v6: LpmTrie<aya::maps::MapData, [u8; 16], u8>,
@@ -193,8 +193,7 @@ impl Attachment {
             config,
             hook: options.hook,
             heartbeat: (label == TC_NETLINK_LABEL).then(|| Instant::now() - HEARTBEAT_EVERY),
-            flows,
-            half_open,
+            flows: FlowMaps::new(flows, half_open),
             counters,
             excluded_v4,
             excluded_v6,
@@ -236,7 +235,7 @@ impl Attachment {
         }
         *last = Instant::now();
         let mut value = self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
-        value.heartbeat_ns = monotonic_ns();
+        value.heartbeat_ns = crate::flow_maps::monotonic_ns();
         self.config
             .set(0, value, 0)
             .map_err(map_err(map_names::CONFIG))
@@ -247,28 +246,9 @@ impl Attachment {
         self.hook
     }
 
-    /// Moves flows whose handshake completed from `HALF_OPEN` to `FLOWS`, where no SYN
-    /// flood can evict them. `FLOWS` holds at least `--max-conns` entries, so it has room.
-    pub fn adopt_flows(&mut self, established: &[(std::net::SocketAddr, std::net::SocketAddr)]) {
-        let value = FlowValue {
-            first_seen_ns: monotonic_ns(),
-        };
-        for key in flow_keys(established) {
-            if let Err(err) = self.flows.insert(key, value, 0) {
-                tracing::warn!(%err, "FLOWS: an established flow stays in HALF_OPEN");
-                continue;
-            }
-            let _ = self.half_open.remove(&key);
-        }
-    }
-
-    /// Forgets finished flows, so a reused 4-tuple starts from its SYN again and its
-    /// segments go to the kernel.
-    pub fn forget_flows(&mut self, closed: &[(std::net::SocketAddr, std::net::SocketAddr)]) {
-        for key in flow_keys(closed) {
-            let _ = self.flows.remove(&key);
-            let _ = self.half_open.remove(&key);
-        }
+    /// Handles of `FLOWS` and `HALF_OPEN` for a dataplane worker.
+    pub fn flow_maps(&self) -> Result<FlowMaps, EbpfError> {
+        self.flows.try_clone().map_err(map_err(map_names::FLOWS))
     }
 
     /// Makes the exclusion maps hold exactly `wanted` (new prefixes first, then the stale
@@ -392,20 +372,6 @@ pub fn remove_tc_filter(ifname: &str) -> Result<(), tc::TcError> {
 }
 
 /// Sums a pinned or owned per-CPU counters map.
-fn flow_keys(
-    flows: &[(std::net::SocketAddr, std::net::SocketAddr)],
-) -> impl Iterator<Item = FlowKey> + '_ {
-    flows
-        .iter()
-        .filter_map(|&(client, server)| FlowKey::new(client, server))
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`.
-fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 pub fn read_counters(
     map: &PerCpuArray<aya::maps::MapData, u64>,
 ) -> Result<Vec<(Counter, u64)>, EbpfError> {

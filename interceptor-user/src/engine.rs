@@ -16,24 +16,47 @@ pub enum Engine {
     Relay(RelayEngine),
 }
 
+/// Users per shard of the table below which it stays in one shard (a small
+/// `--table-size` keeps its exact bound and eviction order).
+const USERS_PER_SHARD: usize = 256;
+/// Most shards of the user table.
+const MAX_SHARDS: usize = 64;
+
 impl Engine {
-    /// The engine `settings.mode` asks for. The attenuation engine's verifier salt is
-    /// drawn from the OS here; without randomness the daemon does not start.
-    pub fn new(settings: &Settings) -> Result<Self, getrandom::Error> {
-        Ok(match settings.mode {
-            EngineMode::Attenuate => {
-                let mut keys = [0u64; 4];
-                for key in &mut keys {
-                    *key = getrandom::u64()?;
-                }
-                Engine::Attenuate(Box::new(AttenuationEngine::new(
-                    settings.engine.clone(),
-                    Salt::new(keys),
-                    Instant::now(),
+    /// The engine `settings.mode` asks for, one per dataplane worker: attenuation engines
+    /// over one user table in shards, so a user learnt by one worker is known to all. The
+    /// verifier salt is drawn from the OS here; without randomness the daemon does not
+    /// start.
+    pub fn for_workers(settings: &Settings, workers: usize) -> Result<Vec<Self>, getrandom::Error> {
+        let workers = workers.max(1);
+        if settings.mode == EngineMode::Relay {
+            return Ok((0..workers)
+                .map(|_| Engine::Relay(RelayEngine::new()))
+                .collect());
+        }
+        let mut keys = [0u64; 4];
+        for key in &mut keys {
+            *key = getrandom::u64()?;
+        }
+        let salt = Salt::new(keys);
+        let config = &settings.engine;
+        // One worker never waits for another: one shard. Several: enough shards that two
+        // workers seldom want the same one.
+        let shards = if workers > 1 {
+            (config.table_size / USERS_PER_SHARD).clamp(1, MAX_SHARDS)
+        } else {
+            1
+        };
+        let table = AttenuationEngine::table_for(config, salt, Instant::now(), shards);
+        Ok((0..workers)
+            .map(|_| {
+                Engine::Attenuate(Box::new(AttenuationEngine::with_table(
+                    config.clone(),
+                    salt,
+                    table.clone(),
                 )))
-            }
-            EngineMode::Relay => Engine::Relay(RelayEngine::new()),
-        })
+            })
+            .collect())
     }
 
     /// The attenuation engine, when that is the one running.

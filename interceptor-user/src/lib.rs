@@ -21,6 +21,7 @@ pub mod detach;
 pub mod ebpf;
 pub mod engine;
 pub mod fanout;
+pub mod flow_maps;
 pub mod metrics;
 pub mod mirror;
 pub mod notify;

@@ -1,9 +1,9 @@
 //! Prometheus metrics: `run --metrics ADDR` serves `GET /metrics` with axum, on the
 //! dataplane's tokio runtime (the one the notification endpoint uses).
 //!
-//! The dataplane thread owns every counter it reports, so a scrape asks it for a fresh
-//! [`Snapshot`] and waits: the request wakes the dataplane, which answers at the end of its
-//! pass (see [`Exporter::answer_scrapes`]). A scrape right after a check therefore shows
+//! The dataplane workers own every counter they report, so a scrape asks for a fresh
+//! [`Snapshot`] and waits: the request wakes the operator thread, which asks each worker
+//! for its counters at the end of its pass (see [`Exporter::answer_scrapes`]). A scrape right after a check therefore shows
 //! it, and nothing is copied while nobody scrapes. The snapshot is encoded by one
 //! prometheus-client [`Collector`] reading the [`METRICS`] table (each metric's name, help
 //! text and where its value comes from, once) and the XDP program's counters (named and
@@ -16,7 +16,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, mpsc},
+    sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
 
@@ -37,8 +37,12 @@ use prometheus_client::{
 use tokio::sync::oneshot;
 
 use crate::{
-    bounded_listener::BoundedListener, dataplane::DataplaneStats, ebpf::Attachment,
-    notify::NotifyStats, waker::Waker,
+    bounded_listener::BoundedListener,
+    cache::EdgeCache,
+    dataplane::{DataplaneStats, lock, workers::Workers},
+    ebpf::Attachment,
+    notify::NotifyStats,
+    waker::Waker,
 };
 
 /// Prefix of every metric name.
@@ -62,7 +66,10 @@ pub struct Snapshot {
     pub interval_secs: u64,
     /// Users in the attenuation table.
     pub table_entries: u64,
+    /// Summed over the workers.
     pub dataplane: DataplaneStats,
+    /// Each worker's own, in worker order.
+    pub workers: Vec<DataplaneStats>,
     /// The XDP program's counters, summed over CPUs.
     pub xdp: Vec<(common::Counter, u64)>,
     /// What became of new-mail notification requests, by outcome (empty when off).
@@ -74,28 +81,43 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads the dataplane, the engine and the XDP program's per-CPU counters map (one
-    /// syscall per counter and one per AF_XDP socket).
+    /// Reads the workers' counters and engines and the XDP program's per-CPU counters map
+    /// (one syscall per counter and one per AF_XDP socket).
     pub fn take(
-        dataplane: &crate::dataplane::Dataplane<crate::engine::Engine>,
+        workers: &Workers,
         attachment: &Attachment,
         notifications: Option<&NotifyStats>,
+        cache: Option<&Mutex<EdgeCache>>,
     ) -> Self {
-        let engine = dataplane.engine().attenuation();
+        let mut engine = attenuation::Counters::default();
+        let (mut interval_secs, mut table_entries) = (0, 0);
+        for (index, shared) in workers.engines().enumerate() {
+            if let Some(e) = lock(shared).attenuation() {
+                engine.add_worker(e.counters());
+                // One table, shared by every worker's engine.
+                if index == 0 {
+                    table_entries = e.table().len() as u64;
+                    interval_secs = e.interval(std::time::Instant::now()).as_secs();
+                }
+            }
+        }
+        let per_worker = workers.stats();
+        let mut dataplane = DataplaneStats::default();
+        for stats in &per_worker {
+            dataplane += *stats;
+        }
         Self {
-            engine: engine.map(|e| *e.counters()).unwrap_or_default(),
-            interval_secs: engine.map_or(0, |e| e.interval(std::time::Instant::now()).as_secs()),
-            table_entries: engine.map_or(0, |e| e.table().len() as u64),
-            dataplane: dataplane.stats(),
+            engine,
+            interval_secs,
+            table_entries,
+            dataplane,
+            workers: per_worker,
             xdp: attachment.counters().unwrap_or_default(),
             notifications: notifications.map(NotifyStats::outcomes).unwrap_or_default(),
             fanout: notifications
                 .and_then(|n| n.fanout.as_deref())
                 .map(|f| (f.is_connected(), f.events())),
-            cache: dataplane
-                .cache()
-                .map(|c| crate::cache::lock(c).stats())
-                .unwrap_or_default(),
+            cache: cache.map(|c| lock(c).stats()).unwrap_or_default(),
         }
     }
 }
@@ -304,6 +326,11 @@ const NATS_CONNECTED: &str = "nats_connected";
 const NATS_CONNECTED_HELP: &str = "1 while the NATS broker of the fan-out is connected";
 const NATS_EVENTS: &str = "nats_events";
 const NATS_EVENTS_HELP: &str = "NATS fan-out of notifications, by event (disconnect, published, publish_dropped, received, rejected, receive_dropped)";
+const WORKER_CONNECTIONS: &str = "worker_connections_accepted";
+const WORKER_CONNECTIONS_HELP: &str =
+    "Intercepted TCP connections accepted, by dataplane worker (--workers)";
+const WORKER_FRAMES: &str = "worker_frames_received";
+const WORKER_FRAMES_HELP: &str = "Frames received from the frame queues, by dataplane worker";
 const NOTIFICATIONS: &str = "notifications";
 const NOTIFICATIONS_HELP: &str = "New-mail notification requests, by outcome (accepted, ignored, unauthorized, malformed, rate_limited, queue_full)";
 
@@ -349,6 +376,21 @@ impl Collector for SnapshotCollector {
             RULE_DECISIONS_HELP,
             decisions.map(|(rule, decision, n)| ([("rule", rule), ("decision", decision)], n)),
         )?;
+        let workers = snapshot.workers.iter().enumerate();
+        encode_family(
+            &mut encoder,
+            WORKER_CONNECTIONS,
+            WORKER_CONNECTIONS_HELP,
+            workers
+                .clone()
+                .map(|(i, w)| ([("worker", i.to_string())], w.conns_accepted)),
+        )?;
+        encode_family(
+            &mut encoder,
+            WORKER_FRAMES,
+            WORKER_FRAMES_HELP,
+            workers.map(|(i, w)| ([("worker", i.to_string())], w.frames_rx)),
+        )?;
         if !snapshot.notifications.is_empty() {
             encode_family(
                 &mut encoder,
@@ -375,11 +417,11 @@ impl Collector for SnapshotCollector {
 }
 
 /// One labelled counter family: a sample per label set.
-fn encode_family<const N: usize>(
+fn encode_family<L: prometheus_client::encoding::EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    samples: impl IntoIterator<Item = ([(&'static str, &'static str); N], u64)>,
+    samples: impl IntoIterator<Item = (L, u64)>,
 ) -> Result<(), std::fmt::Error> {
     let sample = ConstCounter::new(0u64);
     let mut family = encoder.encode_descriptor(name, help, None, sample.metric_type())?;
@@ -429,7 +471,7 @@ struct Endpoint {
 
 impl Exporter {
     /// Binds `addr` (if any; a busy address fails `run` at start-up) and serves on
-    /// `runtime`; `waker` wakes the dataplane when a scrape waits.
+    /// `runtime`; `waker` wakes the operator thread when a scrape waits.
     pub fn start(
         addr: Option<SocketAddr>,
         runtime: &tokio::runtime::Handle,
@@ -464,7 +506,7 @@ impl Exporter {
         })
     }
 
-    /// Call on every dataplane pass: when scrapes wait, takes one snapshot with `take`
+    /// Call on every operator pass: when scrapes wait, takes one snapshot with `take`
     /// and hands it to each of them.
     pub fn answer_scrapes(&self, take: impl FnOnce() -> Snapshot) {
         let Some(requests) = &self.requests else {

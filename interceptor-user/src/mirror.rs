@@ -1,11 +1,12 @@
 //! Mirrors the attenuation table into the pinned `USERS` map, and live sessions into
 //! `SESSIONS`, for operators using bpftool or `pop3-interceptor status`.
 //!
-//! The engine's table stays authoritative; the maps are a copy refreshed from the
-//! engine's change log once per dataplane pass. With the edge cache on, a user's entry
-//! also shows what the cache holds for them (as of the user's last refresh), and `STATS`
-//! the cache's totals: kept here, not in the engine's table, whose entries are the
-//! memory of a million users. Losing them loses nothing, and a full
+//! The engines' tables stay authoritative; the maps are a copy refreshed from the
+//! engines' change logs by the operator thread (one change log per worker's engine, one
+//! table shared by all of them). With the edge cache on, a user's entry also shows what
+//! the cache holds for them (as of the user's last refresh), and `STATS` the cache's
+//! totals: kept here, not in the engine's table, whose entries are the memory of a
+//! million users. Losing them loses nothing, and a full
 //! map only means "not mirrored" (counted), never an error on the packet path.
 
 use std::{
@@ -101,12 +102,13 @@ impl Mirror {
         self.stats
     }
 
-    /// Brings the maps up to date with what the engine changed, the sessions that
-    /// ended (`closed`, as `(client, server)`), and the attenuations that ran out; once
-    /// a second also the counters (`sessions_active` comes from the dataplane).
+    /// Brings the maps up to date with what the engines (one per worker) changed, the
+    /// sessions that ended (`closed`, as `(client, server)`), and the attenuations that
+    /// ran out; once a second also the counters (`sessions_active` comes from the
+    /// dataplane).
     pub fn sync(
         &mut self,
-        engine: &mut AttenuationEngine,
+        engines: &mut [&mut AttenuationEngine],
         closed: &[(SocketAddr, SocketAddr)],
         sessions_active: u64,
         now: Instant,
@@ -116,26 +118,28 @@ impl Mirror {
             .is_none_or(|at| now.duration_since(at) >= STATS_PERIOD)
         {
             self.stats_published = Some(now);
-            self.publish_stats(engine, sessions_active, now);
+            self.publish_stats(engines, sessions_active, now);
         }
         // A session touches its entry at every command: write each user and each
         // session once per pass, as they stand now.
         let mut users: hashbrown::HashMap<Arc<engine::UserKey>, Option<SocketAddr>> =
             hashbrown::HashMap::new();
         let mut sessions = hashbrown::HashMap::new();
-        for change in engine.take_changes() {
-            let client = change.session.map(|(_, client)| client);
-            let last = users.entry(change.key.clone()).or_default();
-            *last = client.or(*last);
-            if let Some((conn, client)) = change.session {
-                sessions.insert(conn, (client, change.key));
+        for (worker, engine) in engines.iter_mut().enumerate() {
+            for change in engine.take_changes() {
+                let client = change.session.map(|(_, client)| client);
+                let last = users.entry(change.key.clone()).or_default();
+                *last = client.or(*last);
+                if let Some((conn, client)) = change.session {
+                    sessions.insert((worker, conn), (client, change.key));
+                }
             }
         }
         for (key, client) in users {
-            self.refresh_user(engine, &key, client, now);
+            self.refresh_user(engines, &key, client, now);
         }
-        for (conn, (client, key)) in sessions {
-            let state = engine.state(conn).map_or("closed", state_word);
+        for ((worker, conn), (client, key)) in sessions {
+            let state = engines[worker].state(conn).map_or("closed", state_word);
             self.write_session(client, &key, state);
         }
         for &(client, server) in closed {
@@ -145,12 +149,23 @@ impl Mirror {
             && *at <= now
         {
             let (_, key) = self.expiries.pop_first().expect("just looked at it");
-            self.refresh_user(engine, &key, None, now);
+            self.refresh_user(engines, &key, None, now);
         }
     }
 
-    fn publish_stats(&mut self, engine: &AttenuationEngine, sessions_active: u64, now: Instant) {
-        let counters = engine.counters();
+    fn publish_stats(
+        &mut self,
+        engines: &[&mut AttenuationEngine],
+        sessions_active: u64,
+        now: Instant,
+    ) {
+        let mut counters = engine::Counters::default();
+        for engine in engines {
+            counters.add_worker(engine.counters());
+        }
+        let Some(first) = engines.first() else {
+            return;
+        };
         let cache = self
             .cache
             .as_ref()
@@ -162,11 +177,11 @@ impl Mirror {
             checks_passed_through: counters.passed_through,
             upstream_logins_avoided: counters.upstream_logins_avoided,
             sessions_active,
-            table_entries: engine.table().len() as u64,
+            table_entries: first.table().len() as u64,
             gc_runs: counters.gc_runs,
             users_not_mirrored: self.stats.users_not_mirrored,
             updated_at: self.clock.unix(now),
-            interval_secs: engine.interval(now).as_secs(),
+            interval_secs: first.interval(now).as_secs(),
             rule_decisions: counters.rule_decisions().map(|(_, _, n)| n),
             cache_hits: cache.hits,
             cache_misses: cache.misses,
@@ -179,11 +194,11 @@ impl Mirror {
         let _ = self.stats_map.set(0, stats, 0);
     }
 
-    /// Writes a user's entry as the engine has it (deletes it if gone); `client` is the
-    /// subscriber of the session that just touched it, if any.
+    /// Writes a user's entry as the (shared) table has it (deletes it if gone); `client` is
+    /// the subscriber of the session that just touched it, if any.
     fn refresh_user(
         &mut self,
-        engine: &AttenuationEngine,
+        engines: &[&mut AttenuationEngine],
         key: &Arc<engine::UserKey>,
         client: Option<SocketAddr>,
         now: Instant,
@@ -192,11 +207,19 @@ impl Mirror {
             self.stats.users_not_mirrored += 1;
             return;
         };
+        let Some(engine) = engines.first() else {
+            return;
+        };
         let Some(entry) = engine.table().get(key) else {
             let _ = self.users.remove(&map_key);
             return;
         };
-        let interval = engine.interval_for(key, now);
+        // Each engine knows which servers notified it of new mail: the longest n in force.
+        let interval = engines
+            .iter()
+            .map(|e| e.interval_for(key, now))
+            .max()
+            .unwrap_or_default();
         let attenuated = entry.fresh(now, interval);
         let until = entry.verified().map(|t| t + interval);
         if attenuated && let Some(until) = until {

@@ -1,24 +1,38 @@
 //! `pop3-interceptor run`: attach, intercept, detach.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
+use rustix::{
+    event::{PollFd, PollFlags, Timespec},
+    io::Errno,
+};
 
 use crate::{
     cache::EdgeCache,
     choice::{self, DataplaneKind, Hook},
     cli::RunArgs,
-    dataplane::{Dataplane, DataplaneConfig, destinations, queue::FrameSource},
+    dataplane::{
+        DataplaneConfig, destinations, lock,
+        queue::FrameSource,
+        workers::{Workers, WorkersConfig},
+    },
     ebpf::{self, AttachOptions, Attachment, EbpfError},
     engine::Engine,
     metrics,
+    mirror::Mirror,
     notify::Notifications,
     settings::{FileSettings, Settings},
     signals::SignalFd,
+    waker::Waker,
 };
 
 /// How often the router's own addresses are looked up again for the exclusion maps.
-const EXCLUDED_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+const EXCLUDED_REFRESH: Duration = Duration::from_secs(5);
 
 /// SIGHUP: re-reads the opt-out list from the config file. Open sessions are kept.
 fn reload_opt_out(settings: &Settings, engine: &mut Engine) {
@@ -93,59 +107,85 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
     };
     attachment.keep_pins(settings.keep_pins);
 
-    let config = DataplaneConfig {
-        ifname: iface.clone(),
-        source: match hook {
-            Hook::Xdp(_) => FrameSource::AfXdp,
-            Hook::Tc => FrameSource::Tap,
-        },
-        queues,
-        mtu,
-        max_conns: settings.max_conns,
-        handshake_timeout: std::time::Duration::from_secs(10),
-        idle_timeout: settings.idle_timeout,
-        fin_timeout: settings.fin_timeout,
-        per_source: settings.per_source,
-        connect_timeout: settings.connect_timeout,
-        response_timeout: settings.response_timeout,
+    let source = match hook {
+        Hook::Xdp(_) => FrameSource::AfXdp,
+        Hook::Tc => FrameSource::Tap,
     };
-    let engine = Engine::new(&settings).context("drawing the verifier salt from the OS")?;
-    let mut dataplane = Dataplane::new(config, engine).with_context(|| {
+    let count = settings.workers.resolve(queues, source);
+    let config = WorkersConfig {
+        ifname: iface.clone(),
+        source,
+        queues,
+        per_source: settings.per_source,
+        dataplane: DataplaneConfig {
+            mtu,
+            max_conns: settings.max_conns,
+            handshake_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: settings.idle_timeout,
+            fin_timeout: settings.fin_timeout,
+            connect_timeout: settings.connect_timeout,
+            response_timeout: settings.response_timeout,
+        },
+    };
+    let engines =
+        Engine::for_workers(&settings, count).context("drawing the verifier salt from the OS")?;
+    let mut workers = Workers::open(config, engines).with_context(|| {
         format!(
             "opening the {} dataplane's frame queues on {iface}",
             hook.label()
         )
     })?;
-    if let Some((dir, limits)) = &settings.cache {
-        let cache = EdgeCache::open(dir, *limits)
-            .with_context(|| format!("opening the edge cache in {}", dir.display()))?;
-        tracing::info!(dir = %dir.display(), stats = ?cache.stats(), "edge cache open");
-        dataplane.set_cache(Arc::new(Mutex::new(cache)));
-    }
-    for (queue, fd) in dataplane.sockets() {
+    let cache = match &settings.cache {
+        Some((dir, limits)) => {
+            let cache = EdgeCache::open(dir, *limits)
+                .with_context(|| format!("opening the edge cache in {}", dir.display()))?;
+            tracing::info!(dir = %dir.display(), stats = ?cache.stats(), "edge cache open");
+            let cache = Arc::new(Mutex::new(cache));
+            workers.set_cache(&cache);
+            Some(cache)
+        }
+        None => None,
+    };
+    for (queue, fd) in workers.sockets() {
         attachment
             .register_socket(queue, fd)
             .with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
     }
-    if let Some(tap) = dataplane.tap() {
+    if let Some(tap) = workers.tap() {
         attachment
             .register_tap(tap)
             .context("pointing the TC classifier at the TAP device")?;
     }
+    let operator = Arc::new(Waker::new().context("creating the operator thread's eventfd")?);
     let notifications = match &settings.notify {
         Some(config) => Some(
-            Notifications::start(config.clone(), dataplane.runtime(), dataplane.waker())
+            Notifications::start(config.clone(), workers.runtime(), operator.clone())
                 .context("serving new-mail notifications (--notify-listen)")?,
         ),
         None => None,
     };
-    let metrics =
-        metrics::Exporter::start(settings.metrics, dataplane.runtime(), dataplane.waker())
-            .context("serving Prometheus metrics (--metrics)")?;
+    let metrics = metrics::Exporter::start(settings.metrics, workers.runtime(), operator.clone())
+        .context("serving Prometheus metrics (--metrics)")?;
+    let attenuating = lock(workers.engines().next().expect("one worker at least"))
+        .attenuation()
+        .is_some();
+    let mut mirror = match attenuating {
+        true => Some(attachment.mirror()?),
+        false => None,
+    };
+    if let (Some(mirror), Some(cache)) = (&mut mirror, &cache) {
+        mirror.set_cache(cache.clone());
+    }
+    let flows = attachment.flow_maps()?;
+    workers
+        .start(&operator, &flows)
+        .context("starting the dataplane workers")?;
+    drop(flows);
     tracing::info!(
         %iface,
         dataplane = hook.label(),
         queues,
+        workers = workers.len(),
         mode = ?settings.mode,
         interval = ?settings.engine.interval,
         ports = ?settings.ports,
@@ -153,79 +193,165 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         pin_dir = %settings.pin_dir.display(),
         "interceptor ready"
     );
-
-    let mut mirror = match dataplane.engine().attenuation() {
-        Some(_) => Some(attachment.mirror()?),
-        None => None,
+    let mut op = Operator {
+        attachment,
+        workers,
+        mirror,
+        notifications,
+        metrics,
+        cache,
+        excluded_at: Instant::now(),
+        closed: Vec::new(),
     };
-    if let (Some(mirror), Some(cache)) = (&mut mirror, dataplane.cache()) {
-        mirror.set_cache(cache.clone());
-    }
-    let mut excluded_at = std::time::Instant::now();
-    let signal = loop {
-        let signal = dataplane.run(&signals, |dp| {
-            if let Err(err) = attachment.heartbeat() {
-                tracing::warn!(%err, "writing the heartbeat for the TC classifier");
-            }
-            attachment.adopt_flows(dp.established_flows());
-            attachment.forget_flows(dp.closed_flows());
-            if let (Some(notifications), Some(engine)) =
-                (&notifications, dp.engine_mut().attenuation_mut())
-            {
-                let now = std::time::Instant::now();
-                notifications.drain(|n| {
-                    let ended = engine.new_mail(n.server, n.port, &n.user, now);
-                    tracing::debug!(server = %n.server, ended, "new-mail notification");
-                });
-                // Without the broker, news for this edge's users may be going astray.
-                if notifications
-                    .stats()
-                    .fanout
-                    .as_ref()
-                    .is_some_and(|f| !f.is_connected())
-                {
-                    engine.notifications_missed(now);
-                }
-            }
-            // Addresses come and go on a router: keep excluding all of its own.
-            if excluded_at.elapsed() >= EXCLUDED_REFRESH {
-                excluded_at = std::time::Instant::now();
-                if let Err(err) = attachment.update_excluded(&excluded()) {
-                    tracing::warn!(%err, "updating the excluded destinations");
-                }
-            }
-            if let Some(mirror) = &mut mirror {
-                let closed = dp.closed_flows().to_vec();
-                let active = dp.active_conns() as u64;
-                if let Some(engine) = dp.engine_mut().attenuation_mut() {
-                    mirror.sync(engine, &closed, active, std::time::Instant::now());
-                }
-            }
-            metrics.answer_scrapes(|| {
-                metrics::Snapshot::take(dp, &attachment, notifications.as_ref().map(|n| n.stats()))
-            });
-        })?;
-        if signal != libc::SIGHUP {
-            break signal;
-        }
-        reload_opt_out(&settings, dataplane.engine_mut());
-    };
-    let stats = dataplane.stats();
-    let counters = attachment.counters().unwrap_or_default();
-    let engine = dataplane.engine().attenuation().map(|e| *e.counters());
+    let result = op.run(&signals, &operator, &settings, &excluded);
+    let counters = op.attachment.counters().unwrap_or_default();
+    let stats = op.workers.stats();
+    let engine = op.workers.engines().fold(None, |sum, engine| {
+        let counters = *lock(engine).attenuation()?.counters();
+        let mut sum: pop3_engine::attenuation::Counters = sum.unwrap_or_default();
+        sum.add_worker(&counters);
+        Some(sum)
+    });
     tracing::info!(
-        signal,
         ?stats,
         ?counters,
         ?engine,
         "stopping: detaching from {iface}"
     );
-    if dataplane.tap().is_some() {
-        // The classifier passes everything again before the TAP goes away, rather than
-        // redirecting to a device that no longer exists (which drops).
+    let Operator {
+        mut attachment,
+        workers,
+        ..
+    } = op;
+    if source == FrameSource::Tap {
+        // The classifier passes everything again before the TAP goes away (with the
+        // workers), rather than redirecting to a device that no longer exists (which drops).
         let _ = attachment.register_tap(0);
     }
-    drop(dataplane);
+    let stopped = workers.stop();
     drop(attachment);
-    Ok(())
+    result.and(stopped)
+}
+
+/// How often the operator thread runs when nothing wakes it: the TC classifier's
+/// heartbeat is written at least this often.
+const OPERATOR_TICK: Duration = Duration::from_millis(100);
+
+/// The operator thread (the daemon's main thread) while the workers run: signals, the
+/// classifier's heartbeat and exclusions, the mirror, notifications and metrics.
+struct Operator {
+    attachment: Attachment,
+    workers: Workers,
+    mirror: Option<Mirror>,
+    notifications: Option<Notifications>,
+    metrics: metrics::Exporter,
+    cache: Option<Arc<Mutex<EdgeCache>>>,
+    excluded_at: Instant,
+    /// Flows the workers saw end since the last tick, for the mirror.
+    closed: Vec<(SocketAddr, SocketAddr)>,
+}
+
+impl Operator {
+    /// Runs until SIGINT or SIGTERM (SIGHUP reloads the opt-out list) or a worker stops.
+    fn run(
+        &mut self,
+        signals: &SignalFd,
+        waker: &Waker,
+        settings: &Settings,
+        excluded: &dyn Fn() -> Vec<ipnet::IpNet>,
+    ) -> anyhow::Result<()> {
+        let timeout = Timespec {
+            tv_sec: 0,
+            tv_nsec: OPERATOR_TICK.as_nanos() as i64,
+        };
+        loop {
+            let mut fds = [
+                PollFd::new(signals, PollFlags::IN),
+                PollFd::new(waker, PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(err) => return Err(err).context("poll on the operator thread"),
+            }
+            waker.reset();
+            if let Some(signal) = signals.read() {
+                if signal != libc::SIGHUP {
+                    tracing::info!(signal, "stopping");
+                    return Ok(());
+                }
+                for engine in self.workers.engines() {
+                    reload_opt_out(settings, &mut lock(engine));
+                }
+            }
+            if let Some(worker) = self.workers.failed() {
+                bail!("dataplane worker {worker} stopped");
+            }
+            self.tick(excluded);
+        }
+    }
+
+    fn tick(&mut self, excluded: &dyn Fn() -> Vec<ipnet::IpNet>) {
+        if let Err(err) = self.attachment.heartbeat() {
+            tracing::warn!(%err, "writing the heartbeat for the TC classifier");
+        }
+        self.closed.clear();
+        self.workers.take_closed(&mut self.closed);
+        let now = Instant::now();
+        if let Some(notifications) = &self.notifications {
+            // Every worker's engine hears every notification: a user may be known to any.
+            notifications.drain(|n| {
+                for engine in self.workers.engines() {
+                    if let Some(engine) = lock(engine).attenuation_mut() {
+                        let ended = engine.new_mail(n.server, n.port, &n.user, now);
+                        tracing::debug!(server = %n.server, ended, "new-mail notification");
+                    }
+                }
+            });
+            // Without the broker, news for this edge's users may be going astray.
+            if notifications
+                .stats()
+                .fanout
+                .as_ref()
+                .is_some_and(|f| !f.is_connected())
+            {
+                for engine in self.workers.engines() {
+                    if let Some(engine) = lock(engine).attenuation_mut() {
+                        engine.notifications_missed(now);
+                    }
+                }
+            }
+        }
+        // Addresses come and go on a router: keep excluding all of its own.
+        if self.excluded_at.elapsed() >= EXCLUDED_REFRESH {
+            self.excluded_at = Instant::now();
+            if let Err(err) = self.attachment.update_excluded(&excluded()) {
+                tracing::warn!(%err, "updating the excluded destinations");
+            }
+        }
+        if let Some(mirror) = &mut self.mirror {
+            let active = self.workers.active_conns() as u64;
+            let mut guards: Vec<_> = self.workers.engines().map(|e| lock(e)).collect();
+            let mut engines: Vec<_> = guards
+                .iter_mut()
+                .filter_map(|g| g.attenuation_mut())
+                .collect();
+            mirror.sync(&mut engines, &self.closed, active, now);
+        }
+        let Self {
+            workers,
+            attachment,
+            notifications,
+            cache,
+            metrics,
+            ..
+        } = self;
+        metrics.answer_scrapes(|| {
+            metrics::Snapshot::take(
+                workers,
+                attachment,
+                notifications.as_ref().map(|n| n.stats()),
+                cache.as_deref(),
+            )
+        });
+    }
 }

@@ -20,7 +20,7 @@ pub use file::FileSettings;
 use crate::{
     choice::{DataplaneKind, TcAttach, XdpMode},
     cli::RunArgs,
-    dataplane::sources::SourceLimits,
+    dataplane::{sources::SourceLimits, workers::WorkerCount},
     fanout::FanoutConfig,
     notify::NotifyConfig,
 };
@@ -42,6 +42,8 @@ pub struct Settings {
     pub iface: String,
     pub dataplane: DataplaneKind,
     pub xdp_mode: XdpMode,
+    /// How many dataplane workers.
+    pub workers: WorkerCount,
     pub tc_attach: TcAttach,
     pub ports: Vec<u16>,
     pub servers: Vec<IpNet>,
@@ -269,6 +271,10 @@ impl Settings {
                 .or(file.dataplane)
                 .unwrap_or(DataplaneKind::Auto),
             xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or(XdpMode::Auto),
+            workers: args
+                .workers
+                .or(file.workers)
+                .unwrap_or(WorkerCount::Fixed(std::num::NonZeroUsize::MIN)),
             tc_attach: args.tc_attach.or(file.tc_attach).unwrap_or(TcAttach::Auto),
             ports,
             servers: args.servers.or(file.servers).unwrap_or_default(),

@@ -19,7 +19,9 @@
 //! ([`other_traffic`]).
 //!
 //! The daemon's rows run on `--dataplane` (default `auto`: tc on veth); run the bench once
-//! with `--dataplane xdp` and once with `--dataplane tc` for the A/B figures.
+//! with `--dataplane xdp` and once with `--dataplane tc` for the A/B figures. The relay and
+//! attenuated rows run with one dataplane worker, then again with each of `--workers`
+//! ([`workers`] prints them side by side).
 //!
 //! The load generator (`xtask loadgen`) runs inside the client namespace.
 
@@ -29,6 +31,7 @@ mod peers;
 mod report;
 mod runs;
 mod table_memory;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,7 +41,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use e2e::dovecot::make_large_message;
 use e2e::topology::server_pop3_v4;
-use e2e::{Dovecot, DovecotOptions, Topology};
+use e2e::{Dovecot, DovecotOptions, Topology, TopologyOptions};
 use serde::Serialize;
 
 use crate::loadgen::LoadReport;
@@ -108,6 +111,16 @@ pub struct BenchArgs {
     /// Dovecot with one login process per connection (its default) instead of its fast mode.
     #[arg(long)]
     dovecot_secure_login: bool,
+    /// Worker counts (`--workers`) of the extra relay and attenuated rows, beside the
+    /// one-worker rows (comma-separated). With `--dataplane xdp` the router's client-facing
+    /// veth gets as many RX queues as the largest.
+    #[arg(long, value_delimiter = ',', default_value = "2",
+          value_parser = clap::value_parser!(u16).range(2..=16))]
+    workers: Vec<u16>,
+    /// Concurrencies of the extra workers' rows (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "16,64",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers_concurrency: Vec<u16>,
     /// Where to write the JSON (default: <target>/bench.json).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -199,6 +212,8 @@ pub struct Measurement {
     /// CPU time (user + system, all threads and direct children) of the process on the
     /// path (daemon, nginx, ideal responder) per completed session; `None` for `direct`.
     pub cpu_us_per_session: Option<f64>,
+    /// The daemon's `--workers` (`None` for the paths without the daemon).
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -212,6 +227,8 @@ struct BenchJson {
     nproc: usize,
     measurements: Vec<Measurement>,
     attenuation: Option<AttenuationCheck>,
+    /// What Dovecot saw of the attenuated runs with several workers.
+    attenuation_workers: Vec<AttenuationCheck>,
     table_memory: Option<TableMemory>,
     other_traffic: Option<OtherTraffic>,
 }
@@ -245,7 +262,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     let exe = loadgen_exe(args.skip_build)?;
 
-    let topo = Topology::new()?;
+    // XDP gives each worker RX queues of its own: as many queues as the most workers (the
+    // TC dataplane's TAP has a queue per worker whatever the veth has).
+    let queues = match args.dataplane.as_str() {
+        "xdp" => args.workers.iter().copied().max().unwrap_or(1),
+        _ => 1,
+    };
+    let topo = Topology::with_options(TopologyOptions {
+        rc0_queues: queues.into(),
+    })?;
     let mut users: Vec<(String, String)> = (0..args.users)
         .map(|i| (format!("{BENCH_PREFIX}{i:03}"), BENCH_PASS.to_string()))
         .collect();
@@ -277,19 +302,29 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     };
     let warm = bench.loadgen(server_pop3_v4(), &eight, Some(args.users))?;
     eprintln!("{} sessions, {} errors", warm.sessions, warm.errors);
-    bench.measure(Path::Direct, server_pop3_v4(), None, &mut ms)?;
+    bench.measure((Path::Direct, None), server_pop3_v4(), None, &mut ms)?;
     if !args.direct_only && !args.skip_peers {
         bench.measure_peers(&mut ms)?;
     }
     if let Some(bin) = &bin {
-        bench.measure_relay(bin, &mut ms)?;
+        bench.measure_relay(bin, 1, &mut ms)?;
     }
     let attenuation = match &bin {
         Some(bin) if !args.skip_attenuate => {
-            Some(bench.measure_attenuated(bin, &dovecot, &mut ms)?)
+            Some(bench.measure_attenuated(bin, &dovecot, 1, &mut ms)?)
         }
         _ => None,
     };
+    let mut attenuation_workers = Vec::new();
+    if let Some(bin) = &bin {
+        for &n in &args.workers {
+            bench.measure_relay(bin, n.into(), &mut ms)?;
+            if !args.skip_attenuate {
+                let check = bench.measure_attenuated(bin, &dovecot, n.into(), &mut ms)?;
+                attenuation_workers.push(check);
+            }
+        }
+    }
     drop(dovecot);
     let other = match &bin {
         Some(bin) if !args.skip_other_traffic => {
@@ -314,6 +349,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if let Some(a) = &attenuation {
         print_attenuation_check(a);
     }
+    workers::print(&ms);
+    for a in &attenuation_workers {
+        print_attenuation_check(a);
+    }
     if let Some(t) = &table_memory {
         print_table_memory(t);
     }
@@ -332,6 +371,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             .unwrap_or(0),
         measurements: ms,
         attenuation,
+        attenuation_workers,
         table_memory,
     };
     let out = match &args.out {

@@ -6,27 +6,31 @@
 //! a job of their own (frames, stacks, connections, sources, RFC 5961, frame queues) are
 //! its submodules.
 //!
-//! One thread runs the whole loop (`poll(2)` on the frame queues, the upstream sockets'
-//! epoll descriptor, the operator eventfd and the signalfd), so connection state needs
-//! no locks. Data flows one way through
-//! each step: frames -> [`frame::parse`] -> [`stack::Stack`] -> [`Pop3Engine`] ->
-//! actions -> stack -> frames.
+//! One worker thread runs the whole loop for its frame queues (`poll(2)` on them, its
+//! upstream sockets' epoll descriptor and its eventfd), so connection state needs no
+//! locks; `--workers` runs several, each a [`Dataplane`] of its own (see [`workers`]),
+//! sharing only the connection [`limits`] and the user table. Data flows one way through
+//! each step: frames -> [`frame::parse`] -> [`stack::Stack`] -> [`Pop3Engine`] -> actions
+//! -> stack -> frames.
 
 mod conn;
 pub mod destinations;
 pub mod frame;
+pub mod limits;
 pub mod queue;
 pub mod rfc5961;
 pub mod sources;
 pub mod stack;
 pub mod stacks;
 pub mod tap;
+pub mod workers;
 pub mod xsk;
 
 use std::{
     net::SocketAddr,
-    os::fd::{AsFd, BorrowedFd},
-    sync::Arc,
+    ops::ControlFlow,
+    os::fd::AsFd,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -40,31 +44,26 @@ use thiserror::Error;
 
 use crate::{
     cache::{self, SharedCache, reads::CacheReads},
-    signals::SignalFd,
     upstream::{Upstream, UpstreamEvent},
     waker::Waker,
 };
 use conn::{Conn, ConnTable};
 use frame::ReplyHeader;
-use queue::{FrameQueue, FrameSource};
+use limits::{Limits, Refused};
+use queue::FrameQueue;
 use rfc5961::{ChallengeLimit, Verdict};
-use sources::{Refusal, SourceLimits, Sources};
+use sources::Refusal;
 use stacks::Stacks;
-use tap::{TapError, TapQueue};
-use xsk::{XskError, XskQueue};
+use tap::TapError;
+use xsk::XskError;
 
-/// Tunables of the dataplane.
+/// Tunables of one worker's dataplane.
 #[derive(Clone, Debug)]
 pub struct DataplaneConfig {
-    /// The subscriber-facing interface.
-    pub ifname: String,
-    /// Where frames come from: AF_XDP sockets or the TC dataplane's TAP.
-    pub source: FrameSource,
-    /// Number of RX queues of the interface; one AF_XDP socket each.
-    pub queues: u32,
     /// IP MTU of the interface.
     pub mtu: usize,
-    /// Most concurrent intercepted connections; SYNs beyond it are refused with RST.
+    /// Most concurrent intercepted connections over all workers (the [`Limits`] refuse
+    /// SYNs beyond it); sizes this worker's stacks.
     pub max_conns: usize,
     /// A connection that is not established within this is dropped.
     pub handshake_timeout: Duration,
@@ -73,8 +72,6 @@ pub struct DataplaneConfig {
     /// A half-closed connection (either side sent FIN) is dropped this long after that,
     /// whatever keeps arriving on it.
     pub fin_timeout: Duration,
-    /// Per-subscriber limits on connections and SYNs.
-    pub per_source: SourceLimits,
     /// How long to wait for the mail server's TCP handshake.
     pub connect_timeout: Duration,
     /// How long the mail server may stay silent when it owes an answer.
@@ -90,7 +87,7 @@ pub enum DataplaneError {
     Tap(#[from] TapError),
     #[error("no interface named {0:?}")]
     NoSuchInterface(String),
-    #[error("starting the upstream poller or the operator runtime: {0}")]
+    #[error("starting the upstream poller, the operator runtime or an eventfd: {0}")]
     Runtime(std::io::Error),
     #[error("poll: {0}")]
     Poll(std::io::Error),
@@ -123,6 +120,26 @@ pub struct DataplaneStats {
     pub fill_ring_empty: u64,
 }
 
+impl std::ops::AddAssign for DataplaneStats {
+    /// Sums two workers' counters.
+    fn add_assign(&mut self, other: Self) {
+        self.frames_rx += other.frames_rx;
+        self.frames_tx += other.frames_tx;
+        self.frames_malformed += other.frames_malformed;
+        self.tx_ring_full += other.tx_ring_full;
+        self.conns_accepted += other.conns_accepted;
+        self.conns_refused_full += other.conns_refused_full;
+        self.conns_refused_source_conns += other.conns_refused_source_conns;
+        self.conns_refused_source_half_open += other.conns_refused_source_half_open;
+        self.conns_refused_source_rate += other.conns_refused_source_rate;
+        self.conns_timed_out += other.conns_timed_out;
+        self.conns_fin_timed_out += other.conns_fin_timed_out;
+        self.challenge_acks += other.challenge_acks;
+        self.conns_active += other.conns_active;
+        self.fill_ring_empty += other.fill_ring_empty;
+    }
+}
+
 /// Frames read from one queue before moving on, so one busy queue cannot starve others.
 const RX_BUDGET: u32 = 256;
 /// Bytes read from a client socket per engine call.
@@ -136,9 +153,6 @@ const MAX_PENDING_TO_UPSTREAM: usize = 256 * 1024;
 const CHALLENGE_ACKS_PER_SECOND: u32 = 1000;
 /// Connections at a peak worth trimming the heap after.
 const TRIM_AFTER_PEAK: usize = 256;
-/// Blocking threads of the operator runtime: edge-cache reads at once (each holds one
-/// message in memory), and name lookups.
-const BLOCKING_THREADS: usize = 4;
 /// How often idle and handshake timeouts are checked at the latest.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Connections looked at per pass for their timeouts, about: a pass stays short however
@@ -156,15 +170,13 @@ pub struct Dataplane<E> {
     /// What `upstream` reported in this pass (kept to reuse its allocation).
     upstream_events: Vec<UpstreamEvent>,
     cache_reads: CacheReads,
-    /// The runtime of the daemon's operator I/O (notifications, metrics, NATS).
-    runtime: tokio::runtime::Runtime,
     waker: Arc<Waker>,
     outputs: Vec<Output>,
     /// Segments we build ourselves (RSTs for refused SYNs, challenge ACKs): queue index,
     /// link-layer header, IP packet. Sent with the next transmit.
     control_tx: Vec<(usize, ReplyHeader, Vec<u8>)>,
     challenges: ChallengeLimit,
-    sources: Sources,
+    limits: Arc<Limits>,
     /// Most connections since the heap was last trimmed.
     peak_since_trim: usize,
     /// Connections touched since they were last serviced (packets, upstream events).
@@ -185,30 +197,19 @@ pub struct Dataplane<E> {
 }
 
 impl<E: Pop3Engine> Dataplane<E> {
-    /// Opens one AF_XDP socket per RX queue of the interface (or the TAP) and starts the
-    /// operator runtime. The sockets still have to be put into the XSKMAP (see
-    /// [`Self::sockets`]), or the TAP into the classifier's config (see [`Self::tap`]).
-    pub fn new(config: DataplaneConfig, engine: E) -> Result<Self, DataplaneError> {
-        let queues = match config.source {
-            FrameSource::AfXdp => (0..config.queues)
-                .map(|q| XskQueue::open(&config.ifname, q).map(FrameQueue::Xsk))
-                .collect::<Result<Vec<_>, _>>()?,
-            FrameSource::Tap => {
-                let ifindex = crate::ebpf::interface_index(&config.ifname)
-                    .ok_or_else(|| DataplaneError::NoSuchInterface(config.ifname.clone()))?;
-                vec![FrameQueue::Tap(TapQueue::open(ifindex, config.mtu)?)]
-            }
-        };
-        let waker = Arc::new(Waker::new().map_err(DataplaneError::Runtime)?);
+    /// A worker's dataplane over `queues` (opened by [`workers`]), admitting connections
+    /// through the `limits` all workers share; `waker` wakes its `poll(2)` from other
+    /// threads; edge-cache reads run on `runtime`'s blocking threads. Built on the
+    /// worker's own thread (its upstream poller stays there).
+    pub fn new(
+        config: DataplaneConfig,
+        engine: E,
+        queues: Vec<FrameQueue>,
+        limits: Arc<Limits>,
+        waker: Arc<Waker>,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Self, DataplaneError> {
         let upstream = Upstream::new(config.connect_timeout).map_err(DataplaneError::Runtime)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("operator-io")
-            .max_blocking_threads(BLOCKING_THREADS)
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(DataplaneError::Runtime)?;
         let epoch = Instant::now();
         // Initial sequence numbers must be unpredictable to off-path attackers.
         let stacks = Stacks::new(
@@ -220,7 +221,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         .map_err(DataplaneError::Random)?;
         Ok(Self {
             stacks,
-            sources: Sources::new(config.per_source),
+            limits,
             config,
             queues,
             conns: ConnTable::default(),
@@ -229,8 +230,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             engine,
             upstream,
             upstream_events: Vec::new(),
-            cache_reads: CacheReads::new(runtime.handle().clone(), waker.clone()),
-            runtime,
+            cache_reads: CacheReads::new(runtime, waker.clone()),
             waker,
             outputs: Vec::new(),
             control_tx: Vec::new(),
@@ -246,53 +246,9 @@ impl<E: Pop3Engine> Dataplane<E> {
         })
     }
 
-    /// `(queue id, socket)` pairs for the XSKMAP.
-    pub fn sockets(&self) -> impl Iterator<Item = (u32, BorrowedFd<'_>)> {
-        self.queues.iter().filter_map(|q| match q {
-            FrameQueue::Xsk(q) => Some((q.queue_id(), q.fd())),
-            FrameQueue::Tap(_) => None,
-        })
-    }
-
-    /// The TAP's interface index, for the TC classifier (`None` on AF_XDP).
-    pub fn tap(&self) -> Option<u32> {
-        self.queues.iter().find_map(|q| match q {
-            FrameQueue::Tap(q) => Some(q.ifindex()),
-            FrameQueue::Xsk(_) => None,
-        })
-    }
-
-    pub fn engine(&self) -> &E {
-        &self.engine
-    }
-
-    pub fn engine_mut(&mut self) -> &mut E {
-        &mut self.engine
-    }
-
     /// Answers the engine's edge-cache requests from `cache`.
     pub fn set_cache(&mut self, cache: SharedCache) {
         self.cache = Some(cache);
-    }
-
-    /// The edge cache, when there is one.
-    pub fn cache(&self) -> Option<&SharedCache> {
-        self.cache.as_ref()
-    }
-
-    /// The tokio runtime of the daemon's operator I/O.
-    pub fn runtime(&self) -> &tokio::runtime::Handle {
-        self.runtime.handle()
-    }
-
-    /// Wakes the dataplane's `poll(2)` from another thread.
-    pub fn waker(&self) -> Arc<Waker> {
-        self.waker.clone()
-    }
-
-    /// Intercepted connections open now.
-    pub fn active_conns(&self) -> usize {
-        self.conns.len()
     }
 
     /// `(client, server)` of the connections whose handshake completed during the last
@@ -321,13 +277,12 @@ impl<E: Pop3Engine> Dataplane<E> {
         stats
     }
 
-    /// Runs until a signal arrives on `signals`; returns its number. `on_tick` runs after
-    /// every loop iteration (for the operator surface), at least once a second.
+    /// Runs until `on_tick` breaks. `on_tick` runs after every loop iteration (for the
+    /// operator surface), at least once a second; [`Self::waker`] wakes it.
     pub fn run(
         &mut self,
-        signals: &SignalFd,
-        mut on_tick: impl FnMut(&mut Self),
-    ) -> Result<i32, DataplaneError> {
+        mut on_tick: impl FnMut(&mut Self) -> ControlFlow<()>,
+    ) -> Result<(), DataplaneError> {
         // The descriptors never change: build the poll set once, not per pass, on
         // duplicates (the same open files) so that it does not borrow `self`.
         let upstream_slot = self.queues.len();
@@ -335,7 +290,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             .queues
             .iter()
             .map(|q| q.fd())
-            .chain([self.upstream.as_fd(), self.waker.as_fd(), signals.as_fd()])
+            .chain([self.upstream.as_fd(), self.waker.as_fd()])
             .map(|fd| fd.try_clone_to_owned())
             .collect::<Result<Vec<_>, _>>()
             .map_err(DataplaneError::Poll)?;
@@ -355,13 +310,6 @@ impl<E: Pop3Engine> Dataplane<E> {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(err) => return Err(DataplaneError::Poll(err.into())),
             }
-            if fds
-                .last()
-                .is_some_and(|fd| fd.revents().contains(PollFlags::IN))
-                && let Some(signal) = signals.read()
-            {
-                return Ok(signal);
-            }
             self.waker.reset();
             self.closed_flows.clear();
             self.established_flows.clear();
@@ -372,7 +320,9 @@ impl<E: Pop3Engine> Dataplane<E> {
             self.service_conns(now);
             self.timers(now);
             self.transmit(now);
-            on_tick(self);
+            if on_tick(self).is_break() {
+                return Ok(());
+            }
         }
     }
 
@@ -409,11 +359,10 @@ impl<E: Pop3Engine> Dataplane<E> {
             stacks,
             conns,
             stats,
-            config,
             dirty,
             control_tx,
             challenges,
-            sources,
+            limits,
             ..
         } = self;
         for (index, queue) in queues.iter_mut().enumerate() {
@@ -454,16 +403,17 @@ impl<E: Pop3Engine> Dataplane<E> {
                         dirty.insert(id);
                     }
                     None if segment.opens_connection => {
-                        let refused = if conns.len() >= config.max_conns {
-                            Some(&mut stats.conns_refused_full)
-                        } else {
-                            match sources.admit(segment.client.ip(), now) {
-                                Ok(()) => None,
-                                Err(Refusal::Conns) => Some(&mut stats.conns_refused_source_conns),
-                                Err(Refusal::HalfOpen) => {
-                                    Some(&mut stats.conns_refused_source_half_open)
-                                }
-                                Err(Refusal::Rate) => Some(&mut stats.conns_refused_source_rate),
+                        let refused = match limits.admit(segment.client.ip(), now) {
+                            Ok(()) => None,
+                            Err(Refused::Full) => Some(&mut stats.conns_refused_full),
+                            Err(Refused::Source(Refusal::Conns)) => {
+                                Some(&mut stats.conns_refused_source_conns)
+                            }
+                            Err(Refused::Source(Refusal::HalfOpen)) => {
+                                Some(&mut stats.conns_refused_source_half_open)
+                            }
+                            Err(Refused::Source(Refusal::Rate)) => {
+                                Some(&mut stats.conns_refused_source_rate)
                             }
                         };
                         if let Some(counter) = refused {
@@ -497,7 +447,7 @@ impl<E: Pop3Engine> Dataplane<E> {
                     if stacks.socket(sock).state() == State::Listen {
                         stacks.remove(sock);
                         conns.remove(id);
-                        sources.closed(segment.client.ip(), true);
+                        limits.closed(segment.client.ip(), true);
                     } else {
                         dirty.insert(id);
                         stats.conns_accepted += 1;
@@ -578,7 +528,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         if !conn.opened && self.stacks.peek(conn.sock).may_send() {
             conn.opened = true;
             self.established_flows.push((conn.client, conn.server));
-            self.sources.established(conn.client.ip());
+            self.limits.established(conn.client.ip());
             let info = ConnInfo {
                 client: conn.client,
                 server: conn.server,
@@ -743,7 +693,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         }
         self.stacks.remove(sock);
         if let Some(conn) = self.conns.remove(id) {
-            self.sources.closed(conn.client.ip(), !conn.opened);
+            self.limits.closed(conn.client.ip(), !conn.opened);
             self.closed_flows.push((conn.client, conn.server));
         }
         self.engine.close(id, now);
@@ -757,7 +707,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         if now.duration_since(self.last_housekeeping) >= HOUSEKEEPING {
             self.last_housekeeping = now;
             self.expire_silent_servers(now);
-            self.sources.sweep(now);
+            self.limits.sweep(now);
             self.trim_heap();
         }
     }
@@ -857,4 +807,12 @@ fn challenge_ack(conn: &Conn) -> Option<Vec<u8>> {
         false,
         window,
     )
+}
+
+/// Locks a mutex shared between threads; a thread that panicked holding it left data that
+/// is still whole (every change under these locks is one call).
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

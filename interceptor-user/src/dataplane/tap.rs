@@ -8,7 +8,11 @@
 //! same mirrored Ethernet and VLAN header. Replies leave through `AF_PACKET` on the
 //! interface itself rather than a redirect program on the TAP: it needs no second
 //! program, and the kernel's qdisc and offloads see them as any locally sent frame.
-//! The TAP is not persistent: it disappears with the daemon's descriptor.
+//! The TAP is not persistent: it disappears with the daemon's descriptors.
+//!
+//! With several workers the TAP has one queue each (`IFF_MULTI_QUEUE`): the kernel picks
+//! the queue of a redirected frame by its flow hash, so every frame of one connection
+//! reaches the same worker, and each worker sends its replies through a socket of its own.
 
 use std::{
     ffi::CStr,
@@ -41,7 +45,7 @@ fn last_error(step: &'static str) -> TapError {
     }
 }
 
-/// The TAP device and the reply socket of one interface.
+/// One queue of the TAP device and the reply socket of one worker.
 pub struct TapQueue {
     tap: OwnedFd,
     reply: OwnedFd,
@@ -50,35 +54,47 @@ pub struct TapQueue {
     stats: XskStats,
 }
 
+/// Opens a queue of the TAP named `name` (a pattern: a new device), returns it and the
+/// device's name.
+fn open_tap_queue(name: &[u8]) -> Result<(OwnedFd, String), TapError> {
+    // SAFETY: plain open(2) of a constant path.
+    let fd = unsafe {
+        libc::open(
+            c"/dev/net/tun".as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(last_error("opening /dev/net/tun"));
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    let tap = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut ifr = ifreq(name);
+    ifr.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one ifreq.
+    if unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETIFF, &mut ifr) } < 0 {
+        return Err(last_error("creating the TAP device (TUNSETIFF)"));
+    }
+    let name: Vec<u8> = ifr
+        .ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Ok((tap, String::from_utf8_lossy(&name).into_owned()))
+}
+
 impl TapQueue {
-    /// Creates the TAP (up, no ARP, no IPv6, so the kernel sends nothing into it) and a
-    /// packet socket bound to `ifindex`, the subscriber interface.
-    pub fn open(ifindex: u32, mtu: usize) -> Result<Self, TapError> {
-        // SAFETY: plain open(2) of a constant path.
-        let fd = unsafe {
-            libc::open(
-                c"/dev/net/tun".as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(last_error("opening /dev/net/tun"));
+    /// Creates the TAP with `count` queues (up, no ARP, no IPv6, so the kernel sends
+    /// nothing into it) and for each a packet socket bound to `ifindex`, the subscriber
+    /// interface.
+    pub fn open(ifindex: u32, mtu: usize, count: usize) -> Result<Vec<Self>, TapError> {
+        let (first, name) = open_tap_queue(TAP_NAME.to_bytes())?;
+        let mut taps = vec![first];
+        for _ in 1..count {
+            taps.push(open_tap_queue(name.as_bytes())?.0);
         }
-        // SAFETY: fd was just opened and is owned by nobody else.
-        let tap = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut ifr = ifreq(TAP_NAME.to_bytes());
-        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-        // SAFETY: TUNSETIFF reads and writes one ifreq.
-        if unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETIFF, &mut ifr) } < 0 {
-            return Err(last_error("creating the TAP device (TUNSETIFF)"));
-        }
-        let name: Vec<u8> = ifr
-            .ifr_name
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        let name = String::from_utf8_lossy(&name).into_owned();
         // Best effort: without it the kernel may send router solicitations into the TAP,
         // which the dataplane counts as malformed and drops.
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
@@ -106,14 +122,18 @@ impl TapQueue {
             step: "looking up the TAP's index",
             err: io::Error::from(io::ErrorKind::NotFound),
         })?;
-        tracing::debug!(tap = %name, ifindex = ifindex_tap, "TAP device up");
-        Ok(Self {
-            tap,
-            reply: reply_socket(ifindex)?,
-            ifindex: ifindex_tap,
-            buffer: vec![0; MAX_FRAME],
-            stats: XskStats::default(),
-        })
+        tracing::debug!(tap = %name, ifindex = ifindex_tap, queues = count, "TAP device up");
+        taps.into_iter()
+            .map(|tap| {
+                Ok(Self {
+                    tap,
+                    reply: reply_socket(ifindex)?,
+                    ifindex: ifindex_tap,
+                    buffer: vec![0; MAX_FRAME],
+                    stats: XskStats::default(),
+                })
+            })
+            .collect()
     }
 
     /// The TAP's interface index, for the classifier's redirect.

@@ -114,6 +114,11 @@ pub struct XskQueue {
     area: Area,
 }
 
+// SAFETY: a queue owns its UMEM, its memory area and every ring over them exclusively
+// (all made in `open`, none handed out); moving it to the worker thread that then uses
+// it alone moves all of them together, so nothing is ever touched from two threads.
+unsafe impl Send for XskQueue {}
+
 impl XskQueue {
     /// Opens and binds a socket on `ifname` queue `queue_id` and fills its fill ring.
     pub fn open(ifname: &str, queue_id: u32) -> Result<Self, XskError> {

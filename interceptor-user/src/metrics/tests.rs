@@ -49,6 +49,18 @@ fn sample() -> Snapshot {
             conns_active: 3,
             fill_ring_empty: 5,
         },
+        workers: vec![
+            DataplaneStats {
+                conns_accepted: 4,
+                frames_rx: 40,
+                ..Default::default()
+            },
+            DataplaneStats {
+                conns_accepted: 6,
+                frames_rx: 60,
+                ..Default::default()
+            },
+        ],
         xdp: common::Counter::ALL
             .iter()
             .enumerate()
@@ -85,6 +97,22 @@ fn the_exposition_has_every_metric_with_prometheus_names() {
         ("pop3_interceptor_one_in_m_passed_total", 5.0),
         ("pop3_interceptor_fast_checks_rewarded_total", 6.0),
         ("pop3_interceptor_fast_checks_penalized_total", 7.0),
+        (
+            "pop3_interceptor_worker_connections_accepted_total{worker=\"0\"}",
+            4.0,
+        ),
+        (
+            "pop3_interceptor_worker_connections_accepted_total{worker=\"1\"}",
+            6.0,
+        ),
+        (
+            "pop3_interceptor_worker_frames_received_total{worker=\"0\"}",
+            40.0,
+        ),
+        (
+            "pop3_interceptor_worker_frames_received_total{worker=\"1\"}",
+            60.0,
+        ),
         (
             "pop3_interceptor_rule_decisions_total{rule=\"periodicity\",decision=\"held\"}",
             11.0,

@@ -11,7 +11,10 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{EngineMode, SettingsError};
-use crate::choice::{DataplaneKind, TcAttach, XdpMode};
+use crate::{
+    choice::{DataplaneKind, TcAttach, XdpMode},
+    dataplane::workers::WorkerCount,
+};
 
 /// The config file. Every key is optional and named like the `run` flag.
 #[derive(Debug, Default, Deserialize)]
@@ -20,6 +23,7 @@ pub struct FileSettings {
     pub iface: Option<String>,
     pub dataplane: Option<DataplaneKind>,
     pub xdp_mode: Option<XdpMode>,
+    pub workers: Option<WorkerCount>,
     pub tc_attach: Option<TcAttach>,
     pub ports: Option<Vec<u16>>,
     pub servers: Option<Vec<IpNet>>,

@@ -41,6 +41,7 @@ mod fsm;
 pub mod load;
 mod maildrop;
 pub mod periodicity;
+mod shared_table;
 mod stamp;
 mod table;
 mod verifier;
@@ -58,6 +59,7 @@ pub use caps::ServerCaps;
 pub use config::{Config, FastCheck, LoadAdaptive, LoginDelay, LoginDelayAction};
 pub use fsm::State;
 pub use maildrop::{MAX_MAILDROP, Maildrop};
+pub use shared_table::{EntrySnapshot, SharedTable};
 pub use table::{Entry, EntryMut, EntryRef, FastCheckVerdict, Timed, UserKey, UserName, UserTable};
 pub use verifier::{Salt, Verifier};
 
@@ -135,6 +137,29 @@ impl Counters {
     }
 }
 
+impl Counters {
+    /// Adds the counters of another worker's engine over the same [`SharedTable`]: the
+    /// sessions' counts add up; every engine hears every notification and collects the
+    /// whole table, so those counts are the largest of any one engine's.
+    pub fn add_worker(&mut self, o: &Self) {
+        self.checks_seen += o.checks_seen;
+        self.answered_locally += o.answered_locally;
+        self.passed_through += o.passed_through;
+        self.upstream_logins_avoided += o.upstream_logins_avoided;
+        self.gc_runs = self.gc_runs.max(o.gc_runs);
+        self.notifications = self.notifications.max(o.notifications);
+        self.notifications_applied = self.notifications_applied.max(o.notifications_applied);
+        self.one_in_m_passed += o.one_in_m_passed;
+        self.fast_checks_rewarded += o.fast_checks_rewarded;
+        self.fast_checks_penalized += o.fast_checks_penalized;
+        self.periodic_held += o.periodic_held;
+        self.irregular_passed += o.irregular_passed;
+        self.login_delay_local += o.login_delay_local;
+        self.login_delay_refused += o.login_delay_refused;
+        self.load_held += o.load_held;
+    }
+}
+
 /// A user whose table entry may have changed, for mirrors of the table (the pinned BPF
 /// map): look it up in [`AttenuationEngine::table`]; absent means removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,7 +189,7 @@ struct ServerRecord {
 struct Shared {
     config: Config,
     salt: Salt,
-    table: UserTable,
+    table: SharedTable,
     servers: HashMap<SocketAddr, ServerRecord>,
     /// Notifications may have been lost until then (the way they come by was down): a
     /// view taken before it is trusted for [`Config::interval`] only.
@@ -278,18 +303,35 @@ impl AttenuationEngine {
     /// the salt from the OS once at start; tests fix one), so the engine itself reads
     /// nothing from the operating system.
     pub fn new(config: Config, salt: Salt, epoch: Instant) -> Self {
+        let table = Self::table_for(&config, salt, epoch, 1);
+        Self::with_table(config, salt, table)
+    }
+
+    /// An empty table in `shards` shards for engines with `config` and `salt` (see
+    /// [`Self::with_table`]).
+    pub fn table_for(config: &Config, salt: Salt, epoch: Instant, shards: usize) -> SharedTable {
+        let lifetime = config
+            .interval
+            .max(config.notify_interval)
+            .max(config.load_adaptive.map_or(config.interval, |l| l.max))
+            * config.periodicity.map_or(1, |f| f.get());
+        SharedTable::new(
+            config.table_size,
+            lifetime,
+            config.maildrop_budget,
+            epoch,
+            shards,
+            salt,
+        )
+    }
+
+    /// An engine over `table`, which other engines (other threads) may share: every engine
+    /// of one table must have the `salt` the table was made with, for their verifiers to
+    /// agree, and the same `config`.
+    pub fn with_table(config: Config, salt: Salt, table: SharedTable) -> Self {
         Self {
             shared: Shared {
-                table: UserTable::new(
-                    config.table_size,
-                    config
-                        .interval
-                        .max(config.notify_interval)
-                        .max(config.load_adaptive.map_or(config.interval, |l| l.max))
-                        * config.periodicity.map_or(1, |f| f.get()),
-                    config.maildrop_budget,
-                    epoch,
-                ),
+                table,
                 config,
                 salt,
                 servers: HashMap::new(),
@@ -309,8 +351,9 @@ impl AttenuationEngine {
         &self.shared.counters
     }
 
-    /// The user table, for the operator surface.
-    pub fn table(&self) -> &UserTable {
+    /// The user table, for the operator surface (shared with the engines of other workers
+    /// made with [`Self::with_table`]).
+    pub fn table(&self) -> &SharedTable {
         &self.shared.table
     }
 

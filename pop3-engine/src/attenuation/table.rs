@@ -155,6 +155,16 @@ impl<'a> EntryRef<'a> {
     }
 }
 
+impl Timed<&Entry> {
+    /// A copy of the entry that outlives the borrow of its table.
+    pub fn to_owned_entry(&self) -> Timed<Box<Entry>> {
+        Timed {
+            entry: Box::new(self.entry.clone()),
+            epoch: self.epoch,
+        }
+    }
+}
+
 impl<E: Deref<Target = Entry>> Timed<E> {
     /// When the entry may be collected.
     pub fn expires(&self) -> Instant {

@@ -59,7 +59,7 @@ fn engine() -> Harness<AttenuationEngine> {
     h
 }
 
-fn entry<'a>(h: &'a Harness<AttenuationEngine>, user: &str) -> Option<EntryRef<'a>> {
+fn entry(h: &Harness<AttenuationEngine>, user: &str) -> Option<EntrySnapshot> {
     h.engine.table().get(&UserKey {
         server: info().server,
         user: user.into(),
@@ -213,6 +213,41 @@ fn idle_state_user_is_answered_locally() {
     h.open(2);
     assert_eq!(h.client(2, b"USER alice\r\n"), [to_client(b"+OK\r\n")]);
     assert_eq!(h.engine.state(2), Some(State::Authorization));
+}
+
+/// Two engines over one table in shards, as two dataplane workers run them.
+fn two_workers() -> (Harness<AttenuationEngine>, Harness<AttenuationEngine>) {
+    let salt = Salt::new([1, 2, 3, 4]);
+    let table = AttenuationEngine::table_for(&config(), salt, Instant::now(), 8);
+    let worker = || {
+        let mut h = Harness::new(AttenuationEngine::with_table(config(), salt, table.clone()));
+        h.engine.shared.learn_greeting(info().server, false);
+        h
+    };
+    (worker(), worker())
+}
+
+#[test]
+fn a_user_learnt_by_one_worker_is_answered_by_the_other_and_its_sessions_count_there() {
+    let (mut a, mut b) = two_workers();
+    passed_through_check(&mut a, 1, "pw", 0);
+    b.now = a.now;
+    // The other worker answers alice's next check without the server.
+    attenuated_login(&mut b, 2, "pw");
+    assert_eq!(b.engine.counters().upstream_logins_avoided, 1);
+    // While that session is open, a check on the first worker goes to the server.
+    a.open(3);
+    a.client(3, b"USER alice\r\n");
+    assert_eq!(a.client(3, b"PASS pw\r\n"), [ConnectUpstream]);
+    // A wrong password is never answered at the edge, on either worker.
+    b.client(2, b"QUIT\r\n");
+    b.open(4);
+    b.client(4, b"USER alice\r\n");
+    assert_eq!(b.client(4, b"PASS wrong\r\n"), [ConnectUpstream]);
+    // New mail told to one engine ends the attenuation for both.
+    a.engine.new_mail(info().server.ip(), None, b"alice", a.now);
+    assert!(entry(&b, "alice").unwrap().verified().is_none());
+    assert_eq!(a.engine.table().len(), 1);
 }
 
 #[test]

@@ -46,6 +46,16 @@ impl Salt {
         msg.zeroize();
         v
     }
+
+    /// A keyed hash of `key`, to pick its shard of the user table (keys of their own, so
+    /// it says nothing about any verifier).
+    pub(crate) fn shard_hash(&self, key: &super::UserKey) -> u64 {
+        use std::hash::Hash;
+        let [a, b, c, d] = self.0;
+        let mut h = SipHasher24::new_with_keys(a ^ d.rotate_left(17), b ^ c.rotate_left(29));
+        key.hash(&mut h);
+        h.finish()
+    }
 }
 
 /// A salted hash of a password the server accepted.

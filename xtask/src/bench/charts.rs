@@ -90,7 +90,8 @@ fn draw(
     for path in Path::ALL {
         let mut pts: Vec<(f64, f64)> = checks
             .iter()
-            .filter(|m| m.path == path)
+            // One line per path: the daemon's with one worker.
+            .filter(|m| m.path == path && m.workers.unwrap_or(1) == 1)
             .map(|m| (m.scenario.concurrency as f64, f(&m.report)))
             .filter(|(_, y)| *y > 0.0)
             .collect();

@@ -4,10 +4,24 @@
 use super::{Measurement, Path, Scenario};
 use crate::loadgen::LoadReport;
 
-/// The measurement of `path` under the load of `sc`.
+/// The measurement of `path` (the daemon's with one worker) under the load of `sc`.
 pub fn find<'a>(ms: &'a [Measurement], path: Path, sc: &Scenario) -> Option<&'a Measurement> {
+    find_workers(ms, path, 1, sc)
+}
+
+/// The measurement of `path` with the daemon's `workers` (1 for the paths without it)
+/// under the load of `sc`.
+pub fn find_workers<'a>(
+    ms: &'a [Measurement],
+    path: Path,
+    workers: usize,
+    sc: &Scenario,
+) -> Option<&'a Measurement> {
     ms.iter().find(|m| {
-        m.path == path && m.scenario.mode == sc.mode && m.scenario.concurrency == sc.concurrency
+        m.path == path
+            && m.workers.unwrap_or(1) == workers
+            && m.scenario.mode == sc.mode
+            && m.scenario.concurrency == sc.concurrency
     })
 }
 
@@ -101,7 +115,10 @@ pub fn print_attenuation_targets(ms: &[Measurement]) {
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!();
     println!("attenuation targets:");
-    for m in ms.iter().filter(|m| m.path == Path::Attenuated) {
+    for m in ms
+        .iter()
+        .filter(|m| m.path == Path::Attenuated && m.workers == Some(1))
+    {
         let (sc, t) = (&m.scenario, &m.report);
         if let Some(d) = find(ms, Path::Direct, sc).map(|d| &d.report) {
             let speed = t.sessions_per_s / d.sessions_per_s.max(f64::MIN_POSITIVE);

@@ -74,17 +74,22 @@ impl Bench<'_> {
         Ok(r)
     }
 
-    /// Runs every scenario of `path` against `target`; `cpu_pid` is the process on the path
-    /// whose CPU time each run costs.
+    /// Runs every scenario of `path` against `target` (the daemon's with `workers`);
+    /// `cpu_pid` is the process on the path whose CPU time each run costs.
     pub fn measure(
         &self,
-        path: Path,
+        (path, workers): (Path, Option<usize>),
         target: SocketAddr,
         cpu_pid: Option<u32>,
         out: &mut Vec<Measurement>,
     ) -> Result<()> {
-        for sc in scenarios(self.args, path) {
-            eprint!("bench: {:<10} {:<16} ... ", path.label(), sc.name());
+        let loads = match workers {
+            Some(n) if n > 1 => super::workers::scenarios(&self.args.workers_concurrency),
+            _ => scenarios(self.args, path),
+        };
+        for sc in loads {
+            let label = super::workers::label(path, workers);
+            eprint!("bench: {label:<10} {:<16} ... ", sc.name());
             let before = cpu_pid.map(cpu::tree_cpu).transpose()?;
             let r = self.loadgen(target, &sc, None)?;
             let used = match (cpu_pid, before) {
@@ -116,6 +121,7 @@ impl Bench<'_> {
                 scenario: sc,
                 report: r,
                 cpu_us_per_session,
+                workers,
             });
         }
         Ok(())
@@ -125,16 +131,17 @@ impl Bench<'_> {
     pub fn measure_peers(&self, out: &mut Vec<Measurement>) -> Result<()> {
         let dir = self.topo.dir().join("peers");
         let nginx = peers::start_nginx(self.topo, &dir).context("starting nginx's mail proxy")?;
-        self.measure(Path::Nginx, nginx.addr, Some(nginx.pid()), out)?;
+        self.measure((Path::Nginx, None), nginx.addr, Some(nginx.pid()), out)?;
         drop(nginx);
         let ideal = peers::start_ideal(self.topo, &self.exe, &dir)
             .context("starting the ideal responder")?;
-        self.measure(Path::Ideal, ideal.addr, Some(ideal.pid()), out)
+        self.measure((Path::Ideal, None), ideal.addr, Some(ideal.pid()), out)
     }
 
-    /// The daemon's arguments for `mode`, the bench's own first.
-    fn daemon_opts(&self, bin: &std::path::Path, mode: &str) -> InterceptorOptions {
+    /// The daemon's arguments for `mode` with `workers`, the bench's own first.
+    fn daemon_opts(&self, bin: &std::path::Path, mode: &str, workers: usize) -> InterceptorOptions {
         let mut extra_args = vec!["--mode".to_string(), mode.to_string()];
+        extra_args.extend(["--workers".to_string(), workers.to_string()]);
         extra_args.extend(["--dataplane".to_string(), self.args.dataplane.clone()]);
         // The load generator is one subscriber: the per-source limits are not for it.
         extra_args.extend(NO_PER_SOURCE_LIMITS.map(String::from));
@@ -156,24 +163,33 @@ impl Bench<'_> {
         }
     }
 
-    /// The relay rows: the daemon in relay mode.
-    pub fn measure_relay(&self, bin: &std::path::Path, out: &mut Vec<Measurement>) -> Result<()> {
-        let mut icpt = Interceptor::start_with(self.topo, self.daemon_opts(bin, "relay"))
+    /// The relay rows: the daemon in relay mode with `workers`.
+    pub fn measure_relay(
+        &self,
+        bin: &std::path::Path,
+        workers: usize,
+        out: &mut Vec<Measurement>,
+    ) -> Result<()> {
+        let mut icpt = Interceptor::start_with(self.topo, self.daemon_opts(bin, "relay", workers))
             .context("starting the interceptor (relay)")?;
-        let res = self.measure(Path::Relay, server_pop3_v4(), Some(icpt.pid()), out);
+        let path = (Path::Relay, Some(workers));
+        let res = self.measure(path, server_pop3_v4(), Some(icpt.pid()), out);
         icpt.terminate(Duration::from_secs(10));
         res
     }
 
-    /// The attenuation rows: the daemon in attenuate mode, its table warmed by one check per
-    /// user, then the attenuated checks; Dovecot's log says how many logins they cost.
+    /// The attenuation rows: the daemon in attenuate mode with `workers`, its table warmed
+    /// by one check per user, then the attenuated checks; Dovecot's log says how many logins
+    /// they cost.
     pub fn measure_attenuated(
         &self,
         bin: &std::path::Path,
         dovecot: &Dovecot,
+        workers: usize,
         out: &mut Vec<Measurement>,
     ) -> Result<AttenuationCheck> {
-        let mut icpt = Interceptor::start_with(self.topo, self.daemon_opts(bin, "attenuate"))
+        let opts = self.daemon_opts(bin, "attenuate", workers);
+        let mut icpt = Interceptor::start_with(self.topo, opts)
             .context("starting the interceptor (attenuate)")?;
         let first = out.len();
         let res = (|| -> Result<AttenuationCheck> {
@@ -204,9 +220,11 @@ impl Bench<'_> {
                 );
             }
             let warmed = settle(before + users as usize);
-            self.measure(Path::Attenuated, server_pop3_v4(), Some(icpt.pid()), out)?;
+            let path = (Path::Attenuated, Some(workers));
+            self.measure(path, server_pop3_v4(), Some(icpt.pid()), out)?;
             let after = settle(0);
             Ok(AttenuationCheck {
+                workers,
                 warm_sessions: warm.sessions,
                 warm_logins: warmed - before,
                 sessions: out[first..].iter().map(|m| m.report.sessions).sum(),
@@ -238,6 +256,9 @@ impl Bench<'_> {
 pub(super) struct AttenuationCheck {
     /// Warm-up sessions (one per user, passed through to Dovecot).
     warm_sessions: u64,
+    /// The daemon's `--workers` (the workers share one table: one warm-up check per user
+    /// for any number of them).
+    workers: usize,
     /// Dovecot logins during the warm-up.
     warm_logins: usize,
     /// Check sessions completed in the attenuated runs.
@@ -255,8 +276,8 @@ pub(super) struct AttenuationCheck {
 /// What the attenuated runs cost Dovecot, and the daemon's counters.
 pub(super) fn print_attenuation_check(a: &AttenuationCheck) {
     println!(
-        "  Dovecot logins: warm-up {} for {} sessions; attenuated runs {} for {} sessions",
-        a.warm_logins, a.warm_sessions, a.logins, a.sessions
+        "  {} worker(s): Dovecot logins: warm-up {} for {} sessions; attenuated runs {} for {} sessions",
+        a.workers, a.warm_logins, a.warm_sessions, a.logins, a.sessions
     );
     if let Some(c) = &a.engine_counters {
         println!("  daemon engine counters at exit: {c}");

@@ -32,13 +32,10 @@ impl Session {
             return self.tunnel(line, sh, out);
         }
         let user = UserName::from(cmd.rest);
-        let known = sh
-            .table
-            .get(&UserKey {
-                server: self.server(),
-                user: user.clone(),
-            })
-            .is_some();
+        let known = sh.table.contains(&UserKey {
+            server: self.server(),
+            user: user.clone(),
+        });
         self.user = Some(user);
         self.user_upstream = false;
         if known {
@@ -102,6 +99,8 @@ impl Session {
         let key = sh.table.key(&lookup);
         let config = &sh.config;
         let mut genuine = false;
+        // The maildrop a local answer shows, read in the same call that decides.
+        let mut view = None;
         let decision = key.as_ref().and_then(|key| {
             sh.table.update(key, now, |e| {
                 let check = Check {
@@ -117,6 +116,7 @@ impl Session {
                     Outcome::Local { .. } => {
                         e.answered_locally = e.answered_locally.saturating_add(1);
                         e.sessions = 1;
+                        view = e.view().flatten().map(Arc::clone);
                     }
                     Outcome::Server => e.passed_through = e.passed_through.saturating_add(1),
                     Outcome::Refuse => {}
@@ -150,12 +150,7 @@ impl Session {
             sh.counters.upstream_logins_avoided += 1;
             self.trust_view = trust_view;
             // The maildrop this session shows, fixed at login as POP3's own is.
-            self.shown = key
-                .as_ref()
-                .and_then(|k| sh.table.get(k))
-                .and_then(|e| e.view())
-                .flatten()
-                .map(Arc::clone);
+            self.shown = view;
             self.entry = key;
             self.state = State::Transaction { terminate: true };
             out.push(Action::ToClient(LOGGED_IN.to_vec()));
@@ -200,7 +195,7 @@ impl Session {
                     server: self.server(),
                     user: user.clone(),
                 };
-                let new = sh.table.get(&key).is_none();
+                let new = !sh.table.contains(&key);
                 self.entry = sh.table.entry(key, now, credentials.verifier);
                 // The password-change case: the server's word replaces the verifier.
                 self.with_entry(sh, now, |e| {
