@@ -66,6 +66,8 @@ pub struct Mirror {
     /// Mirrored users still shown as attenuated, by when that stops being true.
     expiries: BTreeSet<(Instant, Arc<engine::UserKey>)>,
     stats: MirrorStats,
+    /// The edge cache's prefetch, as last told.
+    prefetch: crate::prefetch::PrefetchStats,
 }
 
 impl Mirror {
@@ -82,11 +84,17 @@ impl Mirror {
             clock: UnixClock::now(),
             expiries: BTreeSet::new(),
             stats: MirrorStats::default(),
+            prefetch: Default::default(),
         }
     }
 
     pub fn stats(&self) -> MirrorStats {
         self.stats
+    }
+
+    /// What the prefetch did, published with the counters.
+    pub fn set_prefetch(&mut self, stats: crate::prefetch::PrefetchStats) {
+        self.prefetch = stats;
     }
 
     /// Brings the maps up to date with what the engine changed, the sessions that
@@ -151,6 +159,11 @@ impl Mirror {
             updated_at: self.clock.unix(now),
             interval_secs: engine.interval(now).as_secs(),
             rule_decisions: counters.rule_decisions().map(|(_, _, n)| n),
+            prefetch_state: self.prefetch.verdict.map_or(0, |v| v.state()),
+            prefetch_runs: self.prefetch.runs,
+            prefetch_failures: self.prefetch.failures,
+            prefetch_messages: self.prefetch.messages,
+            bytes_prefetched: self.prefetch.bytes,
         };
         let _ = self.stats_map.set(0, stats, 0);
     }

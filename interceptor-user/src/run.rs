@@ -11,6 +11,7 @@ use crate::{
     engine::Engine,
     metrics,
     notify::Notifications,
+    prefetch::Prefetcher,
     settings::{FileSettings, Settings},
     signals::SignalFd,
 };
@@ -114,10 +115,22 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
             hook.label()
         )
     })?;
+    let mut prefetcher = None;
     if let Some((dir, limits)) = &settings.cache {
         let cache = EdgeCache::open(dir, *limits)
             .with_context(|| format!("opening the edge cache in {}", dir.display()))?;
         tracing::info!(dir = %dir.display(), stats = ?cache.stats(), "edge cache open");
+        if let Some(config) = &settings.prefetch {
+            let started = Prefetcher::start(
+                config.clone(),
+                &cache,
+                dataplane.runtime(),
+                dataplane.waker(),
+            )
+            .context("starting the edge cache's prefetch (its profile file)")?;
+            tracing::info!(master_user = %config.master_user, "edge cache prefetch on");
+            prefetcher = Some(started);
+        }
         dataplane.set_cache(cache);
     }
     for (queue, fd) in dataplane.sockets() {
@@ -164,13 +177,17 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
             }
             attachment.adopt_flows(dp.established_flows());
             attachment.forget_flows(dp.closed_flows());
-            if let (Some(notifications), Some(engine)) =
-                (&notifications, dp.engine_mut().attenuation_mut())
+            let (engine, mut cache) = dp.engine_and_cache_mut();
+            if let (Some(notifications), Some(engine)) = (&notifications, engine.attenuation_mut())
             {
                 let now = std::time::Instant::now();
                 notifications.drain(|n| {
                     let ended = engine.new_mail(n.server, n.port, &n.user, now);
                     tracing::debug!(server = %n.server, ended, "new-mail notification");
+                    if let (Some(prefetcher), Some(cache)) = (&mut prefetcher, cache.as_deref_mut())
+                    {
+                        prefetcher.notified(engine, cache, n.server, n.port, &n.user);
+                    }
                 });
                 // Without the broker, news for this edge's users may be going astray.
                 if notifications
@@ -182,6 +199,12 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
                     engine.notifications_missed(now);
                 }
             }
+            if let (Some(prefetcher), (engine, Some(cache))) =
+                (&mut prefetcher, dp.engine_and_cache_mut())
+                && let Some(engine) = engine.attenuation()
+            {
+                prefetcher.tick(engine, cache, std::time::Instant::now());
+            }
             // Addresses come and go on a router: keep excluding all of its own.
             if excluded_at.elapsed() >= EXCLUDED_REFRESH {
                 excluded_at = std::time::Instant::now();
@@ -192,12 +215,23 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
             if let Some(mirror) = &mut mirror {
                 let closed = dp.closed_flows().to_vec();
                 let active = dp.active_conns() as u64;
+                if let Some(prefetcher) = &prefetcher {
+                    mirror.set_prefetch(prefetcher.stats());
+                }
                 if let Some(engine) = dp.engine_mut().attenuation_mut() {
                     mirror.sync(engine, &closed, active, std::time::Instant::now());
                 }
             }
             metrics.answer_scrapes(|| {
-                metrics::Snapshot::take(dp, &attachment, notifications.as_ref().map(|n| n.stats()))
+                let snapshot = metrics::Snapshot::take(
+                    dp,
+                    &attachment,
+                    notifications.as_ref().map(|n| n.stats()),
+                );
+                metrics::Snapshot {
+                    prefetch: prefetcher.as_ref().map(|p| p.stats()).unwrap_or_default(),
+                    ..snapshot
+                }
             });
         })?;
         if signal != libc::SIGHUP {

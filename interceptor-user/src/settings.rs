@@ -86,6 +86,8 @@ pub struct FileSettings {
     pub cache_dir: Option<PathBuf>,
     pub cache_user_mb: Option<u64>,
     pub cache_total_mb: Option<u64>,
+    /// The `[prefetch]` table: fills the edge cache in quiet hours.
+    pub prefetch: Option<crate::prefetch::config::PrefetchFile>,
     pub one_in_m: Option<NonZeroU32>,
     pub fast_check: Option<String>,
     #[serde(default, with = "humantime_serde")]
@@ -129,6 +131,8 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     /// The edge cache's folder and limits (`None`: off).
     pub cache: Option<(PathBuf, crate::cache::store::Limits)>,
+    /// The edge cache's prefetch (`None`: off).
+    pub prefetch: Option<crate::prefetch::config::Config>,
 }
 
 /// A setting that cannot be used.
@@ -215,6 +219,35 @@ impl Settings {
             };
             (dir, limits)
         });
+        let prefetch = match file.prefetch {
+            None => None,
+            Some(_) if cache.is_none() => {
+                return Err(invalid(
+                    "prefetch",
+                    "needs --cache-dir: it fills the edge cache",
+                ));
+            }
+            Some(_) if args.mode.or(file.mode) == Some(EngineMode::Relay) => {
+                return Err(invalid(
+                    "prefetch",
+                    "needs --mode attenuate: it fetches for the users the engine has seen",
+                ));
+            }
+            Some(prefetch) => {
+                // The engine's load measure, weighed as the load-adaptive n weighs it.
+                let rule = load_adaptive.unwrap_or(attenuation::LoadAdaptive {
+                    max: interval,
+                    latency: args
+                        .load_latency
+                        .or(file.load_latency)
+                        .unwrap_or(Duration::from_secs(1)),
+                    check_rate: args.load_check_rate.or(file.load_check_rate),
+                });
+                let config = crate::prefetch::config::Config::resolve(prefetch, rule)
+                    .map_err(|(key, message)| invalid(key, &format!("[prefetch] {message}")))?;
+                Some(config)
+            }
+        };
         let engine = attenuation::Config {
             interval,
             opt_out: args
@@ -392,6 +425,7 @@ impl Settings {
             notify,
             config_file: args.config,
             cache,
+            prefetch,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The patent's edge cache: users' mail copied to the edge, served from there.
 //!
-//! - [`store`]: the Maildirs on disk, bounded, checked on every read.
+//! - [`store`]: the Maildirs on disk, bounded, checked on every read;
+//! - [`crate::prefetch`] fills them in quiet hours.
 //!
 //! The engine asks with [`pop3_engine::session::Action::CacheRead`] once the server
 //! has told it, in the user's own session, the UIDL and size of the message a RETR
@@ -82,6 +83,11 @@ impl EdgeCache {
             Some(uidls) => uidls.iter().for_each(|uidl| self.store.remove(id, uidl)),
             None => self.store.drop_user(id),
         }
+    }
+
+    /// The store itself.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The store itself, to fill it.

@@ -261,6 +261,11 @@ impl<E: Pop3Engine> Dataplane<E> {
         self.cache.as_ref()
     }
 
+    /// The engine and the edge cache at once (the prefetch reads one and fills the other).
+    pub fn engine_and_cache_mut(&mut self) -> (&mut E, Option<&mut EdgeCache>) {
+        (&mut self.engine, self.cache.as_mut())
+    }
+
     /// The tokio runtime of the upstream connections, for the daemon's other I/O.
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         self.upstream.runtime()
