@@ -136,6 +136,11 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// Whose message it is.
+    pub fn user(&self) -> UserId {
+        self.id
+    }
+
     /// The message's size in bytes.
     pub fn size(&self) -> u64 {
         self.entry.size

@@ -153,7 +153,7 @@ impl Config {
             bytes_per_second: file
                 .bytes_per_second
                 .unwrap_or(NonZeroU32::new(4 << 20).expect("non-zero")),
-            every: file.every.unwrap_or(Duration::from_secs(60)),
+            every: file.every.unwrap_or(Duration::from_secs(15 * 60)),
             retry: file.retry.unwrap_or(Duration::from_secs(300)),
             timeout: file.timeout.unwrap_or(Duration::from_secs(30)),
             profile: file.profile,

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use pop3_engine::attenuation::AttenuationEngine;
+use pop3_engine::attenuation::{AttenuationEngine, UserKey, UserName};
 
 use crate::{
     cache::{EdgeCache, store::UserId},
@@ -36,6 +36,9 @@ use crate::{
 use config::{Config, Verdict};
 use profile::{Home, Profile};
 use worker::{Job, Outcome, Report, Worker};
+
+/// Most users whose last fill is remembered (past it, the memory starts again).
+const MAX_FILLED: usize = 1 << 20;
 
 /// What the prefetch did, for the operator.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,6 +65,8 @@ pub struct Prefetcher {
     profile: Option<Profile>,
     /// Users not to look at again before then (done recently, or failed).
     not_before: HashMap<UserId, Instant>,
+    /// When each user's cache last took a prefetched message.
+    filled: HashMap<UserId, Instant>,
     /// Users queued or being fetched.
     busy: HashSet<UserId>,
     next_scan: Option<Instant>,
@@ -96,6 +101,7 @@ impl Prefetcher {
             gate,
             profile,
             not_before: HashMap::new(),
+            filled: HashMap::new(),
             busy: HashSet::new(),
             next_scan: None,
             per_user: cache.store().limits().per_user,
@@ -132,7 +138,7 @@ impl Prefetcher {
         }
         self.next_scan = Some(now + self.config.every);
         self.not_before.retain(|_, at| *at > now);
-        for (server, user) in self.candidates(engine, now) {
+        for (server, user) in self.candidates(engine, cache, now) {
             if !self.queue(cache, server, &user, false) {
                 break;
             }
@@ -185,26 +191,48 @@ impl Prefetcher {
 
     /// The users to look at now: the profile's residents, and the users this edge has
     /// seen whose home is not elsewhere, unless the server said less than n ago that
-    /// their maildrop is empty (nothing new to fetch).
-    fn candidates(&self, engine: &AttenuationEngine, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
-        let mut users: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    /// their maildrop is empty (nothing new to fetch), or their prefetched mail was
+    /// evicted before they came for it (fetching it again would only evict another's).
+    fn candidates(
+        &self,
+        engine: &AttenuationEngine,
+        cache: &EdgeCache,
+        now: Instant,
+    ) -> Vec<(SocketAddr, Vec<u8>)> {
+        let table = engine.table();
+        let mut users: Vec<(SocketAddr, Vec<u8>, Option<Instant>)> = Vec::new();
         if let Some(profile) = &self.profile {
-            users.extend(profile.residents().map(|(s, u)| (s, u.to_vec())));
+            users.extend(profile.residents().map(|(server, user)| {
+                let key = UserKey {
+                    server,
+                    user: UserName::from(user),
+                };
+                let last_check = table.get(&key).map(|entry| entry.last_check());
+                (server, user.to_vec(), last_check)
+            }));
         }
-        for (key, entry) in engine.table().iter() {
+        for (key, entry) in table.iter() {
             let empty_now = matches!(entry.view(), Some(None))
                 && entry.fresh(now, engine.interval_for(key, now));
             if !empty_now && self.home(key.server, &key.user) == Home::Unknown {
-                users.push((key.server, key.user.to_vec()));
+                users.push((key.server, key.user.to_vec(), Some(entry.last_check())));
             }
         }
-        users.retain(|(server, user)| {
-            let id = UserId::new(*server, user);
-            valid_login(user, &self.config.separator)
-                && !self.busy.contains(&id)
-                && self.not_before.get(&id).is_none_or(|at| *at <= now)
-        });
+        let store = cache.store();
         users
+            .into_iter()
+            .filter(|(server, user, last_check)| {
+                let id = UserId::new(*server, user);
+                let evicted_unread = self.filled.get(&id).is_some_and(|filled| {
+                    store.user_bytes(id) == 0 && last_check.is_none_or(|at| at < *filled)
+                });
+                valid_login(user, &self.config.separator)
+                    && !evicted_unread
+                    && !self.busy.contains(&id)
+                    && self.not_before.get(&id).is_none_or(|at| *at <= now)
+            })
+            .map(|(server, user, _)| (server, user))
+            .collect()
     }
 
     /// Queues a session for `user`; false when the queue is full.
@@ -244,9 +272,13 @@ impl Prefetcher {
         for report in reports {
             match report {
                 Report::Staged(staged) => {
-                    let size = staged.size();
+                    let (id, size) = (staged.user(), staged.size());
                     match cache.store_mut().commit(staged) {
                         Ok(()) => {
+                            if self.filled.len() >= MAX_FILLED {
+                                self.filled.clear();
+                            }
+                            self.filled.insert(id, now);
                             self.stats.messages += 1;
                             self.stats.bytes += size;
                         }
