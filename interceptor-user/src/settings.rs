@@ -219,35 +219,23 @@ impl Settings {
             };
             (dir, limits)
         });
-        let prefetch = match file.prefetch {
-            None => None,
-            Some(_) if cache.is_none() => {
-                return Err(invalid(
-                    "prefetch",
-                    "needs --cache-dir: it fills the edge cache",
-                ));
-            }
-            Some(_) if args.mode.or(file.mode) == Some(EngineMode::Relay) => {
-                return Err(invalid(
-                    "prefetch",
-                    "needs --mode attenuate: it fetches for the users the engine has seen",
-                ));
-            }
-            Some(prefetch) => {
-                // The engine's load measure, weighed as the load-adaptive n weighs it.
-                let rule = load_adaptive.unwrap_or(attenuation::LoadAdaptive {
-                    max: interval,
-                    latency: args
-                        .load_latency
-                        .or(file.load_latency)
-                        .unwrap_or(Duration::from_secs(1)),
-                    check_rate: args.load_check_rate.or(file.load_check_rate),
-                });
-                let config = crate::prefetch::config::Config::resolve(prefetch, rule)
-                    .map_err(|(key, message)| invalid(key, &format!("[prefetch] {message}")))?;
-                Some(config)
-            }
-        };
+        // The engine's load measure, weighed as the load-adaptive n weighs it.
+        let load_rule = load_adaptive.unwrap_or(attenuation::LoadAdaptive {
+            max: interval,
+            latency: args
+                .load_latency
+                .or(file.load_latency)
+                .unwrap_or(Duration::from_secs(1)),
+            check_rate: args.load_check_rate.or(file.load_check_rate),
+        });
+        let relay = args.mode.or(file.mode) == Some(EngineMode::Relay);
+        let prefetch = crate::prefetch::config::Config::from_file(
+            file.prefetch,
+            cache.is_some(),
+            relay,
+            load_rule,
+        )
+        .map_err(|(key, message)| invalid(key, &message))?;
         let engine = attenuation::Config {
             interval,
             opt_out: args

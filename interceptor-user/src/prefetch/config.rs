@@ -81,6 +81,30 @@ pub struct Config {
 }
 
 impl Config {
+    /// The `[prefetch]` table, if any, checked: it needs the cache (`cache`) and the
+    /// attenuation engine's table of users (not `relay`).
+    pub fn from_file(
+        file: Option<PrefetchFile>,
+        cache: bool,
+        relay: bool,
+        load_rule: LoadAdaptive,
+    ) -> Result<Option<Self>, (&'static str, String)> {
+        match file {
+            None => Ok(None),
+            Some(_) if !cache => Err((
+                "prefetch",
+                "needs --cache-dir: it fills the edge cache".into(),
+            )),
+            Some(_) if relay => Err((
+                "prefetch",
+                "needs --mode attenuate: it fetches for the users the engine has seen".into(),
+            )),
+            Some(file) => Self::resolve(file, load_rule)
+                .map(Some)
+                .map_err(|(key, message)| (key, format!("[prefetch] {message}"))),
+        }
+    }
+
     /// Checks `file`; `load_rule` weighs the engine's load measure. The error names
     /// the key at fault.
     pub fn resolve(
@@ -379,6 +403,49 @@ mod tests {
             latency: Duration::from_secs(1),
             check_rate: None,
         }
+    }
+
+    #[test]
+    fn the_table_parses_from_the_config_file_and_needs_the_cache_and_the_engine() {
+        let text = "iface = \"eth0\"\n[prefetch]\nmaster-user = \"edge\"\n\
+                    master-password = \"m4ster\"\nwindow = \"20:00-17:00\"\n\
+                    busy-hours = [\"17:00-20:00\"]\nevery = \"1m\"\n";
+        let file: crate::settings::FileSettings = toml::from_str(text).unwrap();
+        assert!(!format!("{file:?}").contains("m4ster"));
+        let prefetch = file.prefetch.unwrap();
+        let config = Config::from_file(Some(prefetch), true, false, rule())
+            .unwrap()
+            .unwrap();
+        assert_eq!(config.master_password.expose(), b"m4ster");
+        assert_eq!(config.every, Duration::from_secs(60));
+        assert_eq!(
+            config.schedule.busy,
+            [DayWindow::parse("17:00-20:00").unwrap()]
+        );
+        let again = || {
+            toml::from_str::<crate::settings::FileSettings>(text)
+                .unwrap()
+                .prefetch
+        };
+        assert_eq!(
+            Config::from_file(again(), false, false, rule())
+                .unwrap_err()
+                .0,
+            "prefetch"
+        );
+        assert_eq!(
+            Config::from_file(again(), true, true, rule())
+                .unwrap_err()
+                .0,
+            "prefetch"
+        );
+        assert!(
+            Config::from_file(None, false, false, rule())
+                .unwrap()
+                .is_none()
+        );
+        let typo = text.replace("every", "evry");
+        assert!(toml::from_str::<crate::settings::FileSettings>(&typo).is_err());
     }
 
     #[test]
