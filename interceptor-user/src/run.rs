@@ -123,6 +123,7 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         if let Some(config) = &settings.prefetch {
             let started = Prefetcher::start(
                 config.clone(),
+                settings.ports.clone(),
                 &cache,
                 dataplane.runtime(),
                 dataplane.waker(),

@@ -21,7 +21,7 @@ pub mod profile;
 pub mod worker;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -67,6 +67,10 @@ pub struct Prefetcher {
     not_before: HashMap<UserId, Instant>,
     /// When each user's cache last took a prefetched message.
     filled: HashMap<UserId, Instant>,
+    /// Users the last scan found, waiting for room in the worker's queue.
+    pending: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// The intercepted ports: a notification that names no port is for all of them.
+    ports: Vec<u16>,
     /// Users queued or being fetched.
     busy: HashSet<UserId>,
     next_scan: Option<Instant>,
@@ -75,9 +79,11 @@ pub struct Prefetcher {
 }
 
 impl Prefetcher {
-    /// Starts the worker on `runtime`; `cache` is where messages go.
+    /// Starts the worker on `runtime`; `cache` is where messages go; `ports` are the
+    /// intercepted ones.
     pub fn start(
         config: Config,
+        ports: Vec<u16>,
         cache: &EdgeCache,
         runtime: &tokio::runtime::Handle,
         waker: Arc<Waker>,
@@ -102,6 +108,8 @@ impl Prefetcher {
             profile,
             not_before: HashMap::new(),
             filled: HashMap::new(),
+            pending: VecDeque::new(),
+            ports,
             busy: HashSet::new(),
             next_scan: None,
             per_user: cache.store().limits().per_user,
@@ -113,8 +121,8 @@ impl Prefetcher {
         self.stats
     }
 
-    /// Once per dataplane pass: judges the lull, takes in what was fetched, and every
-    /// `every` queues the users due.
+    /// Once per dataplane pass: judges the lull, takes in what was fetched, every
+    /// `every` looks for the users due, and queues them as the worker has room.
     pub fn tick(&mut self, engine: &AttenuationEngine, cache: &mut EdgeCache, now: Instant) {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -133,15 +141,19 @@ impl Prefetcher {
         self.stats.lull = scheduled == Verdict::Lull;
         self.stats.verdict = Some(scheduled);
         self.take_reports(cache, now);
-        if scheduled != Verdict::Lull || self.next_scan.is_some_and(|at| now < at) {
+        if scheduled != Verdict::Lull {
             return;
         }
-        self.next_scan = Some(now + self.config.every);
-        self.not_before.retain(|_, at| *at > now);
-        for (server, user) in self.candidates(engine, cache, now) {
-            if !self.queue(cache, server, &user, false) {
+        if self.next_scan.is_none_or(|at| now >= at) {
+            self.next_scan = Some(now + self.config.every);
+            self.not_before.retain(|_, at| *at > now);
+            self.pending = self.candidates(engine, cache, now).into();
+        }
+        while let Some((server, user)) = self.pending.front() {
+            if !self.queue(cache, *server, &user.clone(), false) {
                 break;
             }
+            self.pending.pop_front();
         }
     }
 
@@ -160,24 +172,19 @@ impl Prefetcher {
         {
             return;
         }
-        let matches = |s: &SocketAddr| s.ip() == server && port.is_none_or(|p| s.port() == p);
-        let mut servers: Vec<SocketAddr> = engine
-            .table()
-            .iter()
-            .filter(|(key, _)| matches(&key.server) && &key.user[..] == user)
-            .map(|(key, _)| key.server)
-            .collect();
-        if let Some(profile) = &self.profile {
-            servers.extend(
-                profile
-                    .residents()
-                    .filter(|(s, u)| matches(s) && *u == user)
-                    .map(|(s, _)| s),
-            );
-        }
-        servers.dedup();
-        for server in servers {
-            if self.home(server, user) != Home::Elsewhere {
+        let ports: Vec<u16> = match port {
+            Some(port) => vec![port],
+            None => self.ports.clone(),
+        };
+        for port in ports {
+            let server = SocketAddr::new(server, port);
+            let key = UserKey {
+                server,
+                user: UserName::from(user),
+            };
+            let seen = engine.table().get(&key).is_some();
+            let home = self.home(server, user);
+            if home == Home::Here || (seen && home == Home::Unknown) {
                 self.queue(cache, server, user, true);
             }
         }
