@@ -38,7 +38,7 @@ use governor::DefaultDirectRateLimiter;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
-use crate::{notify::Notification, upstream::Waker};
+use crate::{notify::Notification, waker::Waker};
 
 /// Largest message accepted from the broker (ours are under 400 bytes).
 pub const MAX_MESSAGE: usize = 1024;

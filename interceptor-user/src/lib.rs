@@ -31,3 +31,4 @@ pub mod settings;
 pub mod signals;
 pub mod status;
 pub mod upstream;
+pub mod waker;

@@ -38,7 +38,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     bounded_listener::BoundedListener, dataplane::DataplaneStats, ebpf::Attachment,
-    notify::NotifyStats, upstream::Waker,
+    notify::NotifyStats, waker::Waker,
 };
 
 /// Prefix of every metric name.

@@ -52,7 +52,7 @@ use pop3_engine::secret::Secret;
 use crate::{
     bounded_listener::{BoundedListener, PeerAddr},
     fanout::{self, FanoutConfig, FanoutStats, Publisher, Sink},
-    upstream::Waker,
+    waker::Waker,
 };
 
 /// Largest request body accepted (Dovecot's notifications are a few hundred bytes).

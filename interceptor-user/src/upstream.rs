@@ -1,35 +1,37 @@
-//! Connections to the real mail servers: the only async edge of the daemon.
+//! Connections to the real mail servers, driven by the dataplane's own loop.
 //!
-//! The dataplane thread asks for a connection with [`Upstream::connect`] and talks to it
-//! through an [`UpstreamLink`]; what happens on the connection comes back as
-//! [`UpstreamEvent`]s on a channel, with an eventfd poke so the dataplane's `poll(2)`
-//! wakes up. Reading from the server is paced by credit the dataplane returns once the
-//! bytes reached the client's TCP buffer, so a fast server cannot fill our memory while a
-//! slow client drains a large RETR.
+//! The sockets sit in an epoll set (mio) whose descriptor the dataplane's `poll(2)` watches
+//! beside its frame queues, so a server's answer is read, handed to the engine and sent
+//! to the client in one pass of one thread. (On a tokio thread every relayed round trip
+//! cost two cross-thread wake-ups; a POP3 check is five round trips.)
+//!
+//! The dataplane asks for a connection with [`Upstream::connect`] and talks to it through
+//! the [`UpstreamLink`] it keeps in its connection; what happens on the connection comes
+//! back as [`UpstreamEvent`]s from [`Upstream::poll`]. Reading from the server is paced by
+//! credit the dataplane returns once the bytes reached the client's TCP buffer, so a fast
+//! server cannot fill our memory while a slow client drains a large RETR.
 
 use std::{
-    net::SocketAddr,
-    os::fd::{AsFd, BorrowedFd, OwnedFd},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-        mpsc,
-    },
-    time::Duration,
+    cell::RefCell,
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
+    io::{self, Read, Write},
+    net::{Shutdown, SocketAddr},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    rc::Rc,
+    time::{Duration, Instant},
 };
 
+use hashbrown::HashMap;
+use mio::{Events, Interest, Poll, Registry, Token, net::TcpStream};
 use pop3_engine::session::ConnId;
-use rustix::event::{EventfdFlags, eventfd};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpStream, tcp::OwnedReadHalf},
-    sync::{Semaphore, mpsc as tokio_mpsc},
-};
 
 /// Bytes read from a server that may be on their way to a client at once.
 pub const CREDIT: usize = 256 * 1024;
 /// Largest single read from a server.
 const READ_CHUNK: usize = 16 * 1024;
+/// Readiness events taken from the kernel per call.
+const EVENTS_PER_POLL: usize = 256;
 
 /// What happened on an upstream connection.
 #[derive(Debug)]
@@ -40,215 +42,403 @@ pub enum UpstreamEvent {
     Failed(ConnId),
 }
 
-enum Command {
-    Send(Vec<u8>),
-    Close,
-}
-
-/// An eventfd the upstream side writes to wake the dataplane's `poll(2)`.
-pub struct Waker(OwnedFd);
-
-impl Waker {
-    pub fn new() -> std::io::Result<Self> {
-        Ok(Self(eventfd(
-            0,
-            EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC,
-        )?))
-    }
-
-    pub fn wake(&self) {
-        // A full counter (EAGAIN) still leaves the fd readable, which is all a wake-up
-        // needs.
-        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
-    }
-
-    /// Clears pending wake-ups after `poll(2)` reported the fd readable.
-    pub fn reset(&self) {
-        let mut value = [0u8; 8];
-        // EAGAIN when nothing is pending is fine.
-        let _ = rustix::io::read(&self.0, &mut value);
-    }
-}
-
-impl AsFd for Waker {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
-    }
-}
-
-/// Opens upstream connections on a small tokio runtime.
+/// The upstream connections of one dataplane thread.
 pub struct Upstream {
-    runtime: tokio::runtime::Runtime,
-    events: mpsc::Sender<UpstreamEvent>,
-    waker: Arc<Waker>,
-    connect_timeout: Duration,
+    poll: Poll,
+    readiness: Events,
+    links: Rc<RefCell<Links>>,
 }
 
-/// The dataplane's handle on one upstream connection. Dropping it closes the connection.
+/// The dataplane's handle on one upstream connection. Dropping it closes the connection
+/// (after what was sent is written), as closing a socket would.
 pub struct UpstreamLink {
-    commands: tokio_mpsc::UnboundedSender<Command>,
-    credit: Arc<Semaphore>,
-    /// Bytes handed to `send` and not yet written to the server's socket.
-    queued: Arc<AtomicUsize>,
+    id: ConnId,
+    links: Rc<RefCell<Links>>,
 }
 
 impl UpstreamLink {
     pub fn send(&self, bytes: Vec<u8>) {
-        self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
-        // A closed receiver means the connection already ended; its event is on the way.
-        let _ = self.commands.send(Command::Send(bytes));
+        self.links.borrow_mut().send(self.id, bytes);
     }
 
     /// Bytes sent and not yet written to the server: the dataplane stops reading the
     /// client while this is large.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.links
+            .borrow()
+            .open
+            .get(&self.id)
+            .map_or(0, |link| link.unsent.len())
     }
 
-    /// Flushes what was sent, then closes the connection.
+    /// Writes what was sent, then closes the connection; no more events come for it.
     pub fn close(&self) {
-        let _ = self.commands.send(Command::Close);
+        self.links.borrow_mut().close(self.id);
     }
 
     /// Lets the connection read `bytes` more from the server.
     pub fn return_credit(&self, bytes: usize) {
-        self.credit.add_permits(bytes);
+        self.links.borrow_mut().return_credit(self.id, bytes);
+    }
+}
+
+impl Drop for UpstreamLink {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
 impl Upstream {
-    /// Starts the runtime. Events arrive on the returned receiver; `waker` is poked after
-    /// each one.
-    pub fn new(
-        connect_timeout: Duration,
-        waker: Arc<Waker>,
-    ) -> std::io::Result<(Self, mpsc::Receiver<UpstreamEvent>)> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("upstream")
-            .enable_io()
-            .enable_time()
-            .build()?;
-        let (events, receiver) = mpsc::channel();
-        Ok((
-            Self {
-                runtime,
-                events,
-                waker,
+    pub fn new(connect_timeout: Duration) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        Ok(Self {
+            poll,
+            readiness: Events::with_capacity(EVENTS_PER_POLL),
+            links: Rc::new(RefCell::new(Links {
+                registry,
                 connect_timeout,
-            },
-            receiver,
-        ))
+                open: HashMap::new(),
+                deadlines: BinaryHeap::new(),
+                resume: Vec::new(),
+                events: VecDeque::new(),
+                read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            })),
+        })
     }
 
-    /// The runtime, for other I/O of the daemon (the notification endpoint).
-    pub fn runtime(&self) -> &tokio::runtime::Handle {
-        self.runtime.handle()
-    }
-
-    /// Starts connecting to `server` for `conn`.
+    /// Starts connecting to `server` for `conn`; `Connected` or `Failed` follows.
     pub fn connect(&self, conn: ConnId, server: SocketAddr) -> UpstreamLink {
-        let (commands, command_rx) = tokio_mpsc::unbounded_channel();
-        let credit = Arc::new(Semaphore::new(CREDIT));
-        let queued = Arc::new(AtomicUsize::new(0));
-        let notifier = Notifier {
-            conn,
-            events: self.events.clone(),
-            waker: self.waker.clone(),
-        };
-        self.runtime.spawn(run_link(
-            server,
-            self.connect_timeout,
-            command_rx,
-            credit.clone(),
-            queued.clone(),
-            notifier,
-        ));
+        self.links.borrow_mut().connect(conn, server);
         UpstreamLink {
-            commands,
-            credit,
-            queued,
+            id: conn,
+            links: self.links.clone(),
         }
     }
-}
 
-/// Sends events for one connection and wakes the dataplane.
-#[derive(Clone)]
-struct Notifier {
-    conn: ConnId,
-    events: mpsc::Sender<UpstreamEvent>,
-    waker: Arc<Waker>,
-}
-
-impl Notifier {
-    fn send(&self, event: impl FnOnce(ConnId) -> UpstreamEvent) {
-        if self.events.send(event(self.conn)).is_ok() {
-            self.waker.wake();
-        }
+    /// Whether [`Self::poll`] has something to report without waiting for the kernel.
+    pub fn has_work(&self) -> bool {
+        let links = self.links.borrow();
+        !links.events.is_empty() || !links.resume.is_empty()
     }
-}
 
-async fn run_link(
-    server: SocketAddr,
-    connect_timeout: Duration,
-    mut commands: tokio_mpsc::UnboundedReceiver<Command>,
-    credit: Arc<Semaphore>,
-    queued: Arc<AtomicUsize>,
-    notifier: Notifier,
-) {
-    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(server)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => {
-            tracing::info!(conn = notifier.conn, %server, %err, "upstream connect failed");
-            return notifier.send(UpstreamEvent::Failed);
-        }
-        Err(_) => {
-            tracing::info!(conn = notifier.conn, %server, "upstream connect timed out");
-            return notifier.send(UpstreamEvent::Failed);
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    notifier.send(UpstreamEvent::Connected);
-    let (reader, mut writer) = stream.into_split();
-    let reading = tokio::spawn(read_loop(reader, credit, notifier.clone()));
-    while let Some(command) = commands.recv().await {
-        match command {
-            Command::Send(bytes) => {
-                if let Err(err) = writer.write_all(&bytes).await {
-                    tracing::info!(conn = notifier.conn, %err, "upstream write failed");
-                    notifier.send(UpstreamEvent::Failed);
-                    break;
+    /// When [`Self::poll`] must run at the latest: a connect or a final flush times out.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.links
+            .borrow()
+            .deadlines
+            .peek()
+            .map(|Reverse((at, _, _))| *at)
+    }
+
+    /// Does the I/O that is due and appends what happened to `events`. `ready` says
+    /// whether `poll(2)` found the epoll descriptor readable: only then are the kernel's
+    /// readiness events fetched.
+    pub fn poll(&mut self, ready: bool, now: Instant, events: &mut Vec<UpstreamEvent>) {
+        let mut links = self.links.borrow_mut();
+        if ready {
+            match self.poll.poll(&mut self.readiness, Some(Duration::ZERO)) {
+                Ok(()) => {
+                    for event in self.readiness.iter() {
+                        links.on_readiness(event.token().0 as ConnId, event);
+                    }
                 }
-                queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => tracing::warn!(%err, "epoll_wait on the upstream sockets failed"),
             }
-            Command::Close => break,
         }
+        for id in std::mem::take(&mut links.resume) {
+            links.read(id);
+        }
+        links.expire(now);
+        events.extend(links.events.drain(..));
     }
-    // The engine is done with this server (or the link was dropped): stop reading and
-    // close our side.
-    reading.abort();
-    let _ = writer.shutdown().await;
 }
 
-async fn read_loop(mut reader: OwnedReadHalf, credit: Arc<Semaphore>, notifier: Notifier) {
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        // Hold READ_CHUNK of credit while reading, keep what the read used.
-        let Ok(permit) = credit.acquire_many(READ_CHUNK as u32).await else {
+impl AsFd for Upstream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the epoll descriptor lives as long as `self.poll`, which outlives the
+        // borrow.
+        unsafe { BorrowedFd::borrow_raw(self.poll.as_raw_fd()) }
+    }
+}
+
+/// What a deadline in [`Links::deadlines`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Connecting,
+    Closing,
+}
+
+struct Links {
+    registry: Registry,
+    connect_timeout: Duration,
+    open: HashMap<ConnId, Link>,
+    /// Connects and final flushes that must end by a time. Entries of links that moved
+    /// on are skipped when they come up.
+    deadlines: BinaryHeap<Reverse<(Instant, ConnId, Phase)>>,
+    /// Links given credit back while the kernel has bytes for them: no new readiness
+    /// event comes for those (edge-triggered), so they are read on the next poll.
+    resume: Vec<ConnId>,
+    events: VecDeque<UpstreamEvent>,
+    read_buf: Box<[u8]>,
+}
+
+struct Link {
+    stream: TcpStream,
+    connected: bool,
+    /// The dataplane let go: write what is left, then close.
+    closing: bool,
+    /// Sent by the engine, not yet taken by the kernel.
+    unsent: VecDeque<u8>,
+    credit: usize,
+    /// The last read did not drain the socket (it stopped for credit).
+    readable: bool,
+    /// EOF or an error was reported: nothing more is read or written.
+    ended: bool,
+}
+
+impl Links {
+    fn connect(&mut self, id: ConnId, server: SocketAddr) {
+        let registered = TcpStream::connect(server).and_then(|mut stream| {
+            self.registry.register(
+                &mut stream,
+                Token(id as usize),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(stream)
+        });
+        let stream = match registered {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::info!(conn = id, %server, %err, "upstream connect failed");
+                self.events.push_back(UpstreamEvent::Failed(id));
+                return;
+            }
+        };
+        self.deadlines.push(Reverse((
+            Instant::now() + self.connect_timeout,
+            id,
+            Phase::Connecting,
+        )));
+        self.open.insert(
+            id,
+            Link {
+                stream,
+                connected: false,
+                closing: false,
+                unsent: VecDeque::new(),
+                credit: CREDIT,
+                readable: false,
+                ended: false,
+            },
+        );
+    }
+
+    fn send(&mut self, id: ConnId, bytes: Vec<u8>) {
+        let Some(link) = self.open.get_mut(&id) else {
             return;
         };
-        match reader.read(&mut buf).await {
-            Ok(0) => return notifier.send(UpstreamEvent::Closed),
-            Ok(n) => {
-                permit.forget();
-                credit.add_permits(READ_CHUNK - n);
-                let data = buf[..n].to_vec();
-                notifier.send(|conn| UpstreamEvent::Data(conn, data));
+        if link.ended || link.closing {
+            return;
+        }
+        link.unsent.extend(bytes);
+        self.flush(id);
+    }
+
+    fn close(&mut self, id: ConnId) {
+        let Some(link) = self.open.get_mut(&id) else {
+            return;
+        };
+        if link.closing {
+            return;
+        }
+        link.closing = true;
+        if !link.ended && !link.unsent.is_empty() {
+            // A server that stops reading (or never answers the connect) cannot keep
+            // the link forever.
+            self.deadlines.push(Reverse((
+                Instant::now() + self.connect_timeout,
+                id,
+                Phase::Closing,
+            )));
+        } else {
+            self.finish(id);
+        }
+    }
+
+    fn return_credit(&mut self, id: ConnId, bytes: usize) {
+        let Some(link) = self.open.get_mut(&id) else {
+            return;
+        };
+        link.credit = (link.credit + bytes).min(CREDIT);
+        if link.readable && !link.ended {
+            self.resume.push(id);
+        }
+    }
+
+    fn on_readiness(&mut self, id: ConnId, event: &mio::event::Event) {
+        let Some(link) = self.open.get_mut(&id) else {
+            return;
+        };
+        if !link.connected && (event.is_writable() || event.is_error()) {
+            match connect_result(&link.stream) {
+                Ok(true) => {
+                    link.connected = true;
+                    let _ = link.stream.set_nodelay(true);
+                    if !link.closing {
+                        self.events.push_back(UpstreamEvent::Connected(id));
+                    }
+                }
+                // A spurious wake-up: the handshake is still running.
+                Ok(false) => return,
+                Err(err) => {
+                    tracing::info!(conn = id, %err, "upstream connect failed");
+                    self.fail(id);
+                    return;
+                }
             }
-            Err(err) => {
-                tracing::info!(conn = notifier.conn, %err, "upstream read failed");
-                return notifier.send(UpstreamEvent::Failed);
+        }
+        if event.is_writable() {
+            self.flush(id);
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            if let Some(link) = self.open.get_mut(&id) {
+                link.readable = true;
+            }
+            self.read(id);
+        }
+    }
+
+    /// Writes what the kernel takes; a closing link is finished once all is written.
+    fn flush(&mut self, id: ConnId) {
+        let Some(link) = self.open.get_mut(&id) else {
+            return;
+        };
+        if link.ended || !link.connected {
+            return;
+        }
+        while !link.unsent.is_empty() {
+            let (front, _) = link.unsent.as_slices();
+            match link.stream.write(front) {
+                Ok(n) => {
+                    link.unsent.drain(..n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    tracing::info!(conn = id, %err, "upstream write failed");
+                    return self.fail(id);
+                }
+            }
+        }
+        if link.closing {
+            self.finish(id);
+        }
+    }
+
+    /// Reads while there is credit and the kernel has bytes.
+    fn read(&mut self, id: ConnId) {
+        let Some(link) = self.open.get_mut(&id) else {
+            return;
+        };
+        if link.ended || link.closing || !link.connected {
+            return;
+        }
+        while link.credit > 0 {
+            let want = link.credit.min(READ_CHUNK);
+            match link.stream.read(&mut self.read_buf[..want]) {
+                Ok(0) => {
+                    link.ended = true;
+                    link.readable = false;
+                    self.events.push_back(UpstreamEvent::Closed(id));
+                    return;
+                }
+                Ok(n) => {
+                    link.credit -= n;
+                    self.events
+                        .push_back(UpstreamEvent::Data(id, self.read_buf[..n].to_vec()));
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    link.readable = false;
+                    return;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    tracing::info!(conn = id, %err, "upstream read failed");
+                    return self.fail(id);
+                }
             }
         }
     }
+
+    /// Fails connects and final flushes that ran out of time.
+    fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((at, id, phase))) = self.deadlines.peek().copied() {
+            if at > now {
+                return;
+            }
+            self.deadlines.pop();
+            let Some(link) = self.open.get(&id) else {
+                continue;
+            };
+            match phase {
+                Phase::Connecting if !link.connected => {
+                    tracing::info!(conn = id, "upstream connect timed out");
+                    self.fail(id);
+                }
+                Phase::Closing if link.closing => self.finish(id),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reports the failure unless the dataplane already let go of the link.
+    fn fail(&mut self, id: ConnId) {
+        let Some(link) = self.open.get_mut(&id) else {
+            return;
+        };
+        if link.closing {
+            return self.finish(id);
+        }
+        link.ended = true;
+        link.readable = false;
+        link.unsent.clear();
+        let _ = self.registry.deregister(&mut link.stream);
+        self.events.push_back(UpstreamEvent::Failed(id));
+    }
+
+    /// Closes our side and forgets the link.
+    fn finish(&mut self, id: ConnId) {
+        if let Some(mut link) = self.open.remove(&id) {
+            let _ = link.stream.shutdown(Shutdown::Write);
+            let _ = self.registry.deregister(&mut link.stream);
+        }
+        // Events of this link not yet taken are no one's any more.
+        self.events.retain(|event| event_conn(event) != id);
+    }
 }
+
+/// `Ok(true)` once a non-blocking connect completed, `Ok(false)` while it is running.
+fn connect_result(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(err) = stream.take_error()? {
+        return Err(err);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+fn event_conn(event: &UpstreamEvent) -> ConnId {
+    match event {
+        UpstreamEvent::Connected(id)
+        | UpstreamEvent::Data(id, _)
+        | UpstreamEvent::Closed(id)
+        | UpstreamEvent::Failed(id) => *id,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,13 +1,14 @@
 //! The packet path in userspace: frames in (AF_XDP sockets, or the TC dataplane's TAP),
-//! TCP terminated by smoltcp, POP3 bytes to and from the engine, upstream connections on
-//! tokio, frames out.
+//! TCP terminated by smoltcp, POP3 bytes to and from the engine and the upstream
+//! connections, frames out.
 //!
 //! Longer than 600 lines: the one loop and the steps of a pass in order; the pieces with
 //! a job of their own (frames, stacks, connections, sources, RFC 5961, frame queues) are
 //! its submodules.
 //!
-//! One thread runs the whole loop (`poll(2)` on the frame queues, the upstream eventfd
-//! and the signalfd), so connection state needs no locks. Data flows one way through
+//! One thread runs the whole loop (`poll(2)` on the frame queues, the upstream sockets'
+//! epoll descriptor, the operator eventfd and the signalfd), so connection state needs
+//! no locks. Data flows one way through
 //! each step: frames -> [`frame::parse`] -> [`stack::Stack`] -> [`Pop3Engine`] ->
 //! actions -> stack -> frames.
 
@@ -25,7 +26,7 @@ pub mod xsk;
 use std::{
     net::SocketAddr,
     os::fd::{AsFd, BorrowedFd},
-    sync::{Arc, mpsc},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -40,7 +41,8 @@ use thiserror::Error;
 use crate::{
     cache::EdgeCache,
     signals::SignalFd,
-    upstream::{Upstream, UpstreamEvent, Waker},
+    upstream::{Upstream, UpstreamEvent},
+    waker::Waker,
 };
 use conn::{Conn, ConnTable};
 use frame::ReplyHeader;
@@ -88,7 +90,7 @@ pub enum DataplaneError {
     Tap(#[from] TapError),
     #[error("no interface named {0:?}")]
     NoSuchInterface(String),
-    #[error("starting the upstream runtime: {0}")]
+    #[error("starting the upstream poller or the operator runtime: {0}")]
     Runtime(std::io::Error),
     #[error("poll: {0}")]
     Poll(std::io::Error),
@@ -148,7 +150,10 @@ pub struct Dataplane<E> {
     conns: ConnTable,
     engine: E,
     upstream: Upstream,
-    upstream_events: mpsc::Receiver<UpstreamEvent>,
+    /// What `upstream` reported in this pass (kept to reuse its allocation).
+    upstream_events: Vec<UpstreamEvent>,
+    /// The runtime of the daemon's operator I/O (notifications, metrics, NATS).
+    runtime: tokio::runtime::Runtime,
     waker: Arc<Waker>,
     outputs: Vec<Output>,
     /// Segments we build ourselves (RSTs for refused SYNs, challenge ACKs): queue index,
@@ -176,7 +181,7 @@ pub struct Dataplane<E> {
 
 impl<E: Pop3Engine> Dataplane<E> {
     /// Opens one AF_XDP socket per RX queue of the interface (or the TAP) and starts the
-    /// upstream runtime. The sockets still have to be put into the XSKMAP (see
+    /// operator runtime. The sockets still have to be put into the XSKMAP (see
     /// [`Self::sockets`]), or the TAP into the classifier's config (see [`Self::tap`]).
     pub fn new(config: DataplaneConfig, engine: E) -> Result<Self, DataplaneError> {
         let queues = match config.source {
@@ -190,7 +195,13 @@ impl<E: Pop3Engine> Dataplane<E> {
             }
         };
         let waker = Arc::new(Waker::new().map_err(DataplaneError::Runtime)?);
-        let (upstream, upstream_events) = Upstream::new(config.connect_timeout, waker.clone())
+        let upstream = Upstream::new(config.connect_timeout).map_err(DataplaneError::Runtime)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("operator-io")
+            .enable_io()
+            .enable_time()
+            .build()
             .map_err(DataplaneError::Runtime)?;
         let epoch = Instant::now();
         // Initial sequence numbers must be unpredictable to off-path attackers.
@@ -211,7 +222,8 @@ impl<E: Pop3Engine> Dataplane<E> {
             peak_since_trim: 0,
             engine,
             upstream,
-            upstream_events,
+            upstream_events: Vec::new(),
+            runtime,
             waker,
             outputs: Vec::new(),
             control_tx: Vec::new(),
@@ -266,9 +278,9 @@ impl<E: Pop3Engine> Dataplane<E> {
         (&mut self.engine, self.cache.as_mut())
     }
 
-    /// The tokio runtime of the upstream connections, for the daemon's other I/O.
+    /// The tokio runtime of the daemon's operator I/O.
     pub fn runtime(&self) -> &tokio::runtime::Handle {
-        self.upstream.runtime()
+        self.runtime.handle()
     }
 
     /// Wakes the dataplane's `poll(2)` from another thread.
@@ -316,11 +328,12 @@ impl<E: Pop3Engine> Dataplane<E> {
     ) -> Result<i32, DataplaneError> {
         // The descriptors never change: build the poll set once, not per pass, on
         // duplicates (the same open files) so that it does not borrow `self`.
+        let upstream_slot = self.queues.len();
         let watched = self
             .queues
             .iter()
             .map(|q| q.fd())
-            .chain([self.waker.as_fd(), signals.as_fd()])
+            .chain([self.upstream.as_fd(), self.waker.as_fd(), signals.as_fd()])
             .map(|fd| fd.try_clone_to_owned())
             .collect::<Result<Vec<_>, _>>()
             .map_err(DataplaneError::Poll)?;
@@ -352,7 +365,8 @@ impl<E: Pop3Engine> Dataplane<E> {
             self.established_flows.clear();
             let now = Instant::now();
             self.receive(now);
-            self.upstream_events(now);
+            let upstream_ready = fds[upstream_slot].revents().contains(PollFlags::IN);
+            self.upstream_events(upstream_ready, now);
             self.service_conns(now);
             self.timers(now);
             self.transmit(now);
@@ -365,7 +379,7 @@ impl<E: Pop3Engine> Dataplane<E> {
     }
 
     fn next_wakeup(&mut self, now: Instant) -> Duration {
-        if !self.dirty.is_empty() {
+        if !self.dirty.is_empty() || self.upstream.has_work() {
             return Duration::ZERO;
         }
         let smol_now = self.smol_now(now);
@@ -376,7 +390,10 @@ impl<E: Pop3Engine> Dataplane<E> {
         if let Some(delay) = self.stacks.poll_delay(smol_now) {
             wait = wait.min(Duration::from_micros(delay.total_micros()));
         }
-        if let Some(at) = self.engine.next_timeout() {
+        for at in [self.engine.next_timeout(), self.upstream.next_deadline()]
+            .into_iter()
+            .flatten()
+        {
             wait = wait.min(at.saturating_duration_since(now));
         }
         wait
@@ -488,8 +505,10 @@ impl<E: Pop3Engine> Dataplane<E> {
         }
     }
 
-    fn upstream_events(&mut self, now: Instant) {
-        while let Ok(event) = self.upstream_events.try_recv() {
+    fn upstream_events(&mut self, ready: bool, now: Instant) {
+        let mut events = std::mem::take(&mut self.upstream_events);
+        self.upstream.poll(ready, now, &mut events);
+        for event in events.drain(..) {
             let (id, event) = match &event {
                 UpstreamEvent::Connected(id) => (*id, Event::UpstreamConnected),
                 UpstreamEvent::Data(id, data) => {
@@ -508,6 +527,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             self.engine.handle(id, event, now, &mut self.outputs);
             self.apply_outputs(now);
         }
+        self.upstream_events = events;
     }
 
     /// Moves bytes between the touched connections' sockets and the engine, and reclaims

@@ -17,7 +17,7 @@ use smoltcp::{
     time::{Duration, Instant},
 };
 
-use super::stack::Stack;
+use super::stack::{BufferPool, Stack};
 
 /// Connections one interface is sized for: a packet's scan stays this short on average.
 pub const CONNS_PER_STACK: usize = 64;
@@ -43,6 +43,7 @@ struct Slot {
 pub struct Stacks {
     slots: Vec<Slot>,
     hasher: hashbrown::DefaultHashBuilder,
+    buffers: BufferPool,
 }
 
 impl Stacks {
@@ -67,6 +68,7 @@ impl Stacks {
         Ok(Self {
             slots,
             hasher: Default::default(),
+            buffers: BufferPool::default(),
         })
     }
 
@@ -84,7 +86,8 @@ impl Stacks {
     /// to be processed.
     pub fn listen(&mut self, client: SocketAddr, server: SocketAddr) -> SockRef {
         let stack = self.index(client, server);
-        let handle = self.slot(stack).stack.listen(server);
+        self.slots[stack].touched = true;
+        let handle = self.slots[stack].stack.listen(server, &mut self.buffers);
         SockRef { stack, handle }
     }
 
@@ -111,7 +114,10 @@ impl Stacks {
     }
 
     pub fn remove(&mut self, sock: SockRef) {
-        self.slot(sock.stack).stack.remove(sock.handle);
+        self.slots[sock.stack].touched = true;
+        self.slots[sock.stack]
+            .stack
+            .remove(sock.handle, &mut self.buffers);
     }
 
     /// Lets the stacks that were touched, or whose timers are due, send what their

@@ -5,12 +5,12 @@
 //! - [`config`]: the `[prefetch]` settings and the schedule (window, busy hours, load);
 //! - [`profile`]: the optional profile file of home edges;
 //! - [`pop3`]: the bounded POP3 client (never DELE);
-//! - [`worker`]: the task on the upstream runtime that runs the sessions.
+//! - [`worker`]: the task on the tokio runtime that runs the sessions.
 //!
 //! [`Prefetcher`] runs on the dataplane thread once per pass, and only decides: which
 //! users (those whose home the profile says is here, else those this edge has seen, the
 //! patent's "last known point"), and whether now is a lull. The sessions, and the
-//! writing of the files, happen on the upstream runtime; the dataplane thread only
+//! writing of the files, happen on the tokio runtime; the dataplane thread only
 //! renames a synced file into place ([`crate::cache::store::Store::commit`]).
 //! The server is logged into with its master-user mechanism (`USER user*master`), so
 //! the edge never needs a subscriber's password.
@@ -31,7 +31,7 @@ use pop3_engine::attenuation::{AttenuationEngine, UserKey, UserName};
 
 use crate::{
     cache::{EdgeCache, store::UserId},
-    upstream::Waker,
+    waker::Waker,
 };
 use config::{Config, Verdict};
 use profile::{Home, Profile};

@@ -1,4 +1,4 @@
-//! The prefetch's worker: one task on the upstream runtime that runs the prefetch
+//! The prefetch's worker: one task on the daemon's tokio runtime (its operator I/O) that runs the prefetch
 //! sessions one after the other, rate limited, writes each message into the cache's
 //! `tmp/` (synced) and hands it to the dataplane thread, which renames it into place.
 
@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     cache::store::{Staged, Stager, UserId},
-    upstream::Waker,
+    waker::Waker,
 };
 
 /// Prefetch sessions waiting for the worker, at most.
