@@ -1,6 +1,7 @@
-//! The prefetch's worker: one task on the daemon's tokio runtime (its operator I/O) that runs the prefetch
-//! sessions one after the other, rate limited, writes each message into the cache's
-//! `tmp/` (synced) and hands it to the dataplane thread, which renames it into place.
+//! The prefetch's worker: one task on the daemon's tokio runtime (its operator I/O)
+//! that runs the prefetch sessions one after the other, rate limited, writes each
+//! message into the cache's `tmp/` (synced) and hands it to the dataplane thread,
+//! which renames it into place.
 
 use std::{
     collections::HashSet,

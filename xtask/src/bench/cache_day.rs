@@ -9,8 +9,9 @@
 //! bench's (`day-length`), so its hours are the bench's.
 //!
 //! Reported: the bytes the mail server's interface sent during the busy hour, with and
-//! without the cache, and during the whole day; the RETR latency as the clients saw it
-//! (from the server without the cache, mostly from the edge with it); messages lost
+//! without the cache, and during the whole day; the RETR latency as the clients saw it,
+//! of messages the edge held a copy of (its folder is looked at before each RETR) and
+//! of the others, which came from the server; messages lost
 //! (delivered, never retrieved), duplicated (retrieved twice) and stale (retrieved
 //! other than delivered).
 
@@ -49,10 +50,10 @@ pub struct DayRun {
     /// Bytes the mail server's interface sent from 18:00 to 19:00, and in the whole day.
     pub busy_hour_server_bytes: u64,
     pub day_server_bytes: u64,
-    /// RETR latency as the clients measured it, milliseconds.
-    pub retr_p50_ms: f64,
-    pub retr_p99_ms: f64,
-    pub retrs: usize,
+    /// RETR latency as the clients measured it, milliseconds: of messages the edge
+    /// held a copy of when the RETR was sent, and of the others (from the server).
+    pub edge: Latency,
+    pub server: Latency,
     pub lost: usize,
     pub duplicated: usize,
     pub stale: usize,
@@ -60,6 +61,29 @@ pub struct DayRun {
     pub cache_hits: f64,
     pub bytes_prefetched: f64,
     pub prefetch_failures: f64,
+}
+
+/// RETR latencies of one kind.
+#[derive(Debug, Default, Serialize)]
+pub struct Latency {
+    pub retrs: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            let at = ((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1));
+            samples.get(at).copied().unwrap_or(0.0)
+        };
+        Self {
+            retrs: samples.len(),
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+        }
+    }
 }
 
 /// Both runs.
@@ -237,7 +261,8 @@ fn one_day(bin: &Path, dataplane: &str, settings: DaySettings, cache: bool) -> R
     let day_start_bytes = server_tx_bytes(&topo)?;
     let mut marks = Vec::new();
     let mut run = DayRun::default();
-    let mut latencies = Vec::new();
+    let mut latencies = (Vec::new(), Vec::new());
+    let cache_dir = cache.then(|| topo.dir().join("cache"));
     let mut received: HashMap<(usize, usize), usize> = HashMap::new();
     for (second, step) in &steps {
         let due = at(*second);
@@ -248,15 +273,12 @@ fn one_day(bin: &Path, dataplane: &str, settings: DaySettings, cache: bool) -> R
             }
             Step::Mark => marks.push(server_tx_bytes(&topo)?),
             Step::Check { user } => {
-                check(
-                    &topo,
-                    *user,
-                    &delivered,
-                    &mut received,
-                    &mut latencies,
-                    &mut run,
-                )
-                .with_context(|| format!("{label}: {}'s check", user_name(*user)))?;
+                let day = Day {
+                    delivered: &delivered,
+                    cache: cache_dir.as_deref(),
+                };
+                check(&topo, *user, &day, &mut received, &mut latencies, &mut run)
+                    .with_context(|| format!("{label}: {}'s check", user_name(*user)))?;
             }
         }
     }
@@ -268,16 +290,8 @@ fn one_day(bin: &Path, dataplane: &str, settings: DaySettings, cache: bool) -> R
         .filter(|k| !received.contains_key(k))
         .count();
     run.duplicated = received.values().filter(|n| **n > 1).count();
-    latencies.sort_by(f64::total_cmp);
-    run.retrs = latencies.len();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    run.retr_p50_ms = pct(0.5);
-    run.retr_p99_ms = pct(0.99);
+    run.edge = Latency::of(latencies.0);
+    run.server = Latency::of(latencies.1);
     let metrics = scrape(&topo);
     let metric = |name: &str| {
         metrics
@@ -291,11 +305,13 @@ fn one_day(bin: &Path, dataplane: &str, settings: DaySettings, cache: bool) -> R
     drop(ic);
     drop(dovecot);
     eprintln!(
-        "bench: cache day {label}: busy hour {} B from the server, day {} B; RETR p50 {:.2} ms p99 {:.2} ms; lost {} duplicated {} stale {}",
+        "bench: cache day {label}: busy hour {} B from the server, day {} B; RETR from the edge {} p50 {:.2} ms, from the server {} p50 {:.2} ms; lost {} duplicated {} stale {}",
         run.busy_hour_server_bytes,
         run.day_server_bytes,
-        run.retr_p50_ms,
-        run.retr_p99_ms,
+        run.edge.retrs,
+        run.edge.p50_ms,
+        run.server.retrs,
+        run.server.p50_ms,
         run.lost,
         run.duplicated,
         run.stale
@@ -303,13 +319,37 @@ fn one_day(bin: &Path, dataplane: &str, settings: DaySettings, cache: bool) -> R
     Ok(run)
 }
 
+/// What a check compares with.
+struct Day<'a> {
+    /// Every message of the day, as delivered.
+    delivered: &'a HashMap<(usize, usize), Vec<u8>>,
+    /// The edge cache's folder, in the run with the cache.
+    cache: Option<&'a Path>,
+}
+
+/// Whether a file of the cache holds a message with `uidl` (its name starts with the
+/// UIDL hex-encoded).
+fn cached(dir: &Path, uidl: &str) -> bool {
+    let prefix: String = uidl.bytes().map(|b| format!("{b:02x}")).collect::<String>() + ",";
+    let users = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    users.into_iter().any(|user| {
+        let files = std::fs::read_dir(user.path().join("new"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        files
+            .into_iter()
+            .any(|f| f.file_name().to_string_lossy().starts_with(&prefix))
+    })
+}
+
 /// One check of `user` through the edge: UIDL, RETR and DELE of every message, QUIT.
 fn check(
     topo: &Topology,
     user: usize,
-    delivered: &HashMap<(usize, usize), Vec<u8>>,
+    day: &Day<'_>,
     received: &mut HashMap<(usize, usize), usize>,
-    latencies: &mut Vec<f64>,
+    latencies: &mut (Vec<f64>, Vec<f64>),
     run: &mut DayRun,
 ) -> Result<()> {
     let mut s = RawSession::connect(topo, Node::Client, server_pop3_v4())?;
@@ -327,15 +367,25 @@ fn check(
         .and_then(|n| n.parse().ok())
         .context("STAT")?;
     for n in 1..=count {
+        // "+OK n UIDL": whether the edge holds a copy under that UIDL now.
+        let uidl = s.command(&format!("UIDL {n}"))?;
+        let uidl = uidl.split_whitespace().nth(2).context("UIDL")?.to_owned();
+        let from_edge = day.cache.is_some_and(|dir| cached(dir, &uidl));
         let started = Instant::now();
         let status = s.command(&format!("RETR {n}"))?;
         if !status.starts_with("+OK") {
             bail!("RETR {n}: {status}");
         }
         let body = s.read_multiline()?;
-        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        let took = started.elapsed().as_secs_f64() * 1000.0;
+        if from_edge {
+            latencies.0.push(took);
+        } else {
+            latencies.1.push(took);
+        }
         let message = unstuff(&body);
-        let key = delivered
+        let key = day
+            .delivered
             .iter()
             .find(|(_, m)| **m == message)
             .map(|(k, _)| *k);
@@ -396,28 +446,29 @@ pub fn print(day: &CacheDay) {
         s.day_s, s.users, s.messages_per_user
     );
     println!(
-        "{:<18} {:>16} {:>14} {:>12} {:>12} {:>6} {:>6} {:>6} {:>10} {:>14}",
+        "{:<14} {:>15} {:>10} {:>22} {:>22} {:>5} {:>4} {:>5} {:>9} {:>12}",
         "",
         "busy-hour bytes",
         "day bytes",
-        "RETR p50 ms",
-        "RETR p99 ms",
+        "RETR edge n p50/p99 ms",
+        "RETR srv n p50/p99 ms",
         "lost",
         "dup",
         "stale",
         "edge hits",
         "prefetched B"
     );
+    let latency = |l: &Latency| format!("{} {:.2}/{:.2}", l.retrs, l.p50_ms, l.p99_ms);
     for (label, r) in [
         ("without cache", &day.without_cache),
         ("with cache", &day.with_cache),
     ] {
         println!(
-            "{label:<18} {:>16} {:>14} {:>12.2} {:>12.2} {:>6} {:>6} {:>6} {:>10} {:>14}",
+            "{label:<14} {:>15} {:>10} {:>22} {:>22} {:>5} {:>4} {:>5} {:>9} {:>12}",
             r.busy_hour_server_bytes,
             r.day_server_bytes,
-            r.retr_p50_ms,
-            r.retr_p99_ms,
+            latency(&r.edge),
+            latency(&r.server),
             r.lost,
             r.duplicated,
             r.stale,
