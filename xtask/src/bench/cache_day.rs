@@ -10,13 +10,14 @@
 //!
 //! Reported: the bytes the mail server's interface sent during the busy hour, with and
 //! without the cache, and during the whole day; the RETR latency as the clients saw it,
-//! of messages the edge held a copy of (its folder is looked at before each RETR) and
+//! of messages the edge answered (its `cache_hits_total` is read around each RETR) and
 //! of the others, which came from the server; messages lost
 //! (delivered, never retrieved), duplicated (retrieved twice) and stale (retrieved
 //! other than delivered).
 
 use std::{
     collections::HashMap,
+    io::{Read, Write},
     path::Path,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -262,7 +263,6 @@ fn one_day(bin: &Path, dataplane: &str, settings: DaySettings, cache: bool) -> R
     let mut marks = Vec::new();
     let mut run = DayRun::default();
     let mut latencies = (Vec::new(), Vec::new());
-    let cache_dir = cache.then(|| topo.dir().join("cache"));
     let mut received: HashMap<(usize, usize), usize> = HashMap::new();
     for (second, step) in &steps {
         let due = at(*second);
@@ -275,7 +275,6 @@ fn one_day(bin: &Path, dataplane: &str, settings: DaySettings, cache: bool) -> R
             Step::Check { user } => {
                 let day = Day {
                     delivered: &delivered,
-                    cache: cache_dir.as_deref(),
                 };
                 check(&topo, *user, &day, &mut received, &mut latencies, &mut run)
                     .with_context(|| format!("{label}: {}'s check", user_name(*user)))?;
@@ -323,24 +322,23 @@ fn one_day(bin: &Path, dataplane: &str, settings: DaySettings, cache: bool) -> R
 struct Day<'a> {
     /// Every message of the day, as delivered.
     delivered: &'a HashMap<(usize, usize), Vec<u8>>,
-    /// The edge cache's folder, in the run with the cache.
-    cache: Option<&'a Path>,
 }
 
-/// Whether a file of the cache holds a message with `uidl` (its name starts with the
-/// UIDL hex-encoded).
-fn cached(dir: &Path, uidl: &str) -> bool {
-    let prefix: String = uidl.bytes().map(|b| format!("{b:02x}")).collect::<String>() + ",";
-    let users = std::fs::read_dir(dir).into_iter().flatten().flatten();
-    users.into_iter().any(|user| {
-        let files = std::fs::read_dir(user.path().join("new"))
-            .into_iter()
-            .flatten()
-            .flatten();
-        files
-            .into_iter()
-            .any(|f| f.file_name().to_string_lossy().starts_with(&prefix))
-    })
+/// RETRs the daemon answered from the edge so far (its `cache_hits_total`), read over
+/// a plain HTTP request from the router's namespace (no process started: it is read
+/// around every RETR).
+fn edge_hits(topo: &Topology) -> Result<f64> {
+    let mut stream = topo.connect(Node::Router, METRICS.parse()?, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: edge\r\n\r\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let body = reply.split_once("\r\n\r\n").context("an HTTP answer")?.1;
+    let metrics = e2e::prometheus::parse(body);
+    Ok(metrics
+        .get("pop3_interceptor_cache_hits_total")
+        .copied()
+        .unwrap_or(0.0))
 }
 
 /// One check of `user` through the edge: UIDL, RETR and DELE of every message, QUIT.
@@ -367,10 +365,7 @@ fn check(
         .and_then(|n| n.parse().ok())
         .context("STAT")?;
     for n in 1..=count {
-        // "+OK n UIDL": whether the edge holds a copy under that UIDL now.
-        let uidl = s.command(&format!("UIDL {n}"))?;
-        let uidl = uidl.split_whitespace().nth(2).context("UIDL")?.to_owned();
-        let from_edge = day.cache.is_some_and(|dir| cached(dir, &uidl));
+        let hits = edge_hits(topo)?;
         let started = Instant::now();
         let status = s.command(&format!("RETR {n}"))?;
         if !status.starts_with("+OK") {
@@ -378,7 +373,7 @@ fn check(
         }
         let body = s.read_multiline()?;
         let took = started.elapsed().as_secs_f64() * 1000.0;
-        if from_edge {
+        if edge_hits(topo)? > hits {
             latencies.0.push(took);
         } else {
             latencies.1.push(took);
