@@ -376,7 +376,8 @@ impl AttenuationEngine {
     }
 
     /// The load the engine measures at `now`, from 0 (none) to 1 (full), weighed by
-    /// `rule` (see [`load`]): what the edge cache's prefetch waits on.
+    /// `rule` (see [the `load` module](crate::attenuation::load)): what the edge cache's
+    /// prefetch waits on.
     pub fn load(&self, rule: &LoadAdaptive, now: Instant) -> f64 {
         self.shared.load.load(rule, now)
     }

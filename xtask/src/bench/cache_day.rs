@@ -273,11 +273,15 @@ fn one_day(bin: &Path, dataplane: &str, settings: DaySettings, cache: bool) -> R
             }
             Step::Mark => marks.push(server_tx_bytes(&topo)?),
             Step::Check { user } => {
-                let day = Day {
-                    delivered: &delivered,
-                };
-                check(&topo, *user, &day, &mut received, &mut latencies, &mut run)
-                    .with_context(|| format!("{label}: {}'s check", user_name(*user)))?;
+                check(
+                    &topo,
+                    *user,
+                    &delivered,
+                    &mut received,
+                    &mut latencies,
+                    &mut run,
+                )
+                .with_context(|| format!("{label}: {}'s check", user_name(*user)))?;
             }
         }
     }
@@ -318,12 +322,6 @@ fn one_day(bin: &Path, dataplane: &str, settings: DaySettings, cache: bool) -> R
     Ok(run)
 }
 
-/// What a check compares with.
-struct Day<'a> {
-    /// Every message of the day, as delivered.
-    delivered: &'a HashMap<(usize, usize), Vec<u8>>,
-}
-
 /// RETRs the daemon answered from the edge so far (its `cache_hits_total`), read over
 /// a plain HTTP request from the router's namespace (no process started: it is read
 /// around every RETR).
@@ -341,11 +339,12 @@ fn edge_hits(topo: &Topology) -> Result<f64> {
         .unwrap_or(0.0))
 }
 
-/// One check of `user` through the edge: UIDL, RETR and DELE of every message, QUIT.
+/// One check of `user` through the edge: RETR and DELE of every message, QUIT; each
+/// message retrieved is looked up among those `delivered`.
 fn check(
     topo: &Topology,
     user: usize,
-    day: &Day<'_>,
+    delivered: &HashMap<(usize, usize), Vec<u8>>,
     received: &mut HashMap<(usize, usize), usize>,
     latencies: &mut (Vec<f64>, Vec<f64>),
     run: &mut DayRun,
@@ -379,8 +378,7 @@ fn check(
             latencies.1.push(took);
         }
         let message = unstuff(&body);
-        let key = day
-            .delivered
+        let key = delivered
             .iter()
             .find(|(_, m)| **m == message)
             .map(|(k, _)| *k);
