@@ -338,7 +338,18 @@ pub struct DaemonStats {
     pub cache_sync_mismatches: u64,
     pub cache_messages: u64,
     pub cache_bytes: u64,
+    /// The edge cache's prefetch now, an index into [`PREFETCH_STATES`] (0: off).
+    pub prefetch_state: u64,
+    /// Prefetch sessions with the mail server that ended, and those that failed.
+    pub prefetch_runs: u64,
+    pub prefetch_failures: u64,
+    /// Messages and their bytes the prefetch copied into the edge cache.
+    pub prefetch_messages: u64,
+    pub bytes_prefetched: u64,
 }
+
+/// What [`DaemonStats::prefetch_state`] means: off, or why it may run now or not.
+pub const PREFETCH_STATES: [&str; 5] = ["off", "lull", "busy-hour", "outside-window", "loaded"];
 
 /// The optional attenuation rules' decisions as (rule, decision), in the order of
 /// [`DaemonStats::rule_decisions`].

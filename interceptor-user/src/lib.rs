@@ -3,7 +3,8 @@
 //!
 //! - [`ebpf`]: loads and attaches the XDP program, pins its maps.
 //! - [`dataplane`]: AF_XDP sockets, the smoltcp stack, the connection table.
-//! - [`cache`]: the edge cache of users' mail (`--cache-dir`).
+//! - [`cache`]: the edge cache of users' mail (`--cache-dir`); [`prefetch`] fills it
+//!   in quiet hours.
 //! - [`upstream`]: connections to the real mail servers (tokio).
 //! - [`settings`]: the config file and flags; [`engine`]: the engine `--mode` picks.
 //! - [`metrics`]: the Prometheus endpoint of `run --metrics ADDR`.
@@ -25,6 +26,7 @@ pub mod flow_maps;
 pub mod metrics;
 pub mod mirror;
 pub mod notify;
+pub mod prefetch;
 pub mod run;
 pub mod settings;
 pub mod signals;

@@ -78,6 +78,8 @@ pub struct Snapshot {
     pub fanout: Option<(bool, Vec<(&'static str, u64)>)>,
     /// The edge cache's counters (all zero without `--cache-dir`).
     pub cache: crate::cache::CacheStats,
+    /// The edge cache's prefetch (all zero without a `[prefetch]` table).
+    pub prefetch: crate::prefetch::PrefetchStats,
 }
 
 impl Snapshot {
@@ -118,6 +120,7 @@ impl Snapshot {
                 .and_then(|n| n.fanout.as_deref())
                 .map(|f| (f.is_connected(), f.events())),
             cache: cache.map(|c| lock(c).stats()).unwrap_or_default(),
+            prefetch: Default::default(),
         }
     }
 }
@@ -317,6 +320,31 @@ pub const METRICS: &[Metric] = &[
     gauge("cache_messages", "Messages held in the edge cache", |s| {
         s.cache.store.messages as u64
     }),
+    counter(
+        "bytes_prefetched",
+        "Message bytes the prefetch copied from the mail server into the edge cache",
+        |s| s.prefetch.bytes,
+    ),
+    counter(
+        "prefetch_messages",
+        "Messages the prefetch copied from the mail server into the edge cache",
+        |s| s.prefetch.messages,
+    ),
+    counter(
+        "prefetch_runs",
+        "Prefetch sessions with the mail server that ended (done, deferred or failed)",
+        |s| s.prefetch.runs,
+    ),
+    counter(
+        "prefetch_failures",
+        "Prefetch sessions that failed: server down, master login refused, a wrong answer",
+        |s| s.prefetch.failures,
+    ),
+    gauge(
+        "prefetch_lull",
+        "1 while the prefetch's window, busy hours and load threshold let it run",
+        |s| u64::from(s.prefetch.lull),
+    ),
 ];
 
 const RULE_DECISIONS: &str = "rule_decisions";

@@ -73,6 +73,8 @@ pub struct Mirror {
     expiries: BTreeSet<(Instant, Arc<engine::UserKey>)>,
     stats: MirrorStats,
     cache: Option<SharedCache>,
+    /// The edge cache's prefetch, as last told.
+    prefetch: crate::prefetch::PrefetchStats,
 }
 
 impl Mirror {
@@ -90,6 +92,7 @@ impl Mirror {
             expiries: BTreeSet::new(),
             stats: MirrorStats::default(),
             cache: None,
+            prefetch: Default::default(),
         }
     }
 
@@ -100,6 +103,11 @@ impl Mirror {
 
     pub fn stats(&self) -> MirrorStats {
         self.stats
+    }
+
+    /// What the prefetch did, published with the counters.
+    pub fn set_prefetch(&mut self, stats: crate::prefetch::PrefetchStats) {
+        self.prefetch = stats;
     }
 
     /// Brings the maps up to date with what the engines (one per worker) changed, the
@@ -190,6 +198,11 @@ impl Mirror {
             cache_sync_mismatches: cache.mismatches,
             cache_messages: cache.store.messages as u64,
             cache_bytes: cache.store.bytes,
+            prefetch_state: self.prefetch.verdict.map_or(0, |v| v.state()),
+            prefetch_runs: self.prefetch.runs,
+            prefetch_failures: self.prefetch.failures,
+            prefetch_messages: self.prefetch.messages,
+            bytes_prefetched: self.prefetch.bytes,
         };
         let _ = self.stats_map.set(0, stats, 0);
     }

@@ -26,6 +26,7 @@ use crate::{
     metrics,
     mirror::Mirror,
     notify::Notifications,
+    prefetch::Prefetcher,
     settings::{FileSettings, Settings},
     signals::SignalFd,
     waker::Waker,
@@ -146,6 +147,22 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let operator = Arc::new(Waker::new().context("creating the operator thread's eventfd")?);
+    let prefetcher = match (&settings.prefetch, &cache) {
+        (Some(config), Some(cache)) => {
+            let started = Prefetcher::start(
+                config.clone(),
+                settings.ports.clone(),
+                &lock(cache),
+                workers.runtime(),
+                operator.clone(),
+            )
+            .context("starting the edge cache's prefetch (its profile file)")?;
+            tracing::info!(master_user = %config.master_user, "edge cache prefetch on");
+            Some(started)
+        }
+        _ => None,
+    };
     for (queue, fd) in workers.sockets() {
         attachment
             .register_socket(queue, fd)
@@ -156,7 +173,6 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
             .register_tap(tap)
             .context("pointing the TC classifier at the TAP device")?;
     }
-    let operator = Arc::new(Waker::new().context("creating the operator thread's eventfd")?);
     let notifications = match &settings.notify {
         Some(config) => Some(
             Notifications::start(config.clone(), workers.runtime(), operator.clone())
@@ -200,6 +216,7 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         notifications,
         metrics,
         cache,
+        prefetcher,
         excluded_at: Instant::now(),
         closed: Vec::new(),
     };
@@ -246,6 +263,9 @@ struct Operator {
     notifications: Option<Notifications>,
     metrics: metrics::Exporter,
     cache: Option<Arc<Mutex<EdgeCache>>>,
+    /// Fills the edge cache in quiet hours (`[prefetch]`). It reads the shared user table
+    /// through the first worker's engine, and that engine's load measure.
+    prefetcher: Option<Prefetcher>,
     excluded_at: Instant,
     /// Flows the workers saw end since the last tick, for the mirror.
     closed: Vec<(SocketAddr, SocketAddr)>,
@@ -306,6 +326,14 @@ impl Operator {
                         tracing::debug!(server = %n.server, ended, "new-mail notification");
                     }
                 }
+                if let (Some(prefetcher), Some(cache), Some(engine)) = (
+                    &mut self.prefetcher,
+                    &self.cache,
+                    self.workers.engines().next(),
+                ) && let Some(engine) = lock(engine).attenuation()
+                {
+                    prefetcher.notified(engine, &mut lock(cache), n.server, n.port, &n.user);
+                }
             });
             // Without the broker, news for this edge's users may be going astray.
             if notifications
@@ -321,6 +349,14 @@ impl Operator {
                 }
             }
         }
+        if let (Some(prefetcher), Some(cache), Some(engine)) = (
+            &mut self.prefetcher,
+            &self.cache,
+            self.workers.engines().next(),
+        ) && let Some(engine) = lock(engine).attenuation()
+        {
+            prefetcher.tick(engine, &mut lock(cache), now);
+        }
         // Addresses come and go on a router: keep excluding all of its own.
         if self.excluded_at.elapsed() >= EXCLUDED_REFRESH {
             self.excluded_at = Instant::now();
@@ -329,6 +365,9 @@ impl Operator {
             }
         }
         if let Some(mirror) = &mut self.mirror {
+            if let Some(prefetcher) = &self.prefetcher {
+                mirror.set_prefetch(prefetcher.stats());
+            }
             let active = self.workers.active_conns() as u64;
             let mut guards: Vec<_> = self.workers.engines().map(|e| lock(e)).collect();
             let mut engines: Vec<_> = guards
@@ -343,10 +382,12 @@ impl Operator {
             notifications,
             cache,
             metrics,
+            prefetcher,
             ..
         } = self;
-        metrics.answer_scrapes(|| {
-            metrics::Snapshot::take(
+        metrics.answer_scrapes(|| metrics::Snapshot {
+            prefetch: prefetcher.as_ref().map(|p| p.stats()).unwrap_or_default(),
+            ..metrics::Snapshot::take(
                 workers,
                 attachment,
                 notifications.as_ref().map(|n| n.stats()),

@@ -71,6 +71,8 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     /// The edge cache's folder and limits (`None`: off).
     pub cache: Option<(PathBuf, crate::cache::store::Limits)>,
+    /// The edge cache's prefetch (`None`: off).
+    pub prefetch: Option<crate::prefetch::config::Config>,
 }
 
 /// A setting that cannot be used.
@@ -144,6 +146,23 @@ impl Settings {
             };
             (dir, limits)
         });
+        // The engine's load measure, weighed as the load-adaptive n weighs it.
+        let load_rule = load_adaptive.unwrap_or(attenuation::LoadAdaptive {
+            max: interval,
+            latency: args
+                .load_latency
+                .or(file.load_latency)
+                .unwrap_or(Duration::from_secs(1)),
+            check_rate: args.load_check_rate.or(file.load_check_rate),
+        });
+        let relay = args.mode.or(file.mode) == Some(EngineMode::Relay);
+        let prefetch = crate::prefetch::config::Config::from_file(
+            file.prefetch,
+            cache.is_some(),
+            relay,
+            load_rule,
+        )
+        .map_err(|(key, message)| invalid(key, &message))?;
         let engine = attenuation::Config {
             interval,
             opt_out: args
@@ -325,6 +344,7 @@ impl Settings {
             notify,
             config_file: args.config,
             cache,
+            prefetch,
         })
     }
 }

@@ -256,6 +256,15 @@ pub fn render(status: &Status) -> String {
                 e.cache_bytes,
             );
         }
+        if e.prefetch_state != 0 {
+            let state = common::PREFETCH_STATES
+                .get(e.prefetch_state as usize)
+                .unwrap_or(&"?");
+            out += &format!(
+                "prefetch: {state}; {} runs, {} failed; {} messages, {} bytes prefetched\n",
+                e.prefetch_runs, e.prefetch_failures, e.prefetch_messages, e.bytes_prefetched,
+            );
+        }
     }
     out += &format!(
         "\n{:<24} {:<24} {:<12} {:<20} {:<20} {:>6} {:>6} {:>16}  {}\n",

@@ -65,6 +65,11 @@ pub struct DovecotOptions {
     /// every delivery through [`Dovecot::deliver_lda`], for users switched on with
     /// [`Dovecot::enable_push`].
     pub push_url: Option<String>,
+    /// A master user (name, password) who logs in as any user with `user*name`
+    /// (`auth_master_user_separator = *`; the login user must exist). Every session's
+    /// log lines (the logout line among them) then name who authenticated:
+    /// `auth=<name>` for the master user's, `auth=<user>` for the user's own.
+    pub master_user: Option<(String, String)>,
     /// Appended verbatim to dovecot.conf (hooks for later tests).
     pub extra_config: String,
 }
@@ -82,6 +87,7 @@ impl Default for DovecotOptions {
             apop: false,
             tls: true,
             push_url: None,
+            master_user: None,
             extra_config: String::new(),
         }
     }
@@ -227,6 +233,25 @@ impl Dovecot {
             c,
             "protocol pop3 {{\n  mail_max_userip_connections = 10000\n}}"
         )?;
+        if let Some((name, password)) = &self.options.master_user {
+            if password.contains([':', '\n']) || name.contains([':', '\n', '*']) {
+                bail!("master user or password with ':', '*' or newline: {name}");
+            }
+            let masters = d.join("master-users");
+            fs::write(&masters, format!("{name}:{{PLAIN}}{password}\n"))?;
+            set_mode(&masters, 0o644)?;
+            writeln!(c, "auth_master_user_separator = *")?;
+            writeln!(
+                c,
+                "mail_log_prefix = \"%s(%u)<%{{pid}}><%{{session}}> auth=<%{{auth_user}}>: \""
+            )?;
+            writeln!(
+                c,
+                "passdb {{\n  driver = passwd-file\n  master = yes\n  args = scheme=PLAIN {}\n  \
+                 result_success = continue\n}}",
+                masters.display()
+            )?;
+        }
         let uf = self.users_file.display();
         writeln!(
             c,

@@ -15,8 +15,9 @@
 //! latency, and the CPU time per session of the process on the path, from /proc, see
 //! [`cpu`]); `direct`, `nginx` and `relay` also RETR a 10 MB message. Every row is printed as a ratio against
 //! `direct` and against `nginx` ([`report`]) and drawn as SVG charts ([`charts`]). Then:
-//! memory per attenuation-table entry ([`table_memory`]) and what other traffic pays
-//! ([`other_traffic`]).
+//! memory per attenuation-table entry ([`table_memory`]), what other traffic pays
+//! ([`other_traffic`]), and the edge cache's prefetch over a compressed day
+//! ([`cache_day`]; alone with `--cache-only`).
 //!
 //! The daemon's rows run on `--dataplane` (default `auto`: tc on veth); run the bench once
 //! with `--dataplane xdp` and once with `--dataplane tc` for the A/B figures. The relay and
@@ -25,6 +26,7 @@
 //!
 //! The load generator (`xtask loadgen`) runs inside the client namespace.
 
+mod cache_day;
 mod charts;
 mod cpu;
 mod peers;
@@ -105,6 +107,21 @@ pub struct BenchArgs {
     /// Only the other-traffic rows (no Dovecot, no sessions; no JSON written).
     #[arg(long)]
     other_traffic_only: bool,
+    /// Skip the edge cache's day (prefetch in quiet hours against none).
+    #[arg(long, conflicts_with = "cache_only")]
+    skip_cache: bool,
+    /// Only the edge cache's day (no JSON written).
+    #[arg(long)]
+    cache_only: bool,
+    /// How long the edge cache's compressed day lasts.
+    #[arg(long, default_value = "96s", value_parser = humantime::parse_duration)]
+    cache_day: Duration,
+    /// Users of the edge cache's day.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=200))]
+    cache_users: u64,
+    /// Messages each user of the edge cache's day gets.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=50))]
+    cache_messages: u64,
     /// Extra arguments for `pop3-interceptor run` (repeatable), after `--mode`.
     #[arg(long = "daemon-arg", allow_hyphen_values = true)]
     daemon_args: Vec<String>,
@@ -231,6 +248,7 @@ struct BenchJson {
     attenuation_workers: Vec<AttenuationCheck>,
     table_memory: Option<TableMemory>,
     other_traffic: Option<OtherTraffic>,
+    cache_day: Option<cache_day::CacheDay>,
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -252,6 +270,18 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     } else {
         Some(run::build_daemon()?)
     };
+    let day = cache_day::DaySettings {
+        day_s: args.cache_day.as_secs_f64(),
+        users: args.cache_users as usize,
+        messages_per_user: args.cache_messages as usize,
+    };
+    if args.cache_only {
+        let Some(bin) = &bin else {
+            bail!("--cache-only needs the daemon: drop --direct-only");
+        };
+        cache_day::print(&cache_day::measure(bin, &args.dataplane, day)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.other_traffic_only {
         let Some(bin) = &bin else {
             bail!("--other-traffic-only needs the daemon: drop --direct-only");
@@ -332,6 +362,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         }
         _ => None,
     };
+    let cache_day = match &bin {
+        Some(bin) if !args.skip_cache => Some(cache_day::measure(bin, &args.dataplane, day)?),
+        _ => None,
+    };
     let table_memory = if args.table_users > 0 {
         eprint!("bench: table memory with {} users ... ", args.table_users);
         let t = table_memory::measure(args.table_users as usize)?;
@@ -359,6 +393,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if let Some(other) = &other {
         other_traffic::print(other);
     }
+    if let Some(day) = &cache_day {
+        cache_day::print(day);
+    }
     let json = BenchJson {
         dataplane: args.dataplane.clone(),
         other_traffic: other,
@@ -373,6 +410,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         attenuation,
         attenuation_workers,
         table_memory,
+        cache_day,
     };
     let out = match &args.out {
         Some(p) => p.clone(),

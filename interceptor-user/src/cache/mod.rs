@@ -1,7 +1,8 @@
 //! The patent's edge cache: users' mail copied to the edge, served from there.
 //!
-//! - [`store`]: the Maildirs on disk, bounded, checked on every read.
-//! - [`reads`]: reads off the dataplane thread.
+//! - [`store`]: the Maildirs on disk, bounded, checked on every read;
+//! - [`reads`]: reads off the dataplane thread;
+//! - [`crate::prefetch`] fills them in quiet hours.
 //!
 //! The engine asks with [`pop3_engine::session::Action::CacheRead`] once the server
 //! has told it, in the user's own session, the UIDL and size of the message a RETR or
@@ -100,6 +101,11 @@ impl EdgeCache {
     /// Messages and bytes cached for `user` at `server`.
     pub fn usage(&self, server: SocketAddr, user: &[u8]) -> (usize, u64) {
         self.store.usage(UserId::new(server, user))
+    }
+
+    /// The store itself.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The store itself, to fill it.

@@ -135,6 +135,81 @@ impl Found {
     }
 }
 
+/// Writes messages into a store's folder (into a user's `tmp/`, synced) on a thread
+/// other than the one that owns the [`Store`], so the slow part of a write never runs
+/// there; [`Store::commit`] renames them into place.
+#[derive(Clone, Debug)]
+pub struct Stager {
+    root: PathBuf,
+    limits: Limits,
+}
+
+/// A message written and synced into its user's `tmp/`, waiting for
+/// [`Store::commit`]. Dropped uncommitted, its file is deleted.
+#[derive(Debug)]
+pub struct Staged {
+    id: UserId,
+    uidl: Vec<u8>,
+    entry: Message,
+    tmp: Option<PathBuf>,
+}
+
+impl Staged {
+    /// Whose message it is.
+    pub fn user(&self) -> UserId {
+        self.id
+    }
+
+    /// The message's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.entry.size
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+impl Stager {
+    /// Writes `message` (the RETR body, dot-stuffing removed) for `uidl` of `id`
+    /// into the user's `tmp/` and syncs it.
+    pub fn stage(&self, id: UserId, uidl: &[u8], message: &[u8]) -> Result<Staged, PutError> {
+        if !valid_uidl(uidl) {
+            return Err(PutError::BadUidl);
+        }
+        let size = message.len() as u64;
+        if size > self.limits.per_user || size > self.limits.total {
+            return Err(PutError::TooLarge);
+        }
+        let mut sum = [0; 32];
+        sum.copy_from_slice(digest(&SHA256, message).as_ref());
+        let entry = Message { size, digest: sum };
+        let dir = self.root.join(id.folder());
+        private_dir(&dir)?;
+        private_dir(&dir.join("tmp"))?;
+        let tmp = dir.join("tmp").join(entry.file_name(uidl));
+        let staged = Staged {
+            id,
+            uidl: uidl.to_vec(),
+            entry,
+            tmp: Some(tmp.clone()),
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(message)?;
+        file.sync_all()?;
+        Ok(staged)
+    }
+}
+
 /// The cache folder and what is in it.
 #[derive(Debug)]
 pub struct Store {
@@ -219,13 +294,32 @@ impl Store {
     /// replacing a copy under the same UIDL. Other users are evicted, least recently
     /// used first, to make room in the total.
     pub fn put(&mut self, id: UserId, uidl: &[u8], message: &[u8]) -> Result<(), PutError> {
-        if !valid_uidl(uidl) {
-            return Err(PutError::BadUidl);
+        let staged = self.stager().stage(id, uidl, message)?;
+        self.commit(staged)
+    }
+
+    /// How much the store may hold.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// A handle that writes messages into this store's folder from another thread;
+    /// [`Store::commit`] then takes them in.
+    pub fn stager(&self) -> Stager {
+        Stager {
+            root: self.root.clone(),
+            limits: self.limits,
         }
-        self.remove(id, uidl);
-        let size = message.len() as u64;
+    }
+
+    /// Takes a staged message in: renames it from `tmp/` into `new/` (a metadata
+    /// operation, no data is written), replacing a copy under the same UIDL and
+    /// evicting other users, least recently used first, to make room in the total.
+    pub fn commit(&mut self, mut staged: Staged) -> Result<(), PutError> {
+        let (id, size) = (staged.id, staged.entry.size);
+        self.unindex(id, &staged.uidl);
         let held = self.users.get(&id).map_or(0, |user| user.bytes);
-        if held + size > self.limits.per_user || size > self.limits.total {
+        if held + size > self.limits.per_user {
             return Err(PutError::TooLarge);
         }
         while self.bytes + size > self.limits.total {
@@ -234,30 +328,21 @@ impl Store {
             }
             self.evict_oldest(Some(id));
         }
-        let mut sum = [0; 32];
-        sum.copy_from_slice(digest(&SHA256, message).as_ref());
-        let entry = Message { size, digest: sum };
         let dir = self.root.join(id.folder());
-        private_dir(&dir)?;
-        private_dir(&dir.join("tmp"))?;
         private_dir(&dir.join("new"))?;
         private_dir(&dir.join("cur"))?;
-        let name = entry.file_name(uidl);
-        let tmp = dir.join("tmp").join(&name);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(message)?;
-        file.sync_all()?;
-        fs::rename(&tmp, dir.join("new").join(&name))?;
+        let name = staged.entry.file_name(&staged.uidl);
+        let tmp = staged.tmp.take().expect("a staged message has its file");
+        if let Err(err) = fs::rename(&tmp, dir.join("new").join(&name)) {
+            let _ = fs::remove_file(tmp);
+            return Err(err.into());
+        }
         self.clock += 1;
         let user = self.users.entry(id).or_default();
         user.last_used = self.clock;
         user.bytes += size;
-        user.messages.insert(uidl.to_vec(), entry);
+        user.messages
+            .insert(std::mem::take(&mut staged.uidl), staged.entry.clone());
         self.bytes += size;
         touch(&dir);
         Ok(())
@@ -322,6 +407,20 @@ impl Store {
 
     /// Forgets and deletes message `uidl` of `id`.
     pub fn remove(&mut self, id: UserId, uidl: &[u8]) {
+        self.unindex(id, uidl);
+        if self
+            .users
+            .get(&id)
+            .is_some_and(|user| user.messages.is_empty())
+        {
+            self.users.remove(&id);
+            let _ = fs::remove_dir_all(self.root.join(id.folder()));
+        }
+    }
+
+    /// Forgets and deletes message `uidl` of `id`, keeping the user's folder (a
+    /// staged message may be waiting in its `tmp/`).
+    fn unindex(&mut self, id: UserId, uidl: &[u8]) {
         let Some(user) = self.users.get_mut(&id) else {
             return;
         };
@@ -332,10 +431,6 @@ impl Store {
         self.bytes -= message.size;
         let dir = self.root.join(id.folder());
         let _ = fs::remove_file(dir.join("new").join(message.file_name(uidl)));
-        if user.messages.is_empty() {
-            self.users.remove(&id);
-            let _ = fs::remove_dir_all(dir);
-        }
     }
 
     /// Forgets and deletes everything cached for `id` (its copy is out of sync).

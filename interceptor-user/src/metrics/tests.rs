@@ -81,6 +81,14 @@ fn sample() -> Snapshot {
                 corrupt: 28,
             },
         },
+        prefetch: crate::prefetch::PrefetchStats {
+            runs: 29,
+            failures: 30,
+            messages: 31,
+            bytes: 32,
+            lull: true,
+            verdict: Some(crate::prefetch::config::Verdict::Lull),
+        },
     }
 }
 
@@ -154,6 +162,11 @@ fn the_exposition_has_every_metric_with_prometheus_names() {
         ("pop3_interceptor_cache_bytes", 26.0),
         ("pop3_interceptor_cache_evictions_total", 27.0),
         ("pop3_interceptor_cache_corrupt_total", 28.0),
+        ("pop3_interceptor_prefetch_runs_total", 29.0),
+        ("pop3_interceptor_prefetch_failures_total", 30.0),
+        ("pop3_interceptor_prefetch_messages_total", 31.0),
+        ("pop3_interceptor_bytes_prefetched_total", 32.0),
+        ("pop3_interceptor_prefetch_lull", 1.0),
         ("pop3_interceptor_nats_connected", 1.0),
         (
             "pop3_interceptor_nats_events_total{event=\"disconnect\"}",

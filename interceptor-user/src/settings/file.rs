@@ -71,6 +71,8 @@ pub struct FileSettings {
     pub cache_dir: Option<PathBuf>,
     pub cache_user_mb: Option<u64>,
     pub cache_total_mb: Option<u64>,
+    /// The `[prefetch]` table: fills the edge cache in quiet hours.
+    pub prefetch: Option<crate::prefetch::config::PrefetchFile>,
     pub one_in_m: Option<NonZeroU32>,
     pub fast_check: Option<String>,
     #[serde(default, with = "humantime_serde")]

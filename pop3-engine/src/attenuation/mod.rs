@@ -420,6 +420,13 @@ impl AttenuationEngine {
         self.shared.interval(now)
     }
 
+    /// The load the engine measures at `now`, from 0 (none) to 1 (full), weighed by
+    /// `rule` (see [the `load` module](crate::attenuation::load)): what the edge cache's
+    /// prefetch waits on.
+    pub fn load(&self, rule: &LoadAdaptive, now: Instant) -> f64 {
+        self.shared.load.load(rule, now)
+    }
+
     /// Notifications may have been lost until `now` (the broker that fans them out was
     /// down): every view taken before is trusted for [`Config::interval`] only, even for
     /// users of a notifying server, until a later session renews it.

@@ -209,3 +209,62 @@ fn leftovers_and_foreign_files_are_cleaned_on_open() {
     assert!(!dir.join("new").join("not-ours").exists());
     assert_eq!(store.listing(user("a")), vec![(b"1".to_vec(), 5)]);
 }
+
+#[test]
+fn a_message_staged_on_another_thread_is_taken_in_by_a_rename_or_deleted() {
+    let folder = Folder::new();
+    let mut store = Store::open(&folder.0, LIMITS).unwrap();
+    let stager = store.stager();
+    let alice = user("alice");
+    let tmp_files = |dir: &Path| fs::read_dir(dir.join("tmp")).map_or(0, |d| d.count());
+    let dir = folder.0.join(alice.folder());
+
+    let staged = std::thread::spawn(move || stager.stage(alice, b"u1", b"one\r\n").unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(
+        store.find(alice, b"u1", 5).and_then(|found| found.read()),
+        None,
+        "not before the commit"
+    );
+    assert_eq!(tmp_files(&dir), 1);
+    store.commit(staged).unwrap();
+    assert_eq!(
+        store
+            .find(alice, b"u1", 5)
+            .and_then(|found| found.read())
+            .unwrap(),
+        b"one\r\n"
+    );
+    assert_eq!(tmp_files(&dir), 0);
+
+    // Replacing the user's only message keeps the folder the new copy waits in.
+    let staged = store.stager().stage(alice, b"u1", b"uno\r\n").unwrap();
+    store.commit(staged).unwrap();
+    assert_eq!(
+        store
+            .find(alice, b"u1", 5)
+            .and_then(|found| found.read())
+            .unwrap(),
+        b"uno\r\n"
+    );
+    assert_eq!(store.stats().bytes, 5);
+
+    // Dropped uncommitted (the dataplane never took it), the file goes.
+    drop(store.stager().stage(alice, b"u2", b"two\r\n").unwrap());
+    assert_eq!(tmp_files(&dir), 0);
+
+    // The user's cache dropped while a message was staged: the commit fails cleanly.
+    let staged = store.stager().stage(alice, b"u3", b"three\r\n").unwrap();
+    store.drop_user(alice);
+    assert!(matches!(store.commit(staged), Err(PutError::Io(_))));
+    assert_eq!(store.stats().bytes, 0);
+    assert_eq!(store.listing(alice), []);
+
+    // Too large for the user is refused before anything is written.
+    let big = vec![b'x'; LIMITS.per_user as usize + 1];
+    assert!(matches!(
+        store.stager().stage(alice, b"u4", &big),
+        Err(PutError::TooLarge)
+    ));
+}
