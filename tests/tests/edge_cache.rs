@@ -14,6 +14,7 @@ use pop3_interceptor::cache::store::{Limits, Store, UserId};
 use pop3_interceptor_e2e::clients::{PoplibOptions, RawSession, poplib};
 use pop3_interceptor_e2e::dovecot::make_message;
 use pop3_interceptor_e2e::topology::server_pop3_v4;
+use pop3_interceptor_e2e::util::wait_for;
 use pop3_interceptor_e2e::{Dovecot, Interceptor, Node, Topology};
 use serde_json::Value;
 
@@ -471,11 +472,22 @@ fn retr_from_the_edge_with_the_sessions_listing_and_per_message() {
         quit(s);
         medians.push(median(&mut took));
     }
-    let logouts: Vec<String> = dc
-        .log_lines_matching("retr=")
-        .into_iter()
-        .filter_map(|line| Some(line[line.find("retr=")?..].split(',').next()?.to_owned()))
-        .collect();
+    // Dovecot logs a session's logout after it answered QUIT: wait for both sessions'
+    // lines (after the two sessions that filled the cache).
+    let logouts: Vec<String> = wait_for(
+        "the two sessions' logout lines",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let lines: Vec<String> = dc
+                .log_lines_matching("retr=")
+                .into_iter()
+                .filter_map(|line| Some(line[line.find("retr=")?..].split(',').next()?.to_owned()))
+                .collect();
+            (lines.len() >= 4).then_some(lines)
+        },
+    )
+    .unwrap();
     assert_eq!(
         logouts[logouts.len() - 2..],
         ["retr=0/0", "retr=0/0"],
