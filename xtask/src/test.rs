@@ -100,7 +100,8 @@ pub fn run(a: TestArgs) -> Result<ExitCode> {
 
     if let Some(bin) = bin {
         let mut cmd = run::cargo();
-        cmd.args(["test", "-p", "pop3-interceptor-e2e", "--"])
+        // Every suite runs even after one fails: a failure must not hide the others'.
+        cmd.args(["test", "--no-fail-fast", "-p", "pop3-interceptor-e2e", "--"])
             .arg("--test-threads=1")
             .env(e2e::interceptor::BIN_ENV, &bin);
         if let Some(f) = &a.filter {
