@@ -57,7 +57,8 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Everything the metrics report, read on the dataplane thread.
+/// Everything the metrics report, gathered on the operator thread (each worker hands in
+/// its own counters when a scrape asks).
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// The attenuation engine's counters (all zero in `--mode relay`).
