@@ -10,9 +10,10 @@
 //! under that UIDL with another size means the edge is out of sync with the server: the
 //! user's whole cache is dropped.
 //!
-//! The cache is shared ([`SharedCache`]): the dataplane forgets deleted messages and
-//! reads the counters, reads run on the operator runtime's blocking threads. The lock is
-//! held for the index only, never while a file is read.
+//! The cache is shared ([`SharedCache`]): the dataplane workers forget deleted messages,
+//! the operator thread reads the counters and takes in prefetched files, reads run on the
+//! operator runtime's blocking threads. The lock is held for the index only, never while
+//! a file is read.
 
 pub mod reads;
 pub mod store;

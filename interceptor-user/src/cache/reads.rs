@@ -1,7 +1,8 @@
 //! Edge-cache reads off the dataplane thread: a large message read from disk must not
 //! stall every other connection. They run on the operator runtime's blocking threads
 //! (bounded by the runtime) and come back through a channel, with the dataplane's
-//! [`Waker`] poked.
+//! [`Waker`] poked. A connection has at most one read in flight (its engine session waits
+//! for the answer), so the queue is bounded by the connection limit.
 
 use std::sync::{Arc, mpsc};
 

@@ -29,7 +29,7 @@ use crate::{
 /// Prefetch sessions waiting for the worker, at most.
 pub const QUEUE: usize = 64;
 
-/// The lull as the dataplane last judged it: bit 0 for scheduled runs, bit 1 for
+/// The lull as the operator thread last judged it: bit 0 for scheduled runs, bit 1 for
 /// runs a notification asked for. A run stops between two messages once its bit is off.
 pub type Gate = Arc<AtomicU8>;
 pub const SCHEDULED_OPEN: u8 = 1;
@@ -72,7 +72,7 @@ pub enum Report {
     },
 }
 
-/// The dataplane's handle on the worker.
+/// The operator thread's handle on the worker.
 pub struct Worker {
     jobs: tokio_mpsc::Sender<Job>,
     reports: mpsc::Receiver<Report>,

@@ -151,6 +151,17 @@ fn attenuated_login(h: &mut Harness<AttenuationEngine>, conn: ConnId, pw: &str) 
     );
 }
 
+/// An attenuated session of alice ("pw") that must now ask the server: the engine logs
+/// in behind the client's back; returns what it sends the server once logged in.
+fn log_in_behind(h: &mut Harness<AttenuationEngine>, conn: ConnId) -> Vec<Action> {
+    assert_eq!(
+        connect_upstream(h, conn, false),
+        [to_upstream(b"USER alice\r\n")]
+    );
+    assert_eq!(h.server(conn, b"+OK\r\n"), [to_upstream(b"PASS pw\r\n")]);
+    h.server(conn, b"+OK Logged in.\r\n")
+}
+
 /// A table that knows alice ("pw") and her maildrop verified empty at `h.now`.
 fn alice_verified_empty() -> Harness<AttenuationEngine> {
     let mut h = engine();

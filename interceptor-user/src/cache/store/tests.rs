@@ -223,34 +223,22 @@ fn a_message_staged_on_another_thread_is_taken_in_by_a_rename_or_deleted() {
         .join()
         .unwrap();
     assert_eq!(
-        store.find(alice, b"u1", 5).and_then(|found| found.read()),
+        get(&mut store, alice, b"u1", 5),
         None,
         "not before the commit"
     );
     assert_eq!(tmp_files(&dir), 1);
     store.commit(staged).unwrap();
-    assert_eq!(
-        store
-            .find(alice, b"u1", 5)
-            .and_then(|found| found.read())
-            .unwrap(),
-        b"one\r\n"
-    );
+    assert_eq!(get(&mut store, alice, b"u1", 5).unwrap(), b"one\r\n");
     assert_eq!(tmp_files(&dir), 0);
 
     // Replacing the user's only message keeps the folder the new copy waits in.
     let staged = store.stager().stage(alice, b"u1", b"uno\r\n").unwrap();
     store.commit(staged).unwrap();
-    assert_eq!(
-        store
-            .find(alice, b"u1", 5)
-            .and_then(|found| found.read())
-            .unwrap(),
-        b"uno\r\n"
-    );
+    assert_eq!(get(&mut store, alice, b"u1", 5).unwrap(), b"uno\r\n");
     assert_eq!(store.stats().bytes, 5);
 
-    // Dropped uncommitted (the dataplane never took it), the file goes.
+    // Dropped uncommitted (the operator thread never took it), the file goes.
     drop(store.stager().stage(alice, b"u2", b"two\r\n").unwrap());
     assert_eq!(tmp_files(&dir), 0);
 

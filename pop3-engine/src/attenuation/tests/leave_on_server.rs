@@ -53,15 +53,7 @@ fn a_message_is_fetched_from_the_server_once_its_number_is_checked() {
     attenuated_login(&mut h, 2, "pw");
     h.client(2, b"UIDL\r\n");
     assert_eq!(h.client(2, b"RETR 2\r\n"), [ConnectUpstream]);
-    assert_eq!(
-        connect_upstream(&mut h, 2, false),
-        [to_upstream(b"USER alice\r\n")]
-    );
-    assert_eq!(h.server(2, b"+OK\r\n"), [to_upstream(b"PASS pw\r\n")]);
-    assert_eq!(
-        h.server(2, b"+OK Logged in.\r\n"),
-        [to_upstream(b"UIDL\r\n")]
-    );
+    assert_eq!(log_in_behind(&mut h, 2), [to_upstream(b"UIDL\r\n")]);
     // A new message arrived since: it comes after, the client's numbers still hold.
     let now_listed = b"+OK\r\n1 000000017ab\r\n2 000000018cd\r\n3 000000019ef\r\n.\r\n";
     assert_eq!(h.server(2, now_listed), [to_upstream(b"RETR 2\r\n")]);
