@@ -183,6 +183,10 @@ pub struct Dataplane<E> {
     dirty: hashbrown::HashSet<ConnId>,
     /// `(client, server)` of the connections reclaimed during the last pass.
     closed_flows: Vec<(SocketAddr, SocketAddr)>,
+    /// Connections that reached TIME-WAIT in this pass: reclaimed after its transmit, once
+    /// smoltcp's ACK of the client's FIN is out (without it the client retransmits its
+    /// FIN to a flow that is gone, and the classifier passes that to the real server).
+    time_wait: Vec<ConnId>,
     /// `(client, server)` of the connections whose handshake completed in the last pass.
     established_flows: Vec<(SocketAddr, SocketAddr)>,
     scratch: Vec<u8>,
@@ -236,6 +240,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             control_tx: Vec::new(),
             dirty: hashbrown::HashSet::new(),
             closed_flows: Vec::new(),
+            time_wait: Vec::new(),
             established_flows: Vec::new(),
             scratch: vec![0; CLIENT_READ_CHUNK],
             stats: DataplaneStats::default(),
@@ -662,6 +667,13 @@ impl<E: Pop3Engine> Dataplane<E> {
         ) {
             conn.closing_since.get_or_insert(now);
         }
+        if state == State::TimeWait {
+            // smoltcp delays the ACK of the client's FIN like any other: send it now, with
+            // this pass's transmit, and reclaim after that.
+            self.stacks.socket(conn.sock).set_ack_delay(None);
+            self.time_wait.push(id);
+            return;
+        }
         let handshake_expired =
             !conn.opened && now.duration_since(conn.created) > self.config.handshake_timeout;
         let idle_expired = now.duration_since(conn.last_activity) > self.config.idle_timeout;
@@ -669,7 +681,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             .closing_since
             .is_some_and(|since| now.duration_since(since) > self.config.fin_timeout);
         // A listener that did not take its SYN (a bad segment) would steal the next one.
-        let finished = matches!(state, State::Closed | State::TimeWait | State::Listen);
+        let finished = matches!(state, State::Closed | State::Listen);
         if !(finished || handshake_expired || idle_expired || fin_expired) {
             return;
         }
@@ -680,16 +692,22 @@ impl<E: Pop3Engine> Dataplane<E> {
             } else {
                 self.stats.conns_timed_out += 1;
             }
+            // Let the RST go out while the connection still has its reply header.
+            self.send_stack_tx(now);
         }
+        self.reclaim(id, now);
+    }
+
+    /// Tells the engine and the limits that connection `id` is gone and frees its socket.
+    fn reclaim(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
         let sock = conn.sock;
         if conn.opened && !conn.client_closed {
             self.engine
                 .handle(id, Event::ClientClosed, now, &mut self.outputs);
             self.outputs.clear();
-        }
-        if !finished {
-            // Let the RST go out while the connection still has its reply header.
-            self.send_stack_tx(now);
         }
         self.stacks.remove(sock);
         if let Some(conn) = self.conns.remove(id) {
@@ -759,6 +777,9 @@ impl<E: Pop3Engine> Dataplane<E> {
     /// its connection's link-layer header, on the queue that client's frames arrive on.
     fn transmit(&mut self, now: Instant) {
         self.send_stack_tx(now);
+        for id in std::mem::take(&mut self.time_wait) {
+            self.reclaim(id, now);
+        }
         for (index, header, packet) in self.control_tx.drain(..) {
             self.queues[index].transmit(header.as_bytes(), &packet);
         }
