@@ -280,7 +280,7 @@ pub struct UserValue {
 
 /// A client flow as tcpdump shows it: `198.51.100.2:40000` to `203.0.113.2:110`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SessionKey {
     pub client: Text<ADDR_TEXT>,
     pub server: Text<ADDR_TEXT>,

@@ -66,6 +66,9 @@ const STATS_PERIOD: Duration = Duration::from_secs(1);
 pub struct Mirror {
     users: HashMap<MapData, UserKey, UserValue>,
     sessions: HashMap<MapData, SessionKey, SessionValue>,
+    /// The keys `sessions` holds (as many as the map's size at most): a session that ends
+    /// without ever being written costs no delete.
+    sessions_shown: hashbrown::HashSet<SessionKey>,
     stats_map: Array<MapData, DaemonStats>,
     stats_published: Option<Instant>,
     clock: UnixClock,
@@ -86,6 +89,7 @@ impl Mirror {
         Self {
             users,
             sessions,
+            sessions_shown: hashbrown::HashSet::new(),
             stats_map,
             stats_published: None,
             clock: UnixClock::now(),
@@ -147,11 +151,17 @@ impl Mirror {
             self.refresh_user(engines, &key, client, now);
         }
         for ((worker, conn), (client, key)) in sessions {
-            let state = engines[worker].state(conn).map_or("closed", state_word);
-            self.write_session(client, &key, state);
+            // A session that began and ended between two passes was never shown: two
+            // syscalls saved per short check, most of them.
+            if let Some(state) = engines[worker].state(conn) {
+                self.write_session(client, &key, state_word(state));
+            }
         }
         for &(client, server) in closed {
-            let _ = self.sessions.remove(&session_key(client, server));
+            let key = session_key(client, server);
+            if self.sessions_shown.remove(&key) {
+                let _ = self.sessions.remove(&key);
+            }
         }
         while let Some((at, _)) = self.expiries.first()
             && *at <= now
@@ -286,12 +296,12 @@ impl Mirror {
             user,
             state: text(state),
         };
-        if self
-            .sessions
-            .insert(session_key(client, key.server), value, 0)
-            .is_err()
-        {
-            self.stats.sessions_not_mirrored += 1;
+        let map_key = session_key(client, key.server);
+        match self.sessions.insert(map_key, value, 0) {
+            Ok(()) => {
+                self.sessions_shown.insert(map_key);
+            }
+            Err(_) => self.stats.sessions_not_mirrored += 1,
         }
     }
 }

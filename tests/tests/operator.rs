@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use pop3_interceptor_e2e::topology::CLIENT_V4;
+use pop3_interceptor_e2e::clients::RawSession;
+use pop3_interceptor_e2e::topology::{CLIENT_V4, server_pop3_v4};
 use pop3_interceptor_e2e::{DovecotOptions, Env, Interceptor, Node};
 use serde_json::Value;
 
@@ -237,4 +238,40 @@ fn sighup_reloads_the_opt_out_list_without_dropping_sessions() {
         3,
         "an opted-out user reaches Dovecot at every check"
     );
+}
+
+/// `SESSIONS` lists a session while it lasts, with its user and state, and forgets it once
+/// both sides have closed (the mirror now skips sessions that begin and end between two of
+/// its passes, and deletes only what it wrote).
+#[test]
+fn sessions_map_lists_a_live_session_until_it_ends() {
+    let env = Env::attenuating(INTERVAL);
+    let (ic, topo) = (env.ic(), &env.topo);
+    env.check("alice");
+    let sessions = || status_json(ic, &[])["sessions"].as_array().unwrap().clone();
+    let mut live = RawSession::connect(topo, Node::Client, server_pop3_v4()).unwrap();
+    assert!(live.read_line().unwrap().starts_with("+OK"));
+    assert!(live.command("USER alice").unwrap().starts_with("+OK"));
+    assert!(live.command("PASS alice-pw").unwrap().starts_with("+OK"));
+    // The mirror runs ten times a second.
+    std::thread::sleep(Duration::from_millis(500));
+    let listed = sessions();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["user"], "alice", "{listed:?}");
+    assert_eq!(listed[0]["state"], "local", "{listed:?}");
+    assert!(
+        listed[0]["client"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{CLIENT_V4}:")),
+        "{listed:?}"
+    );
+    for _ in 0..3 {
+        env.check("alice");
+    }
+    assert!(live.command("QUIT").unwrap().starts_with("+OK"));
+    // Until the client closes too, the connection is there (FIN-WAIT-2), shown `closed`.
+    drop(live);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sessions(), Vec::<Value>::new(), "every session ended");
 }
