@@ -2,18 +2,38 @@
 //! to `FLOWS` when its handshake completes and leaves both when it ends.
 //!
 //! Each dataplane worker has handles of its own (duplicated descriptors of the same maps)
-//! and updates them at the end of every pass, in the order its connections came and went:
-//! a reused 4-tuple's new flow is never forgotten by a late update for the old one.
+//! and writes what its flows did once the last of it is [`SETTLE`] old, by each flow's
+//! last event: a check that begins and ends in between costs one map update (its
+//! `HALF_OPEN` entry's removal) instead of four, and a reused 4-tuple's new flow is never
+//! forgotten by a late update for the old one.
 
-use std::{net::SocketAddr, os::fd::AsFd};
+use std::{
+    net::SocketAddr,
+    os::fd::AsFd,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{HashMap, IterableMap, Map, MapData, MapError};
 use common::{FlowKey, FlowValue};
 
-/// `FLOWS` and `HALF_OPEN`.
+/// How long a flow's map updates may wait. Until its adoption an established flow is
+/// redirected through `HALF_OPEN` (where a SYN flood could evict it, as during its
+/// handshake); until it is forgotten an ended flow's stray segments reach the daemon,
+/// which drops them, rather than the kernel.
+pub const SETTLE: Duration = Duration::from_millis(50);
+
+/// `FLOWS` and `HALF_OPEN`, and what is still to be written to them.
 pub struct FlowMaps {
     flows: HashMap<MapData, FlowKey, FlowValue>,
     half_open: HashMap<MapData, FlowKey, FlowValue>,
+    /// Flows established (`true`) or ended (`false`) since the last write, by their last
+    /// event; at most the flows of one [`SETTLE`].
+    pending: hashbrown::HashMap<(SocketAddr, SocketAddr), bool>,
+    /// Flows written to `FLOWS` and not removed yet (at most `--max-conns`): a flow that
+    /// ended before its adoption costs no `FLOWS` update at all.
+    adopted: hashbrown::HashSet<(SocketAddr, SocketAddr)>,
+    /// When `pending` was last written.
+    written_at: Instant,
 }
 
 impl FlowMaps {
@@ -21,37 +41,69 @@ impl FlowMaps {
         flows: HashMap<MapData, FlowKey, FlowValue>,
         half_open: HashMap<MapData, FlowKey, FlowValue>,
     ) -> Self {
-        Self { flows, half_open }
+        Self {
+            flows,
+            half_open,
+            pending: hashbrown::HashMap::new(),
+            adopted: hashbrown::HashSet::new(),
+            written_at: Instant::now(),
+        }
     }
 
     /// Handles of the same two maps for another thread.
     pub fn try_clone(&self) -> Result<Self, MapError> {
-        Ok(Self {
-            flows: duplicate(&self.flows)?,
-            half_open: duplicate(&self.half_open)?,
-        })
+        Ok(Self::new(
+            duplicate(&self.flows)?,
+            duplicate(&self.half_open)?,
+        ))
     }
 
-    /// Moves flows whose handshake completed from `HALF_OPEN` to `FLOWS`, where no SYN
-    /// flood can evict them. `FLOWS` holds at least `--max-conns` entries, so it has room.
+    /// Notes flows whose handshake completed, to move from `HALF_OPEN` to `FLOWS`, where no
+    /// SYN flood can evict them.
     pub fn adopt(&mut self, established: &[(SocketAddr, SocketAddr)]) {
+        self.pending
+            .extend(established.iter().map(|&flow| (flow, true)));
+    }
+
+    /// Notes finished flows, to forget so that a reused 4-tuple starts from its SYN again
+    /// and its segments go to the kernel.
+    pub fn forget(&mut self, closed: &[(SocketAddr, SocketAddr)]) {
+        self.pending
+            .extend(closed.iter().map(|&flow| (flow, false)));
+    }
+
+    /// When [`Self::write`] has something to write, if anything is pending.
+    pub fn due(&self) -> Option<Instant> {
+        (!self.pending.is_empty()).then(|| self.written_at + SETTLE)
+    }
+
+    /// Writes what is pending once [`SETTLE`] has passed since the last write. `live`
+    /// says whether a flow has a connection now: an ended flow whose 4-tuple a new SYN
+    /// already took keeps its entries, which are the new flow's.
+    pub fn write(&mut self, now: Instant, live: impl Fn(SocketAddr, SocketAddr) -> bool) {
+        if self.pending.is_empty() || now.duration_since(self.written_at) < SETTLE {
+            return;
+        }
+        self.written_at = now;
         let value = FlowValue {
             first_seen_ns: monotonic_ns(),
         };
-        for key in flow_keys(established) {
-            if let Err(err) = self.flows.insert(key, value, 0) {
-                tracing::warn!(%err, "FLOWS: an established flow stays in HALF_OPEN");
+        for (flow, established) in self.pending.drain() {
+            let Some(key) = FlowKey::new(flow.0, flow.1) else {
                 continue;
+            };
+            if established {
+                // `FLOWS` holds at least `--max-conns` entries, so it has room.
+                if let Err(err) = self.flows.insert(key, value, 0) {
+                    tracing::warn!(%err, "FLOWS: an established flow stays in HALF_OPEN");
+                    continue;
+                }
+                self.adopted.insert(flow);
+            } else if live(flow.0, flow.1) {
+                continue;
+            } else if self.adopted.remove(&flow) {
+                let _ = self.flows.remove(&key);
             }
-            let _ = self.half_open.remove(&key);
-        }
-    }
-
-    /// Forgets finished flows, so a reused 4-tuple starts from its SYN again and its
-    /// segments go to the kernel.
-    pub fn forget(&mut self, closed: &[(SocketAddr, SocketAddr)]) {
-        for key in flow_keys(closed) {
-            let _ = self.flows.remove(&key);
             let _ = self.half_open.remove(&key);
         }
     }
@@ -73,12 +125,6 @@ fn duplicate(
             })
         })?;
     HashMap::try_from(Map::from_map_data(MapData::from_fd(fd)?)?)
-}
-
-fn flow_keys(flows: &[(SocketAddr, SocketAddr)]) -> impl Iterator<Item = FlowKey> + '_ {
-    flows
-        .iter()
-        .filter_map(|&(client, server)| FlowKey::new(client, server))
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`.

@@ -198,6 +198,8 @@ pub struct Dataplane<E> {
     cache: Option<SharedCache>,
     /// When the last share of connections was looked at (see `service_conns`).
     last_round: Instant,
+    /// When the caller wants a pass at the latest (see [`Self::wake_by`]).
+    wanted_by: Option<Instant>,
 }
 
 impl<E: Pop3Engine> Dataplane<E> {
@@ -248,6 +250,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             last_housekeeping: epoch,
             cache: None,
             last_round: epoch,
+            wanted_by: None,
         })
     }
 
@@ -260,6 +263,17 @@ impl<E: Pop3Engine> Dataplane<E> {
     /// pass (for `FLOWS`).
     pub fn established_flows(&self) -> &[(SocketAddr, SocketAddr)] {
         &self.established_flows
+    }
+
+    /// Asks for a pass by `at` at the latest (or none: `None`), for work the caller does
+    /// between passes.
+    pub fn wake_by(&mut self, at: Option<Instant>) {
+        self.wanted_by = at;
+    }
+
+    /// Whether the flow `(client, server)` has a connection now.
+    pub fn has_flow(&self, client: SocketAddr, server: SocketAddr) -> bool {
+        self.conns.by_flow(client, server).is_some()
     }
 
     /// `(client, server)` of the connections that ended during the last pass.
@@ -347,9 +361,13 @@ impl<E: Pop3Engine> Dataplane<E> {
         if let Some(delay) = self.stacks.poll_delay(smol_now) {
             wait = wait.min(Duration::from_micros(delay.total_micros()));
         }
-        for at in [self.engine.next_timeout(), self.upstream.next_deadline()]
-            .into_iter()
-            .flatten()
+        for at in [
+            self.engine.next_timeout(),
+            self.upstream.next_deadline(),
+            self.wanted_by,
+        ]
+        .into_iter()
+        .flatten()
         {
             wait = wait.min(at.saturating_duration_since(now));
         }

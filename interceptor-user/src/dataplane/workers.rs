@@ -13,10 +13,11 @@
 //! own worker takes in the hot path; the operator thread takes it to mirror the table,
 //! apply notifications and read counters.
 //!
-//! Each worker moves its own flows into and out of the classifier's `FLOWS` map at the end
-//! of each pass ([`FlowMaps`]), in order. The operator thread (the daemon's main thread)
-//! is woken when a worker's connections came or went (for the mirror), and asks the
-//! workers for fresh counters on a scrape.
+//! Each worker moves its own flows into and out of the classifier's `FLOWS` map
+//! ([`FlowMaps`]: at the end of a pass, once the updates are a moment old). The operator
+//! thread (the daemon's main thread) is woken when a worker's connections came or went
+//! (for the mirror; at most once per its gap), and asks the workers for fresh counters on
+//! a scrape.
 
 use std::{
     net::SocketAddr,
@@ -438,6 +439,8 @@ impl WorkerRun {
         dataplane.run(|dp| {
             flows.adopt(dp.established_flows());
             flows.forget(dp.closed_flows());
+            flows.write(Instant::now(), |client, server| dp.has_flow(client, server));
+            dp.wake_by(flows.due());
             let changed = !dp.established_flows().is_empty() || !dp.closed_flows().is_empty();
             let wanted = scrape.load(Ordering::Acquire);
             if changed || wanted > answered {
