@@ -16,7 +16,7 @@ use std::{
     cmp::Reverse,
     collections::{BinaryHeap, VecDeque},
     io::{self, Read, Write},
-    net::{Shutdown, SocketAddr},
+    net::SocketAddr,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     rc::Rc,
     time::{Duration, Instant},
@@ -408,12 +408,11 @@ impl Links {
         self.events.push_back(UpstreamEvent::Failed(id));
     }
 
-    /// Closes our side and forgets the link.
+    /// Closes the link (and forgets it). `close(2)` alone sends the FIN after what is
+    /// still queued, and takes the socket out of the epoll set: the descriptor is never
+    /// shared. Two syscalls fewer per relayed session than shutdown and deregister first.
     fn finish(&mut self, id: ConnId) {
-        if let Some(mut link) = self.open.remove(&id) {
-            let _ = link.stream.shutdown(Shutdown::Write);
-            let _ = self.registry.deregister(&mut link.stream);
-        }
+        drop(self.open.remove(&id));
         // Events of this link not yet taken are no one's any more.
         self.events.retain(|event| event_conn(event) != id);
     }
