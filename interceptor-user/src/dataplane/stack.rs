@@ -266,10 +266,10 @@ impl Stack {
             .poll_egress(now, &mut self.device, &mut self.sockets);
     }
 
-    /// Hands every packet smoltcp produced to `send`, in order.
-    pub fn drain_tx(&mut self, mut send: impl FnMut(&[u8])) {
-        for packet in self.device.tx.drain(..) {
-            send(&packet);
+    /// Hands every packet smoltcp produced to `send` (which may still change it), in order.
+    pub fn drain_tx(&mut self, mut send: impl FnMut(&mut [u8])) {
+        for mut packet in self.device.tx.drain(..) {
+            send(&mut packet);
             self.device.spare.push(packet);
         }
         // Keep a small pool, not every buffer a burst ever needed.
