@@ -239,21 +239,35 @@ fn reply_socket(ifindex: u32) -> Result<OwnedFd, TapError> {
     if bound < 0 {
         return Err(last_error("binding the AF_PACKET reply socket"));
     }
-    let on: libc::c_int = 1;
-    // SAFETY: PACKET_VNET_HDR reads one int.
+    if !set_int(&socket, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1) {
+        return Err(last_error("asking for virtio_net_hdr on the reply socket"));
+    }
+    // Frames stay charged to the socket until the NIC has sent them, and a refused one
+    // waits for smoltcp's retransmission (a second at least): the default send buffer
+    // holds three 64 KB frames, this one 64. Best effort: without CAP_NET_ADMIN the
+    // kernel caps SO_SNDBUF at wmem_max.
+    if !set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, SEND_BUFFER) {
+        set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUF, SEND_BUFFER);
+    }
+    Ok(socket)
+}
+
+/// Send buffer of a reply socket, in bytes.
+const SEND_BUFFER: libc::c_int = 4 << 20;
+
+/// `setsockopt` of one int; whether the kernel took it.
+fn set_int(socket: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: the option reads one int from a live local.
     let set = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_VNET_HDR,
-            (&raw const on).cast(),
+            level,
+            name,
+            (&raw const value).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if set < 0 {
-        return Err(last_error("asking for virtio_net_hdr on the reply socket"));
-    }
-    Ok(socket)
+    set == 0
 }
 
 /// An `ifreq` naming `name` (truncated to what fits).
