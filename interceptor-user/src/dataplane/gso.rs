@@ -69,11 +69,6 @@ impl VnetHeader {
         }
         out
     }
-
-    /// Segment size the kernel is asked to cut to; `None` without offload.
-    pub fn gso_size(&self) -> Option<u16> {
-        (self.0.gso_type != 0).then_some(self.0.gso_size)
-    }
 }
 
 /// Where the TCP header of an IP packet is.
