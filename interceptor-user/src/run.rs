@@ -120,6 +120,7 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
         per_source: settings.per_source,
         dataplane: DataplaneConfig {
             mtu,
+            segmentation_offload: source == FrameSource::Tap,
             max_conns: settings.max_conns,
             handshake_timeout: std::time::Duration::from_secs(10),
             idle_timeout: settings.idle_timeout,

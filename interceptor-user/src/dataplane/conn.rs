@@ -35,6 +35,9 @@ pub struct Conn {
     pub reply: (ReplyHeader, usize),
     /// The sequence space, for the RFC 5961 checks.
     pub seq: SeqTrack,
+    /// The client's MSS when smoltcp was told a larger one (segmentation offload, see
+    /// [`super::gso`]): longer segments leave for the kernel to cut.
+    pub gso_mss: Option<u16>,
 }
 
 /// Connections by id, by socket and by flow. Bounded by the caller (`max_conns`).
@@ -85,6 +88,7 @@ impl ConnTable {
                 closing_since: None,
                 reply,
                 seq: SeqTrack::default(),
+                gso_mss: None,
             },
         );
         self.by_flow.insert((client, server), id);

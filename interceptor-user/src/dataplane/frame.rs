@@ -250,15 +250,8 @@ fn check_ipv4_options(mut options: &[u8]) -> Result<(), FrameError> {
 /// delivers the second form, and a forger gains nothing from it: it still has to know
 /// the pseudo-header. Anything else is dropped.
 fn check_tcp_checksum(src: IpAddr, dst: IpAddr, segment: &[u8]) -> Result<(), FrameError> {
-    let len = segment.len() as u32;
-    let pseudo = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => sum_words(&s.octets(), sum_words(&d.octets(), 6 + len)),
-        (IpAddr::V6(s), IpAddr::V6(d)) => sum_words(
-            &s.octets(),
-            sum_words(&d.octets(), 6 + (len >> 16) + (len & 0xffff)),
-        ),
-        _ => return Err(FrameError::BadTcpChecksum),
-    };
+    let pseudo =
+        pseudo_header_sum(src, dst, segment.len() as u32).ok_or(FrameError::BadTcpChecksum)?;
     if fold(sum_words(segment, pseudo)) == 0xffff {
         return Ok(());
     }
@@ -270,6 +263,19 @@ fn check_tcp_checksum(src: IpAddr, dst: IpAddr, segment: &[u8]) -> Result<(), Fr
         return Ok(());
     }
     Err(FrameError::BadTcpChecksum)
+}
+
+/// The unfolded one's-complement sum of a TCP pseudo-header (RFC 9293 3.1, RFC 8200 8.1)
+/// for a segment of `len` bytes; `None` when the addresses are of different families.
+pub fn pseudo_header_sum(src: IpAddr, dst: IpAddr, len: u32) -> Option<u32> {
+    Some(match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => sum_words(&s.octets(), sum_words(&d.octets(), 6 + len)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => sum_words(
+            &s.octets(),
+            sum_words(&d.octets(), 6 + (len >> 16) + (len & 0xffff)),
+        ),
+        _ => return None,
+    })
 }
 
 /// One's-complement sum of big-endian 16-bit words (an odd last byte padded with zero),
@@ -290,7 +296,7 @@ fn sum_words(bytes: &[u8], initial: u32) -> u32 {
 }
 
 /// Folds a one's-complement sum to 16 bits.
-fn fold(mut sum: u32) -> u16 {
+pub fn fold(mut sum: u32) -> u16 {
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -16,6 +16,7 @@
 mod conn;
 pub mod destinations;
 pub mod frame;
+pub mod gso;
 pub mod limits;
 pub mod queue;
 pub mod rfc5961;
@@ -62,6 +63,9 @@ use xsk::XskError;
 pub struct DataplaneConfig {
     /// IP MTU of the interface.
     pub mtu: usize,
+    /// Segments larger than the client's MSS go to the kernel to cut (GSO; the TC
+    /// dataplane's reply socket can, AF_XDP cannot): see [`gso`].
+    pub segmentation_offload: bool,
     /// Most concurrent intercepted connections over all workers (the [`Limits`] refuse
     /// SYNs beyond it); sizes this worker's stacks.
     pub max_conns: usize,
@@ -218,9 +222,14 @@ impl<E: Pop3Engine> Dataplane<E> {
         let upstream = Upstream::new(config.connect_timeout).map_err(DataplaneError::Runtime)?;
         let epoch = Instant::now();
         // Initial sequence numbers must be unpredictable to off-path attackers.
+        let stack_mtu = if config.segmentation_offload {
+            gso::STACK_MTU
+        } else {
+            config.mtu
+        };
         let stacks = Stacks::new(
             config.max_conns,
-            config.mtu,
+            stack_mtu,
             smoltcp::time::Instant::ZERO,
             getrandom::u64,
         )
@@ -378,6 +387,7 @@ impl<E: Pop3Engine> Dataplane<E> {
     fn receive(&mut self, now: Instant) {
         let smol_now = self.smol_now(now);
         let Self {
+            config,
             queues,
             stacks,
             conns,
@@ -399,6 +409,8 @@ impl<E: Pop3Engine> Dataplane<E> {
                     }
                 };
                 let mut opened = None;
+                // A SYN whose MSS was raised for segmentation offload (a copy).
+                let mut raised = None;
                 match conns.by_flow(segment.client, segment.server) {
                     Some(id) => {
                         let Some(conn) = conns.get_mut(id) else {
@@ -458,13 +470,19 @@ impl<E: Pop3Engine> Dataplane<E> {
                         );
                         if let Some(conn) = conns.get_mut(id) {
                             conn.seq.peer_shift = segment.tcp.window_shift.unwrap_or(0);
+                            if config.segmentation_offload {
+                                let mut syn = segment.ip_packet.to_vec();
+                                conn.gso_mss = gso::raise_syn_mss(&mut syn, config.mtu);
+                                raised = conn.gso_mss.map(|_| syn);
+                            }
                         }
                         opened = Some((sock, id));
                     }
                     // Not a flow of ours (it ended): nothing to answer.
                     None => return,
                 }
-                stacks.ingress(smol_now, segment.client, segment.server, segment.ip_packet);
+                let packet = raised.as_deref().unwrap_or(segment.ip_packet);
+                stacks.ingress(smol_now, segment.client, segment.server, packet);
                 if let Some((sock, id)) = opened {
                     // A listener that did not take its SYN would steal the next one.
                     if stacks.socket(sock).state() == State::Listen {
@@ -799,7 +817,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             self.reclaim(id, now);
         }
         for (index, header, packet) in self.control_tx.drain(..) {
-            self.queues[index].transmit(header.as_bytes(), &packet);
+            self.queues[index].transmit(header.as_bytes(), &packet, gso::VnetHeader::NONE);
         }
         for queue in &mut self.queues {
             queue.flush();
@@ -808,10 +826,13 @@ impl<E: Pop3Engine> Dataplane<E> {
 
     /// Lets smoltcp send what its sockets have queued (data, ACKs, retransmissions) and
     /// hands the packets to the TX rings; the sequence tracker sees each. Packets of flows
-    /// that have no connection (any more) have nowhere to go.
+    /// that have no connection (any more) have nowhere to go. With segmentation offload,
+    /// smoltcp's SYN-ACK gets the link's MSS and a segment longer than the client's MSS
+    /// leaves for the kernel to cut.
     fn send_stack_tx(&mut self, now: Instant) {
         let smol_now = self.smol_now(now);
         let Self {
+            config,
             stacks,
             queues,
             conns,
@@ -829,7 +850,15 @@ impl<E: Pop3Engine> Dataplane<E> {
             };
             conn.seq.sent(&sent);
             let (header, index) = &conn.reply;
-            queues[*index].transmit(header.as_bytes(), packet);
+            let mut vnet = gso::VnetHeader::NONE;
+            if config.segmentation_offload {
+                if sent.syn {
+                    gso::lower_synack_mss(packet, config.mtu);
+                } else if let Some(mss) = conn.gso_mss {
+                    vnet = gso::offload(packet, header.as_bytes().len(), mss);
+                }
+            }
+            queues[*index].transmit(header.as_bytes(), packet, vnet);
         });
     }
 }

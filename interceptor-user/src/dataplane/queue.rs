@@ -5,6 +5,7 @@
 use std::os::fd::BorrowedFd;
 
 use super::{
+    gso::VnetHeader,
     tap::TapQueue,
     xsk::{XskQueue, XskStats},
 };
@@ -36,11 +37,13 @@ impl FrameQueue {
         }
     }
 
-    /// Queues (or sends) one frame made of `header` then `payload`.
-    pub fn transmit(&mut self, header: &[u8], payload: &[u8]) -> bool {
+    /// Queues (or sends) one frame made of `header` then `payload`; `vnet` is the offload
+    /// asked of the kernel, which only the TAP's reply socket has (AF_XDP's stacks never
+    /// write a segment that would need it).
+    pub fn transmit(&mut self, header: &[u8], payload: &[u8], vnet: VnetHeader) -> bool {
         match self {
             FrameQueue::Xsk(q) => q.transmit(header, payload),
-            FrameQueue::Tap(q) => q.transmit(header, payload),
+            FrameQueue::Tap(q) => q.transmit(header, payload, vnet),
         }
     }
 

@@ -19,7 +19,7 @@ use rustix::mm;
 
 use super::rfc5961::Sent;
 use smoltcp::{
-    iface::{Config, Interface, SocketHandle, SocketSet},
+    iface::{Config, Interface, PollResult, SocketHandle, SocketSet},
     phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium, RxToken, TxToken},
     socket::tcp,
     time::{Duration, Instant},
@@ -33,8 +33,12 @@ const OWN_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
 const OWN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
 
 /// Per-connection buffer sizes: clients send little, the server's answers can be large.
+/// The TX side holds four 64 KB segments (TC's segmentation offload), so the next is
+/// ready while the client acknowledges the last; a check session touches a page of it.
 pub const RX_BUFFER: usize = 16 * 1024;
-pub const TX_BUFFER: usize = 64 * 1024;
+pub const TX_BUFFER: usize = 256 * 1024;
+/// Segments one socket may send per pass (smoltcp emits one per egress call).
+const EGRESS_ROUNDS: usize = 8;
 
 /// The two buffers of one socket in one anonymous mapping of their own. The kernel maps
 /// zero pages lazily, so a half-open connection (buffers untouched) costs no buffer
@@ -94,7 +98,8 @@ pub struct BufferPool {
     spare: Vec<Buffers>,
 }
 
-/// Most buffers kept for reuse: at most 5 MB, their RX halves (1 MB) mapped.
+/// Most buffers kept for reuse: at most 17 MB, their RX halves (1 MB) mapped and the TX
+/// halves as far as their connections used them (a RETR leaves all of it touched).
 const POOLED_BUFFERS: usize = 64;
 
 impl BufferPool {
@@ -257,16 +262,24 @@ impl Stack {
         }
     }
 
-    /// Lets smoltcp send what its sockets have queued (data, ACKs, retransmissions).
+    /// Lets smoltcp send what its sockets have queued (data, ACKs, retransmissions): it
+    /// emits at most one segment per socket per call, so call again while it sends, a few
+    /// times at most (the rest waits for the next pass).
     pub fn egress(&mut self, now: Instant) {
-        self.iface
-            .poll_egress(now, &mut self.device, &mut self.sockets);
+        for _ in 0..EGRESS_ROUNDS {
+            let sent = self
+                .iface
+                .poll_egress(now, &mut self.device, &mut self.sockets);
+            if sent == PollResult::None {
+                break;
+            }
+        }
     }
 
-    /// Hands every packet smoltcp produced to `send`, in order.
-    pub fn drain_tx(&mut self, mut send: impl FnMut(&[u8])) {
-        for packet in self.device.tx.drain(..) {
-            send(&packet);
+    /// Hands every packet smoltcp produced to `send` (which may still change it), in order.
+    pub fn drain_tx(&mut self, mut send: impl FnMut(&mut [u8])) {
+        for mut packet in self.device.tx.drain(..) {
+            send(&mut packet);
             self.device.spare.push(packet);
         }
         // Keep a small pool, not every buffer a burst ever needed.

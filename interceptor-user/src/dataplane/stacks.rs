@@ -122,7 +122,7 @@ impl Stacks {
 
     /// Lets the stacks that were touched, or whose timers are due, send what their
     /// sockets have queued; hands every packet to `send`, in order per stack.
-    pub fn egress(&mut self, now: Instant, mut send: impl FnMut(&[u8])) {
+    pub fn egress(&mut self, now: Instant, mut send: impl FnMut(&mut [u8])) {
         for slot in &mut self.slots {
             if !(slot.touched || slot.due.is_some_and(|due| due <= now)) {
                 continue;

@@ -13,6 +13,10 @@
 //! With several workers the TAP has one queue each (`IFF_MULTI_QUEUE`): the kernel picks
 //! the queue of a redirected frame by its flow hash, so every frame of one connection
 //! reaches the same worker, and each worker sends its replies through a socket of its own.
+//!
+//! The reply socket takes a `virtio_net_hdr` in front of every frame (`PACKET_VNET_HDR`):
+//! a segment longer than the client's MSS goes out whole and the kernel cuts it (GSO, see
+//! [`super::gso`]).
 
 use std::{
     ffi::CStr,
@@ -22,7 +26,7 @@ use std::{
 
 use thiserror::Error;
 
-use super::xsk::XskStats;
+use super::{gso::VnetHeader, xsk::XskStats};
 
 /// Largest frame read from the TAP (a TAP without offloads hands over segmented
 /// frames, so anything near the MTU fits many times over).
@@ -169,10 +173,16 @@ impl TapQueue {
         count
     }
 
-    /// Sends one frame made of `header` then `payload` out of the subscriber interface.
-    /// Returns false (and counts it) when the kernel refused it; TCP will retransmit.
-    pub fn transmit(&mut self, header: &[u8], payload: &[u8]) -> bool {
+    /// Sends one frame made of `header` then `payload` out of the subscriber interface,
+    /// with the offload `vnet` asks of the kernel. Returns false (and counts it) when the
+    /// kernel refused it; TCP will retransmit.
+    pub fn transmit(&mut self, header: &[u8], payload: &[u8], vnet: VnetHeader) -> bool {
+        let vnet = vnet.to_bytes();
         let iov = [
+            libc::iovec {
+                iov_base: vnet.as_ptr() as *mut libc::c_void,
+                iov_len: vnet.len(),
+            },
             libc::iovec {
                 iov_base: header.as_ptr() as *mut libc::c_void,
                 iov_len: header.len(),
@@ -205,7 +215,7 @@ impl TapQueue {
 }
 
 /// An `AF_PACKET` socket that only sends (protocol 0: it receives nothing), bound to the
-/// subscriber interface.
+/// subscriber interface, every frame behind a `virtio_net_hdr`.
 fn reply_socket(ifindex: u32) -> Result<OwnedFd, TapError> {
     // SAFETY: plain socket(2).
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -229,7 +239,35 @@ fn reply_socket(ifindex: u32) -> Result<OwnedFd, TapError> {
     if bound < 0 {
         return Err(last_error("binding the AF_PACKET reply socket"));
     }
+    if !set_int(&socket, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1) {
+        return Err(last_error("asking for virtio_net_hdr on the reply socket"));
+    }
+    // Frames stay charged to the socket until the NIC has sent them, and a refused one
+    // waits for smoltcp's retransmission (a second at least): the default send buffer
+    // holds three 64 KB frames, this one 64. Best effort: without CAP_NET_ADMIN the
+    // kernel caps SO_SNDBUF at wmem_max.
+    if !set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, SEND_BUFFER) {
+        set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUF, SEND_BUFFER);
+    }
     Ok(socket)
+}
+
+/// Send buffer of a reply socket, in bytes.
+const SEND_BUFFER: libc::c_int = 4 << 20;
+
+/// `setsockopt` of one int; whether the kernel took it.
+fn set_int(socket: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: the option reads one int from a live local.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    set == 0
 }
 
 /// An `ifreq` naming `name` (truncated to what fits).
