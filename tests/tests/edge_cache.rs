@@ -7,7 +7,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use pop3_interceptor::cache::store::{Limits, Store, UserId};
@@ -184,14 +184,21 @@ fn interceptor(topo: &Topology, cache: &Path) -> Interceptor {
     Interceptor::start(topo, &["--interval", "0s", "--cache-dir", cache]).unwrap()
 }
 
-/// The `formatted` entry of `user` in a `bpftool -j map dump` of USERS.
+/// The `formatted` entry of `user` in a `bpftool -j map dump` of USERS. The mirror runs on
+/// the operator thread, a moment after the session: it gets two seconds.
 fn users_entry(ic: &Interceptor, user: &str) -> Value {
-    let dump = ic.dump_map("USERS").unwrap();
-    let entries = dump.as_array().expect("array dump").iter();
-    let mut formatted = entries.map(|e| e.get("formatted").cloned().unwrap_or_else(|| e.clone()));
-    formatted
-        .find(|e| e["key"]["user"] == user)
-        .unwrap_or_else(|| panic!("{user} not in USERS: {dump}"))
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let dump = ic.dump_map("USERS").unwrap();
+        let entries = dump.as_array().expect("array dump").iter();
+        let mut formatted =
+            entries.map(|e| e.get("formatted").cloned().unwrap_or_else(|| e.clone()));
+        match formatted.find(|e| e["key"]["user"] == user) {
+            Some(entry) => return entry,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            None => panic!("{user} not in USERS: {dump}"),
+        }
+    }
 }
 
 /// After alice's session read every message of `mails` from the edge: the pinned USERS
