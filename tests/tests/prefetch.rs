@@ -449,3 +449,20 @@ fn a_full_cache_folder_holds_its_bounds_and_evicts_the_least_recently_used() {
         assert!(retr_of(&env.dc, &session).starts_with(retr), "{user}");
     }
 }
+
+/// A user whose maildrop the edge saw empty is looked at by every scan, and the daemon
+/// goes on answering: a scan once asked the user table for n while holding that user's
+/// shard lock, waited for it for good, and the dataplane waited behind the scan.
+#[test]
+fn scans_over_a_user_seen_with_an_empty_maildrop_leave_the_daemon_answering() {
+    let mut env = Env::direct(dovecot());
+    let cache = in_cache(&env);
+    let lull = "window = \"00:00-24:00\"\nevery = \"1s\"\n";
+    start(&mut env, &cache, MASTER_PASSWORD, lull, &[]);
+    assert_eq!(env.check("alice"), "0 0");
+    let runs = metric(&env.scrape(METRICS), "prefetch_runs_total");
+    metrics_until(&env, "two more scans", |m| {
+        metric(m, "prefetch_runs_total") >= runs + 2.0
+    });
+    assert_eq!(env.check("alice"), "0 0", "checks are still answered");
+}

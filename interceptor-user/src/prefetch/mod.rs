@@ -218,13 +218,24 @@ impl Prefetcher {
                 (server, user.to_vec(), last_check)
             }));
         }
+        // `interval_for` reads the table too: never under `for_each`'s shard lock (the
+        // same lock again would wait forever, and the worker behind it).
+        let mut seen = Vec::new();
         table.for_each(|key, entry| {
-            let empty_now = matches!(entry.view(), Some(None))
-                && entry.fresh(now, engine.interval_for(key, now));
-            if !empty_now && self.home(key.server, &key.user) == Home::Unknown {
-                users.push((key.server, key.user.to_vec(), Some(entry.last_check())));
+            if self.home(key.server, &key.user) == Home::Unknown {
+                let seen_empty = matches!(entry.view(), Some(None));
+                seen.push((key.clone(), seen_empty, entry.last_check()));
             }
         });
+        for (key, seen_empty, last_check) in seen {
+            let empty_now = seen_empty && {
+                let interval = engine.interval_for(&key, now);
+                table.get(&key).is_some_and(|e| e.fresh(now, interval))
+            };
+            if !empty_now {
+                users.push((key.server, key.user.to_vec(), Some(last_check)));
+            }
+        }
         let store = cache.store();
         users
             .into_iter()

@@ -158,7 +158,8 @@ impl SharedTable {
         self.all().map(|shard| shard.maildrop_bytes()).sum()
     }
 
-    /// Calls `f` with every entry, one shard at a time (each locked meanwhile).
+    /// Calls `f` with every entry, one shard at a time (each locked meanwhile): `f` must
+    /// not call back into the table, which would wait for the lock it holds.
     pub fn for_each(&self, mut f: impl FnMut(&UserKey, EntryRef<'_>)) {
         for shard in self.all() {
             for (key, entry) in shard.iter() {
