@@ -40,7 +40,7 @@ impl Waker {
         let mut value = [0u8; 8];
         // EAGAIN when nothing is pending is fine.
         let _ = rustix::io::read(&self.fd, &mut value);
-        self.pending.store(false, Ordering::Release);
+        self.pending.swap(false, Ordering::AcqRel);
     }
 }
 

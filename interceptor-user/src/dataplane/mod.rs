@@ -685,7 +685,11 @@ impl<E: Pop3Engine> Dataplane<E> {
             }
             conn.upstream_credit_owed = 0;
             if conn.close_after_flush && self.stacks.peek(conn.sock).is_open() {
-                self.stacks.socket(conn.sock).close();
+                let socket = self.stacks.socket(conn.sock);
+                // Nothing of ours is left to carry an ACK: the one for the client's FIN
+                // must not wait for smoltcp's delayed-ACK timer (see `reclaim_if_done`).
+                socket.set_ack_delay(None);
+                socket.close();
             }
         }
     }
@@ -704,9 +708,8 @@ impl<E: Pop3Engine> Dataplane<E> {
             conn.closing_since.get_or_insert(now);
         }
         if state == State::TimeWait {
-            // smoltcp delays the ACK of the client's FIN like any other: send it now, with
-            // this pass's transmit, and reclaim after that.
-            self.stacks.socket(conn.sock).set_ack_delay(None);
+            // smoltcp's ACK of the client's FIN (no delay since our close) goes out with
+            // this pass's transmit: reclaim after that.
             self.time_wait.push(id);
             return;
         }
