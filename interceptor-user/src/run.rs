@@ -254,10 +254,6 @@ pub fn run(args: RunArgs, signals: SignalFd) -> anyhow::Result<()> {
 /// How often the operator thread runs when nothing wakes it: the TC classifier's
 /// heartbeat is written at least this often.
 const OPERATOR_TICK: Duration = Duration::from_millis(100);
-/// Least time between two of its runs when woken: the workers wake it whenever flows come
-/// and go, thousands of times a second under load, and each run writes the maps. The
-/// mirror and the metrics lag by at most this much (a few passes of a busy worker).
-const OPERATOR_GAP: Duration = Duration::from_millis(2);
 
 /// The operator thread (the daemon's main thread) while the workers run: signals, the
 /// classifier's heartbeat and exclusions, the mirror, notifications and metrics.
@@ -289,7 +285,6 @@ impl Operator {
             tv_sec: 0,
             tv_nsec: OPERATOR_TICK.as_nanos() as i64,
         };
-        let mut last_run = Instant::now();
         loop {
             let mut fds = [
                 PollFd::new(signals, PollFlags::IN),
@@ -299,11 +294,6 @@ impl Operator {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(err) => return Err(err).context("poll on the operator thread"),
             }
-            // Wake-ups in the gap are taken together, by the reset after it.
-            if let Some(rest) = OPERATOR_GAP.checked_sub(last_run.elapsed()) {
-                std::thread::sleep(rest);
-            }
-            last_run = Instant::now();
             waker.reset();
             if let Some(signal) = signals.read() {
                 if signal != libc::SIGHUP {
