@@ -16,7 +16,7 @@
 
 use std::net::IpAddr;
 
-use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use etherparse::{SlicedPacket, TransportSlice};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, virtio_net_hdr,
 };
@@ -82,19 +82,11 @@ struct TcpAt {
     syn: bool,
 }
 
+use super::stack::addresses;
+
 fn locate(ip_packet: &[u8]) -> Option<TcpAt> {
     let packet = SlicedPacket::from_ip(ip_packet).ok()?;
-    let (src, dst) = match packet.net? {
-        NetSlice::Ipv4(ip) => (
-            IpAddr::V4(ip.header().source_addr()),
-            IpAddr::V4(ip.header().destination_addr()),
-        ),
-        NetSlice::Ipv6(ip) => (
-            IpAddr::V6(ip.header().source_addr()),
-            IpAddr::V6(ip.header().destination_addr()),
-        ),
-        NetSlice::Arp(_) => return None,
-    };
+    let (src, dst) = addresses(packet.net?)?;
     let TransportSlice::Tcp(tcp) = packet.transport? else {
         return None;
     };

@@ -307,11 +307,10 @@ impl Stack {
     }
 }
 
-/// An outgoing packet's flow, `(client, server)`, and what the RFC 5961 tracker needs.
-pub fn packet_meta(ip_packet: &[u8]) -> Option<(SocketAddr, SocketAddr, Sent)> {
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-    let packet = SlicedPacket::from_ip(ip_packet).ok()?;
-    let (src, dst) = match packet.net? {
+/// Source and destination of an IP packet (none for ARP).
+pub(super) fn addresses(net: etherparse::NetSlice<'_>) -> Option<(IpAddr, IpAddr)> {
+    use etherparse::NetSlice;
+    Some(match net {
         NetSlice::Ipv4(ip) => (
             IpAddr::V4(ip.header().source_addr()),
             IpAddr::V4(ip.header().destination_addr()),
@@ -321,7 +320,14 @@ pub fn packet_meta(ip_packet: &[u8]) -> Option<(SocketAddr, SocketAddr, Sent)> {
             IpAddr::V6(ip.header().destination_addr()),
         ),
         NetSlice::Arp(_) => return None,
-    };
+    })
+}
+
+/// An outgoing packet's flow, `(client, server)`, and what the RFC 5961 tracker needs.
+pub fn packet_meta(ip_packet: &[u8]) -> Option<(SocketAddr, SocketAddr, Sent)> {
+    use etherparse::{SlicedPacket, TransportSlice};
+    let packet = SlicedPacket::from_ip(ip_packet).ok()?;
+    let (src, dst) = addresses(packet.net?)?;
     let TransportSlice::Tcp(tcp) = packet.transport? else {
         return None;
     };

@@ -1,4 +1,5 @@
 use super::*;
+use etherparse::NetSlice;
 use etherparse::{PacketBuilder, TcpOptionElement};
 use proptest::prelude::*;
 
