@@ -16,8 +16,9 @@
 //! Each worker moves its own flows into and out of the classifier's `FLOWS` map
 //! ([`FlowMaps`]: at the end of a pass, once the updates are a moment old). The operator
 //! thread (the daemon's main thread) is woken when a worker's connections came or went
-//! (for the mirror; at most once per its gap), and asks the workers for fresh counters on
-//! a scrape.
+//! (for the mirror; each worker at most once per [`OPERATOR_WAKE_GAP`], so a busy worker
+//! does not run the operator's whole tick for every check), and asks the workers for
+//! fresh counters on a scrape.
 
 use std::{
     net::SocketAddr,
@@ -50,6 +51,10 @@ use crate::{cache::SharedCache, engine::Engine, flow_maps::FlowMaps, waker::Wake
 const BLOCKING_THREADS: usize = 4;
 /// How long the operator waits for the workers' counters on a scrape.
 const STATS_WAIT: Duration = Duration::from_secs(1);
+/// The shortest time between two wake-ups of the operator thread by one worker for its
+/// flows: at thousands of checks a second, waking it for each cost a fifth of the
+/// daemon's CPU, while the mirror it feeds is read by people and bpftool.
+const OPERATOR_WAKE_GAP: Duration = Duration::from_millis(2);
 
 /// How many workers `--workers` asks for (in the config file: a number or `"auto"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -436,24 +441,31 @@ impl WorkerRun {
             dataplane.set_cache(cache);
         }
         let mut answered = 0;
+        let mut wakes = PacedWakes::new(OPERATOR_WAKE_GAP);
         dataplane.run(|dp| {
+            let now = Instant::now();
             flows.adopt(dp.established_flows());
             flows.forget(dp.closed_flows());
-            flows.write(Instant::now(), |client, server| dp.has_flow(client, server));
-            dp.wake_by(flows.due());
+            flows.write(now, |client, server| dp.has_flow(client, server));
             let changed = !dp.established_flows().is_empty() || !dp.closed_flows().is_empty();
             let wanted = scrape.load(Ordering::Acquire);
-            if changed || wanted > answered {
+            let scraped = wanted > answered;
+            if changed || scraped {
                 let mut outbox = lock(&outbox);
                 outbox.closed.extend_from_slice(dp.closed_flows());
-                if wanted > answered {
+                if scraped {
                     outbox.stats = dp.stats();
                     outbox.generation = wanted;
                     answered = wanted;
                 }
                 drop(outbox);
+                wakes.owe();
+            }
+            // A scrape waits for these counters: it is woken at once.
+            if wakes.take(now, scraped) {
                 operator.wake();
             }
+            dp.wake_by([flows.due(), wakes.due()].into_iter().flatten().min());
             if stop.load(Ordering::Acquire) {
                 ControlFlow::Break(())
             } else {
@@ -463,9 +475,74 @@ impl WorkerRun {
     }
 }
 
+/// Wake-ups owed to another thread, sent at most once per `gap` unless urgent.
+#[derive(Debug)]
+struct PacedWakes {
+    gap: Duration,
+    sent_at: Option<Instant>,
+    owed: bool,
+}
+
+impl PacedWakes {
+    fn new(gap: Duration) -> Self {
+        Self {
+            gap,
+            sent_at: None,
+            owed: false,
+        }
+    }
+
+    /// Something for the other thread is waiting.
+    fn owe(&mut self) {
+        self.owed = true;
+    }
+
+    /// Whether to wake the other thread now: something is owed and the gap has passed
+    /// since the last wake-up, or it is `urgent`.
+    fn take(&mut self, now: Instant, urgent: bool) -> bool {
+        let paced = self
+            .sent_at
+            .is_some_and(|at| now.duration_since(at) < self.gap);
+        if !self.owed || (paced && !urgent) {
+            return false;
+        }
+        self.owed = false;
+        self.sent_at = Some(now);
+        true
+    }
+
+    /// When an owed wake-up may go, if one is owed.
+    fn due(&self) -> Option<Instant> {
+        self.owed
+            .then(|| self.sent_at.map_or_else(Instant::now, |at| at + self.gap))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wakes_are_paced_but_none_is_lost_and_urgent_ones_go_at_once() {
+        let gap = Duration::from_millis(2);
+        let start = Instant::now();
+        let mut wakes = PacedWakes::new(gap);
+        assert!(!wakes.take(start, false), "nothing owed");
+        assert_eq!(wakes.due(), None);
+        wakes.owe();
+        assert!(wakes.take(start, false), "the first wake-up goes at once");
+        wakes.owe();
+        let soon = start + gap / 2;
+        assert!(!wakes.take(soon, false), "within the gap");
+        assert_eq!(wakes.due(), Some(start + gap), "a pass is asked for");
+        assert!(
+            wakes.take(start + gap, false),
+            "owed, sent once the gap passed"
+        );
+        assert_eq!(wakes.due(), None);
+        wakes.owe();
+        assert!(wakes.take(start + gap, true), "urgent: within the gap");
+    }
 
     #[test]
     fn worker_counts_parse_and_resolve_against_queues_and_cpus() {
