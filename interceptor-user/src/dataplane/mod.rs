@@ -327,12 +327,12 @@ impl<E: Pop3Engine> Dataplane<E> {
             .map(|fd| PollFd::new(fd, PollFlags::IN))
             .collect();
         loop {
-            // Whole milliseconds, rounded down as poll(2) always took them: a sub-millisecond
-            // wait (a smoltcp timer about due) polls without sleeping.
+            // To the nanosecond (ppoll): a wait rounded down to whole milliseconds, as
+            // poll(2) takes it, spun through the last millisecond before every deadline.
             let wait = self.next_wakeup(Instant::now());
             let timeout = Timespec {
                 tv_sec: wait.as_secs() as i64,
-                tv_nsec: i64::from(wait.subsec_millis()) * 1_000_000,
+                tv_nsec: i64::from(wait.subsec_nanos()),
             };
             match rustix::event::poll(&mut fds, Some(&timeout)) {
                 Ok(_) | Err(Errno::INTR) => {}
