@@ -10,7 +10,7 @@
 //! map only means "not mirrored" (counted), never an error on the packet path.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, VecDeque},
     ffi::c_char,
     net::SocketAddr,
     sync::Arc,
@@ -19,7 +19,10 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData};
 use common::{DaemonStats, SessionKey, SessionValue, Text, UserKey, UserValue};
-use pop3_engine::attenuation::{self as engine, AttenuationEngine, State};
+use pop3_engine::{
+    attenuation::{self as engine, AttenuationEngine, State},
+    session::ConnId,
+};
 
 use crate::cache::{self, SharedCache};
 
@@ -61,14 +64,29 @@ impl UnixClock {
 
 /// How often the engine's counters are published to `STATS`.
 const STATS_PERIOD: Duration = Duration::from_secs(1);
+/// How long a session lasts before `SESSIONS` shows it: a check is over in a few
+/// milliseconds, and showing each cost a write, a delete and their keys' formatting.
+const SESSION_SHOWN_AFTER: Duration = Duration::from_millis(50);
+
+/// A session the mirror heard of, by its flow `(client, server)`.
+#[derive(Debug)]
+struct LiveSession {
+    worker: usize,
+    conn: ConnId,
+    key: Arc<engine::UserKey>,
+    /// Written to `SESSIONS` (and so to be deleted when it ends).
+    shown: bool,
+}
 
 /// The mirrored maps.
 pub struct Mirror {
     users: HashMap<MapData, UserKey, UserValue>,
     sessions: HashMap<MapData, SessionKey, SessionValue>,
-    /// The keys `sessions` holds (as many as the map's size at most): a session that ends
-    /// without ever being written costs no delete.
-    sessions_shown: hashbrown::HashSet<SessionKey>,
+    /// Sessions heard of and not yet ended: shown ones, and for [`SESSION_SHOWN_AFTER`]
+    /// at most, those not shown yet.
+    live: hashbrown::HashMap<(SocketAddr, SocketAddr), LiveSession>,
+    /// Sessions not shown yet, by when they were first heard of (oldest first).
+    unshown: VecDeque<(Instant, (SocketAddr, SocketAddr))>,
     stats_map: Array<MapData, DaemonStats>,
     stats_published: Option<Instant>,
     clock: UnixClock,
@@ -89,7 +107,8 @@ impl Mirror {
         Self {
             users,
             sessions,
-            sessions_shown: hashbrown::HashSet::new(),
+            live: hashbrown::HashMap::new(),
+            unshown: VecDeque::new(),
             stats_map,
             stats_published: None,
             clock: UnixClock::now(),
@@ -136,32 +155,55 @@ impl Mirror {
         // session once per pass, as they stand now.
         let mut users: hashbrown::HashMap<Arc<engine::UserKey>, Option<SocketAddr>> =
             hashbrown::HashMap::new();
-        let mut sessions = hashbrown::HashMap::new();
+        let mut changed = hashbrown::HashSet::new();
         for (worker, engine) in engines.iter_mut().enumerate() {
             for change in engine.take_changes() {
                 let client = change.session.map(|(_, client)| client);
                 let last = users.entry(change.key.clone()).or_default();
                 *last = client.or(*last);
                 if let Some((conn, client)) = change.session {
-                    sessions.insert((worker, conn), (client, change.key));
+                    let flow = (client, change.key.server);
+                    let session = LiveSession {
+                        worker,
+                        conn,
+                        key: change.key,
+                        shown: false,
+                    };
+                    match self.live.entry(flow) {
+                        hashbrown::hash_map::Entry::Occupied(mut seen) => {
+                            let shown = seen.get().shown;
+                            seen.insert(LiveSession { shown, ..session });
+                            if shown {
+                                changed.insert(flow);
+                            }
+                        }
+                        hashbrown::hash_map::Entry::Vacant(new) => {
+                            new.insert(session);
+                            self.unshown.push_back((now, flow));
+                        }
+                    }
                 }
             }
         }
         for (key, client) in users {
             self.refresh_user(engines, &key, client, now);
         }
-        for ((worker, conn), (client, key)) in sessions {
-            // A session that began and ended between two passes was never shown: two
-            // syscalls saved per short check, most of them.
-            if let Some(state) = engines[worker].state(conn) {
-                self.write_session(client, &key, state_word(state));
+        // A check is over before it is shown: no syscall for most sessions.
+        for &flow in closed {
+            if let Some(session) = self.live.remove(&flow)
+                && session.shown
+            {
+                let _ = self.sessions.remove(&session_key(flow.0, flow.1));
             }
         }
-        for &(client, server) in closed {
-            let key = session_key(client, server);
-            if self.sessions_shown.remove(&key) {
-                let _ = self.sessions.remove(&key);
-            }
+        while let Some(&(seen, flow)) = self.unshown.front()
+            && now.duration_since(seen) >= SESSION_SHOWN_AFTER
+        {
+            self.unshown.pop_front();
+            changed.insert(flow);
+        }
+        for flow in changed {
+            self.show_session(engines, flow);
         }
         while let Some((at, _)) = self.expiries.first()
             && *at <= now
@@ -288,19 +330,28 @@ impl Mirror {
         }
     }
 
-    fn write_session(&mut self, client: SocketAddr, key: &engine::UserKey, state: &str) {
-        let Some(user) = bounded_text::<{ common::USER_TEXT }>(&key.user.to_string()) else {
+    /// Writes a live session's row as its engine has it; forgets a session its engine no
+    /// longer has (the connection ends in a later pass).
+    fn show_session(&mut self, engines: &[&mut AttenuationEngine], flow: (SocketAddr, SocketAddr)) {
+        let Some(session) = self.live.get_mut(&flow) else {
+            return;
+        };
+        let Some(state) = engines[session.worker].state(session.conn) else {
+            if !session.shown {
+                self.live.remove(&flow);
+            }
+            return;
+        };
+        let Some(user) = bounded_text::<{ common::USER_TEXT }>(&session.key.user.to_string())
+        else {
             return;
         };
         let value = SessionValue {
             user,
-            state: text(state),
+            state: text(state_word(state)),
         };
-        let map_key = session_key(client, key.server);
-        match self.sessions.insert(map_key, value, 0) {
-            Ok(()) => {
-                self.sessions_shown.insert(map_key);
-            }
+        match self.sessions.insert(session_key(flow.0, flow.1), value, 0) {
+            Ok(()) => session.shown = true,
             Err(_) => self.stats.sessions_not_mirrored += 1,
         }
     }

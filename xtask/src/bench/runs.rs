@@ -231,17 +231,24 @@ impl Bench<'_> {
                 logins: after - warmed,
                 engine_counters: None,
                 fill_ring_empty: None,
+                syns_refused: None,
+                challenge_acks: None,
             })
         })();
         icpt.terminate(Duration::from_secs(10));
         let mut check = res?;
-        check.fill_ring_empty = icpt.log_text().lines().find_map(|l| {
-            let i = l.find("fill_ring_empty: ")?;
-            let rest = &l[i + "fill_ring_empty: ".len()..];
-            rest[..rest.find(|c: char| !c.is_ascii_digit())?]
-                .parse()
-                .ok()
-        });
+        let log = icpt.log_text();
+        check.fill_ring_empty = logged_count(&log, "fill_ring_empty");
+        check.syns_refused = [
+            "conns_refused_full",
+            "conns_refused_source_conns",
+            "conns_refused_source_half_open",
+            "conns_refused_source_rate",
+        ]
+        .into_iter()
+        .map(|field| logged_count(&log, field))
+        .sum();
+        check.challenge_acks = logged_count(&log, "challenge_acks");
         check.engine_counters = icpt.log_text().lines().find_map(|l| {
             let i = l.find("engine=Some(")?;
             let rest = &l[i + "engine=Some(".len()..];
@@ -271,6 +278,21 @@ pub(super) struct AttenuationCheck {
     /// `DataplaneStats`, logged at SIGTERM): each one is a TCP loss a client recovers from
     /// only by retransmitting.
     fill_ring_empty: Option<u64>,
+    /// SYNs the daemon refused with an RST (connection limits; its `DataplaneStats`):
+    /// a client sees each as a reset `connect`.
+    syns_refused: Option<u64>,
+    /// Segments out of the window (RFC 5961) answered with a challenge ACK.
+    challenge_acks: Option<u64>,
+}
+
+/// The counter `field` of the daemon's stats as logged at SIGTERM (`field: N`).
+fn logged_count(log: &str, field: &str) -> Option<u64> {
+    log.lines().find_map(|l| {
+        let rest = &l[l.find(&format!("{field}: "))? + field.len() + 2..];
+        rest[..rest.find(|c: char| !c.is_ascii_digit())?]
+            .parse()
+            .ok()
+    })
 }
 
 /// What the attenuated runs cost Dovecot, and the daemon's counters.
@@ -286,5 +308,8 @@ pub(super) fn print_attenuation_check(a: &AttenuationCheck) {
         println!(
             "  frames dropped by the kernel for want of a fill-ring frame (attenuate runs): {n}"
         );
+    }
+    if let (Some(refused), Some(challenged)) = (a.syns_refused, a.challenge_acks) {
+        println!("  SYNs refused with an RST: {refused}; challenge ACKs: {challenged}");
     }
 }
