@@ -40,17 +40,18 @@ impl FrameQueue {
     /// Queues (or sends) one frame made of `header` then `payload`; `vnet` is the offload
     /// asked of the kernel, which only the TAP's reply socket has (AF_XDP's stacks never
     /// write a segment that would need it).
-    pub fn transmit(&mut self, header: &[u8], payload: &[u8], vnet: VnetHeader) -> bool {
+    pub fn transmit(&mut self, header: &[u8], payload: &[u8], vnet: VnetHeader) {
         match self {
             FrameQueue::Xsk(q) => q.transmit(header, payload),
             FrameQueue::Tap(q) => q.transmit(header, payload, vnet),
         }
     }
 
-    /// Pushes out what `transmit` queued (the TAP's socket sends at once).
+    /// Pushes out what `transmit` queued.
     pub fn flush(&mut self) {
-        if let FrameQueue::Xsk(q) = self {
-            q.flush();
+        match self {
+            FrameQueue::Xsk(q) => q.flush(),
+            FrameQueue::Tap(q) => q.flush(),
         }
     }
 

@@ -16,11 +16,12 @@
 //!
 //! The reply socket takes a `virtio_net_hdr` in front of every frame (`PACKET_VNET_HDR`):
 //! a segment longer than the client's MSS goes out whole and the kernel cuts it (GSO, see
-//! [`super::gso`]).
+//! [`super::gso`]). A pass's small replies leave together, in one `sendmmsg` at its end.
 
 use std::{
     ffi::CStr,
     io,
+    ops::Range,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
@@ -33,6 +34,12 @@ use super::{gso::VnetHeader, xsk::XskStats};
 const MAX_FRAME: usize = 64 * 1024;
 /// Name pattern of the TAP; the kernel fills in the number.
 const TAP_NAME: &CStr = c"pop3i%d";
+/// Replies up to this long wait for the pass's `sendmmsg`; a longer one (a GSO frame) is
+/// sent at once rather than copied.
+const BATCHED_FRAME: usize = 2048;
+/// Frames and bytes of one `sendmmsg`.
+const BATCH_FRAMES: usize = 64;
+const BATCH_BYTES: usize = BATCH_FRAMES * BATCHED_FRAME;
 
 /// Why the TAP or the reply socket could not be set up.
 #[derive(Debug, Error)]
@@ -55,7 +62,85 @@ pub struct TapQueue {
     reply: OwnedFd,
     ifindex: u32,
     buffer: Vec<u8>,
+    replies: ReplyBatch,
     stats: XskStats,
+}
+
+/// Small frames waiting to leave together: a syscall per pass instead of one per frame.
+#[derive(Debug)]
+struct ReplyBatch {
+    /// Never grows past [`BATCH_BYTES`].
+    bytes: Vec<u8>,
+    frames: Vec<Range<usize>>,
+}
+
+impl ReplyBatch {
+    fn new() -> Self {
+        Self {
+            bytes: Vec::with_capacity(BATCH_BYTES),
+            frames: Vec::with_capacity(BATCH_FRAMES),
+        }
+    }
+
+    /// Whether a frame of `len` bytes fits beside those waiting.
+    fn has_room(&self, len: usize) -> bool {
+        self.frames.len() < BATCH_FRAMES && self.bytes.len() + len <= BATCH_BYTES
+    }
+
+    /// Queues the frame made of `parts`; the caller checked [`Self::has_room`].
+    fn push(&mut self, parts: [&[u8]; 3]) {
+        let start = self.bytes.len();
+        for part in parts {
+            self.bytes.extend_from_slice(part);
+        }
+        self.frames.push(start..self.bytes.len());
+    }
+
+    /// Sends the waiting frames on `socket`, in order; returns how many went and how many
+    /// the kernel refused (each refusal skips that frame and goes on with the next).
+    fn send(&mut self, socket: BorrowedFd<'_>) -> (u64, u64) {
+        let count = self.frames.len();
+        if count == 0 {
+            return (0, 0);
+        }
+        // SAFETY: all-zero iovecs and mmsghdrs are valid (null, empty).
+        let mut iov: [libc::iovec; BATCH_FRAMES] = unsafe { std::mem::zeroed() };
+        let mut msgs: [libc::mmsghdr; BATCH_FRAMES] = unsafe { std::mem::zeroed() };
+        for ((frame, iov), msg) in self.frames.iter().zip(&mut iov).zip(&mut msgs) {
+            *iov = libc::iovec {
+                iov_base: self.bytes[frame.clone()].as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            };
+            msg.msg_hdr.msg_iov = iov;
+            msg.msg_hdr.msg_iovlen = 1;
+        }
+        let (mut sent, mut refused, mut next) = (0, 0, 0);
+        while next < count {
+            // SAFETY: `msgs[next..count]` point at iovecs over `self.bytes`, all alive and
+            // unchanged across the call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    msgs[next..].as_mut_ptr(),
+                    (count - next) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            match usize::try_from(n) {
+                Ok(n) if n > 0 => {
+                    sent += n as u64;
+                    next += n;
+                }
+                _ => {
+                    refused += 1;
+                    next += 1;
+                }
+            }
+        }
+        self.bytes.clear();
+        self.frames.clear();
+        (sent, refused)
+    }
 }
 
 /// Opens a queue of the TAP named `name` (a pattern: a new device), returns it and the
@@ -134,6 +219,7 @@ impl TapQueue {
                     reply: reply_socket(ifindex)?,
                     ifindex: ifindex_tap,
                     buffer: vec![0; MAX_FRAME],
+                    replies: ReplyBatch::new(),
                     stats: XskStats::default(),
                 })
             })
@@ -174,10 +260,20 @@ impl TapQueue {
     }
 
     /// Sends one frame made of `header` then `payload` out of the subscriber interface,
-    /// with the offload `vnet` asks of the kernel. Returns false (and counts it) when the
-    /// kernel refused it; TCP will retransmit.
-    pub fn transmit(&mut self, header: &[u8], payload: &[u8], vnet: VnetHeader) -> bool {
+    /// with the offload `vnet` asks of the kernel: a small one at the next
+    /// [`Self::flush`], a long one at once (after those waiting). The kernel may refuse
+    /// a frame (counted); TCP will retransmit.
+    pub fn transmit(&mut self, header: &[u8], payload: &[u8], vnet: VnetHeader) {
         let vnet = vnet.to_bytes();
+        let len = vnet.len() + header.len() + payload.len();
+        if len <= BATCHED_FRAME {
+            if !self.replies.has_room(len) {
+                self.flush();
+            }
+            self.replies.push([&vnet, header, payload]);
+            return;
+        }
+        self.flush();
         let iov = [
             libc::iovec {
                 iov_base: vnet.as_ptr() as *mut libc::c_void,
@@ -200,10 +296,16 @@ impl TapQueue {
         let sent = unsafe { libc::sendmsg(self.reply.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
         if sent < 0 {
             self.stats.tx_ring_full += 1;
-            return false;
+        } else {
+            self.stats.tx_frames += 1;
         }
-        self.stats.tx_frames += 1;
-        true
+    }
+
+    /// Sends the small frames waiting.
+    pub fn flush(&mut self) {
+        let (sent, refused) = self.replies.send(self.reply.as_fd());
+        self.stats.tx_frames += sent;
+        self.stats.tx_ring_full += refused;
     }
 }
 
@@ -282,4 +384,53 @@ fn ifreq(name: &[u8]) -> libc::ifreq {
         *dst = src as libc::c_char;
     }
     ifr
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+
+    use super::*;
+
+    #[test]
+    fn a_batch_leaves_in_order_in_one_call_and_a_refusal_loses_only_its_frames() {
+        let (tx, rx) = UnixDatagram::pair().unwrap();
+        let mut batch = ReplyBatch::new();
+        let frames: [[&[u8]; 3]; 3] = [
+            [b"v1", b"h1", b"one"],
+            [b"", b"h2", b""],
+            [b"v3", b"", b"3"],
+        ];
+        for parts in frames {
+            assert!(batch.has_room(parts.iter().map(|p| p.len()).sum()));
+            batch.push(parts);
+        }
+        assert_eq!(batch.send(tx.as_fd()), (3, 0));
+        let mut buf = [0u8; 64];
+        for expected in [&b"v1h1one"[..], b"h2", b"v33"] {
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], expected);
+        }
+        assert_eq!(batch.send(tx.as_fd()), (0, 0), "nothing left to send");
+        drop(rx);
+        batch.push([b"a", b"b", b"c"]);
+        batch.push([b"d", b"e", b"f"]);
+        assert_eq!(batch.send(tx.as_fd()), (0, 2), "no receiver: both refused");
+    }
+
+    #[test]
+    fn a_batch_is_bounded_in_frames_and_bytes() {
+        let mut batch = ReplyBatch::new();
+        let frame = [0u8; BATCHED_FRAME];
+        for _ in 0..BATCH_FRAMES {
+            assert!(batch.has_room(frame.len()));
+            batch.push([&frame, b"", b""]);
+        }
+        assert!(!batch.has_room(1), "full in frames");
+        assert_eq!(batch.bytes.capacity(), BATCH_BYTES, "never grew");
+        let mut batch = ReplyBatch::new();
+        batch.push([&frame[..10], b"", b""]);
+        assert!(!batch.has_room(BATCH_BYTES - 9), "full in bytes");
+        assert!(batch.has_room(BATCH_BYTES - 10));
+    }
 }

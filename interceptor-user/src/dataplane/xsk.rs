@@ -248,17 +248,17 @@ impl XskQueue {
         }
     }
 
-    /// Queues one frame made of `header` then `payload` for transmission. Returns false
-    /// (and counts it) when no TX frame is free; TCP will retransmit.
-    pub fn transmit(&mut self, header: &[u8], payload: &[u8]) -> bool {
+    /// Queues one frame made of `header` then `payload` for transmission. Without a free
+    /// TX frame it is dropped (and counted); TCP will retransmit.
+    pub fn transmit(&mut self, header: &[u8], payload: &[u8]) {
         self.reap_completions();
         let len = header.len() + payload.len();
         if len > FRAME_SIZE as usize {
-            return false;
+            return;
         }
         let Some(addr) = self.tx_free.pop() else {
             self.stats.tx_ring_full += 1;
-            return false;
+            return;
         };
         let frame = self.area.bytes_mut(addr, len);
         frame[..header.len()].copy_from_slice(header);
@@ -274,11 +274,10 @@ impl XskQueue {
         if !sent {
             self.tx_free.push(addr);
             self.stats.tx_ring_full += 1;
-            return false;
+            return;
         }
         self.tx_pending_kick = true;
         self.stats.tx_frames += 1;
-        true
     }
 
     /// Wakes the kernel to send what `transmit` queued (copy mode needs the kick).
