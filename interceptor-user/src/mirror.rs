@@ -74,6 +74,8 @@ struct LiveSession {
     worker: usize,
     conn: ConnId,
     key: Arc<engine::UserKey>,
+    /// When the mirror first heard of it.
+    seen: Instant,
     /// Written to `SESSIONS` (and so to be deleted when it ends).
     shown: bool,
 }
@@ -82,8 +84,8 @@ struct LiveSession {
 pub struct Mirror {
     users: HashMap<MapData, UserKey, UserValue>,
     sessions: HashMap<MapData, SessionKey, SessionValue>,
-    /// Sessions heard of and not yet ended: shown ones, and for [`SESSION_SHOWN_AFTER`]
-    /// at most, those not shown yet.
+    /// Sessions heard of and not yet ended, shown or not (a write that failed is tried
+    /// again at the session's next change).
     live: hashbrown::HashMap<(SocketAddr, SocketAddr), LiveSession>,
     /// Sessions not shown yet, by when they were first heard of (oldest first).
     unshown: VecDeque<(Instant, (SocketAddr, SocketAddr))>,
@@ -167,13 +169,18 @@ impl Mirror {
                         worker,
                         conn,
                         key: change.key,
+                        seen: now,
                         shown: false,
                     };
                     match self.live.entry(flow) {
-                        hashbrown::hash_map::Entry::Occupied(mut seen) => {
-                            let shown = seen.get().shown;
-                            seen.insert(LiveSession { shown, ..session });
-                            if shown {
+                        hashbrown::hash_map::Entry::Occupied(mut known) => {
+                            let (seen, shown) = (known.get().seen, known.get().shown);
+                            known.insert(LiveSession {
+                                seen,
+                                shown,
+                                ..session
+                            });
+                            if shown || now.duration_since(seen) >= SESSION_SHOWN_AFTER {
                                 changed.insert(flow);
                             }
                         }

@@ -11,8 +11,8 @@ use rustix::event::{EventfdFlags, eventfd};
 /// An eventfd another thread writes to wake the dataplane's `poll(2)`.
 pub struct Waker {
     fd: OwnedFd,
-    /// A wake-up is written and not yet reset: the next ones need no syscall (a worker
-    /// wakes the operator thread at the end of most passes).
+    /// A wake-up is written and not yet reset: the next ones need no syscall (the operator
+    /// thread wakes a worker for every scrape, the workers wake it every 2 ms when busy).
     pending: AtomicBool,
 }
 

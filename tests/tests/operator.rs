@@ -241,8 +241,8 @@ fn sighup_reloads_the_opt_out_list_without_dropping_sessions() {
 }
 
 /// `SESSIONS` lists a session while it lasts, with its user and state, and forgets it once
-/// both sides have closed (the mirror now skips sessions that begin and end between two of
-/// its passes, and deletes only what it wrote).
+/// both sides have closed (the mirror shows only sessions that have lasted 50 ms, and
+/// deletes only what it wrote).
 #[test]
 fn sessions_map_lists_a_live_session_until_it_ends() {
     let env = Env::attenuating(INTERVAL);

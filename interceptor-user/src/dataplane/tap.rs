@@ -87,8 +87,13 @@ impl ReplyBatch {
         self.frames.len() < BATCH_FRAMES && self.bytes.len() + len <= BATCH_BYTES
     }
 
-    /// Queues the frame made of `parts`; the caller checked [`Self::has_room`].
+    /// Queues the frame made of `parts`; the caller checked [`Self::has_room`] (`send`
+    /// hands the kernel at most [`BATCH_FRAMES`] messages).
     fn push(&mut self, parts: [&[u8]; 3]) {
+        assert!(
+            self.has_room(parts.iter().map(|p| p.len()).sum()),
+            "a reply batch is full"
+        );
         let start = self.bytes.len();
         for part in parts {
             self.bytes.extend_from_slice(part);

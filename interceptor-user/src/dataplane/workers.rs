@@ -459,10 +459,12 @@ impl WorkerRun {
                     answered = wanted;
                 }
                 drop(outbox);
+            }
+            // A scrape needs no wake-up: the operator polls the outbox for its counters.
+            if changed {
                 wakes.owe();
             }
-            // A scrape waits for these counters: it is woken at once.
-            if wakes.take(now, scraped) {
+            if wakes.take(now) {
                 operator.wake();
             }
             dp.wake_by([flows.due(), wakes.due()].into_iter().flatten().min());
@@ -475,7 +477,7 @@ impl WorkerRun {
     }
 }
 
-/// Wake-ups owed to another thread, sent at most once per `gap` unless urgent.
+/// Wake-ups owed to another thread, sent at most once per `gap`.
 #[derive(Debug)]
 struct PacedWakes {
     gap: Duration,
@@ -498,12 +500,12 @@ impl PacedWakes {
     }
 
     /// Whether to wake the other thread now: something is owed and the gap has passed
-    /// since the last wake-up, or it is `urgent`.
-    fn take(&mut self, now: Instant, urgent: bool) -> bool {
+    /// since the last wake-up.
+    fn take(&mut self, now: Instant) -> bool {
         let paced = self
             .sent_at
             .is_some_and(|at| now.duration_since(at) < self.gap);
-        if !self.owed || (paced && !urgent) {
+        if !self.owed || paced {
             return false;
         }
         self.owed = false;
@@ -523,25 +525,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wakes_are_paced_but_none_is_lost_and_urgent_ones_go_at_once() {
+    fn wakes_are_paced_and_none_is_lost() {
         let gap = Duration::from_millis(2);
         let start = Instant::now();
         let mut wakes = PacedWakes::new(gap);
-        assert!(!wakes.take(start, false), "nothing owed");
+        assert!(!wakes.take(start), "nothing owed");
         assert_eq!(wakes.due(), None);
         wakes.owe();
-        assert!(wakes.take(start, false), "the first wake-up goes at once");
+        assert!(wakes.take(start), "the first wake-up goes at once");
+        wakes.owe();
         wakes.owe();
         let soon = start + gap / 2;
-        assert!(!wakes.take(soon, false), "within the gap");
+        assert!(!wakes.take(soon), "within the gap");
         assert_eq!(wakes.due(), Some(start + gap), "a pass is asked for");
-        assert!(
-            wakes.take(start + gap, false),
-            "owed, sent once the gap passed"
-        );
-        assert_eq!(wakes.due(), None);
-        wakes.owe();
-        assert!(wakes.take(start + gap, true), "urgent: within the gap");
+        assert!(wakes.take(start + gap), "owed, sent once the gap passed");
+        assert_eq!(wakes.due(), None, "two owed, one sent: nothing left");
+        assert!(!wakes.take(start + 3 * gap), "nothing owed");
     }
 
     #[test]

@@ -285,13 +285,19 @@ pub(super) struct AttenuationCheck {
     challenge_acks: Option<u64>,
 }
 
-/// The counter `field` of the daemon's stats as logged at SIGTERM (`field: N`).
+/// The counter `field` of the daemon's stats as logged at SIGTERM (`field: N`, once per
+/// worker on one line), summed over the workers.
 fn logged_count(log: &str, field: &str) -> Option<u64> {
-    log.lines().find_map(|l| {
-        let rest = &l[l.find(&format!("{field}: "))? + field.len() + 2..];
-        rest[..rest.find(|c: char| !c.is_ascii_digit())?]
-            .parse()
-            .ok()
+    let pattern = format!("{field}: ");
+    log.lines().find(|l| l.contains(&pattern)).map(|line| {
+        line.match_indices(&pattern)
+            .filter_map(|(at, _)| {
+                let rest = &line[at + pattern.len()..];
+                rest[..rest.find(|c: char| !c.is_ascii_digit())?]
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
     })
 }
 
@@ -311,5 +317,20 @@ pub(super) fn print_attenuation_check(a: &AttenuationCheck) {
     }
     if let (Some(refused), Some(challenged)) = (a.syns_refused, a.challenge_acks) {
         println!("  SYNs refused with an RST: {refused}; challenge ACKs: {challenged}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logged_count;
+
+    #[test]
+    fn logged_counts_are_summed_over_the_workers() {
+        let log = "INFO started\n\
+                   INFO stopping stats=[DataplaneStats { challenge_acks: 2, fill_ring_empty: 0 }, \
+                   DataplaneStats { challenge_acks: 5, fill_ring_empty: 1 }]\n";
+        assert_eq!(logged_count(log, "challenge_acks"), Some(7));
+        assert_eq!(logged_count(log, "fill_ring_empty"), Some(1));
+        assert_eq!(logged_count(log, "conns_refused_full"), None);
     }
 }
