@@ -156,16 +156,18 @@ pub enum Path {
     Relay,
     Attenuated,
     Ideal,
+    IdealRelay,
 }
 
 impl Path {
     /// Every path, in the order of the tables and chart legends.
-    pub const ALL: [Path; 5] = [
+    pub const ALL: [Path; 6] = [
         Path::Direct,
         Path::Nginx,
         Path::Relay,
         Path::Attenuated,
         Path::Ideal,
+        Path::IdealRelay,
     ];
 
     pub fn label(self) -> &'static str {
@@ -175,13 +177,17 @@ impl Path {
             Path::Relay => "relay",
             Path::Attenuated => "attenuated",
             Path::Ideal => "ideal",
+            Path::IdealRelay => "ideal-relay",
         }
     }
 
     /// Whether the path can serve a real message (the attenuated and ideal ones answer
     /// checks only).
     fn serves_retr(self) -> bool {
-        matches!(self, Path::Direct | Path::Nginx | Path::Relay)
+        matches!(
+            self,
+            Path::Direct | Path::Nginx | Path::Relay | Path::IdealRelay
+        )
     }
 }
 

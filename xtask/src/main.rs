@@ -12,6 +12,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod ideal_relay;
 mod ideal_responder;
 mod loadgen;
 mod other_traffic;
@@ -53,6 +54,10 @@ enum Cmd {
     /// inside the server netns.
     #[command(hide = true)]
     IdealResponder(ideal_responder::IdealResponderArgs),
+    /// (internal) Copies bytes between each client and the mail server on kernel TCP. Run
+    /// by `bench` inside the router netns.
+    #[command(hide = true)]
+    IdealRelay(ideal_relay::IdealRelayArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
         Cmd::Simulate(a) => simulate::run(a),
         Cmd::Loadgen(a) => loadgen::run(a),
         Cmd::IdealResponder(a) => ideal_responder::run(a),
+        Cmd::IdealRelay(a) => ideal_relay::run(a),
     };
     match res {
         Ok(code) => code,

@@ -17,6 +17,7 @@ fn colour(p: Path) -> RGBColor {
         Path::Relay => RGBColor(0xe6, 0x55, 0x0d),
         Path::Attenuated => RGBColor(0x31, 0xa3, 0x54),
         Path::Ideal => RGBColor(0x75, 0x6b, 0xb1),
+        Path::IdealRelay => RGBColor(0xbd, 0xbd, 0xbd),
     }
 }
 

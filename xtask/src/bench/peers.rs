@@ -1,6 +1,7 @@
 //! The bench's peers, measured in the same topology as the daemon: nginx's mail proxy (what an
-//! operator would deploy instead of the interceptor's relay) on the router, and the ideal
-//! responder (the ceiling for attenuated checks) on the server.
+//! operator would deploy instead of the interceptor's relay) and the ideal relay (the floor
+//! for any relay that terminates TCP) on the router, and the ideal responder (the ceiling
+//! for attenuated checks) on the server.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -14,6 +15,11 @@ use e2e::{ChildGuard, Node, Topology};
 /// Where nginx's mail proxy listens (router namespace, subscriber side).
 pub fn nginx_addr() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ROUTER_CLIENT_V4), 1110)
+}
+
+/// Where the ideal relay listens (router namespace, subscriber side).
+pub fn ideal_relay_addr() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(ROUTER_CLIENT_V4), 1111)
 }
 
 /// Where the ideal responder listens (server namespace).
@@ -135,6 +141,31 @@ pub fn start_ideal(topo: &Topology, exe: &Path, dir: &Path) -> Result<Peer> {
         Peer {
             child,
             addr: ideal_addr(),
+        },
+        &log,
+    )
+}
+
+/// Starts the ideal relay (`xtask ideal-relay`) in the router namespace, relaying to the
+/// Dovecot.
+pub fn start_ideal_relay(topo: &Topology, exe: &Path, dir: &Path) -> Result<Peer> {
+    let exe = exe.display().to_string();
+    let (listen, to) = (ideal_relay_addr().to_string(), server_pop3_v4().to_string());
+    let log = dir.join("ideal-relay.log");
+    let args = [
+        exe.as_str(),
+        "ideal-relay",
+        "--listen",
+        listen.as_str(),
+        "--to",
+        to.as_str(),
+    ];
+    let child = topo.spawn(Node::Router, &args, &log)?;
+    ready(
+        topo,
+        Peer {
+            child,
+            addr: ideal_relay_addr(),
         },
         &log,
     )

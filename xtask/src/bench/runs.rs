@@ -127,12 +127,17 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// The peers' rows: nginx's mail proxy, then the ideal responder, each alone on the path.
+    /// The peers' rows: nginx's mail proxy, the ideal relay, then the ideal responder, each
+    /// alone on the path.
     pub fn measure_peers(&self, out: &mut Vec<Measurement>) -> Result<()> {
         let dir = self.topo.dir().join("peers");
         let nginx = peers::start_nginx(self.topo, &dir).context("starting nginx's mail proxy")?;
         self.measure((Path::Nginx, None), nginx.addr, Some(nginx.pid()), out)?;
         drop(nginx);
+        let relay = peers::start_ideal_relay(self.topo, &self.exe, &dir)
+            .context("starting the ideal relay")?;
+        self.measure((Path::IdealRelay, None), relay.addr, Some(relay.pid()), out)?;
+        drop(relay);
         let ideal = peers::start_ideal(self.topo, &self.exe, &dir)
             .context("starting the ideal responder")?;
         self.measure((Path::Ideal, None), ideal.addr, Some(ideal.pid()), out)
