@@ -7,16 +7,12 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::TcpStream;
 
-/// Sessions open at once; more wait in the listen backlog.
-const MAX_SESSIONS: usize = 8192;
 /// A session is closed after this long, whatever it does.
 const LIFETIME: Duration = Duration::from_secs(60);
 
@@ -31,25 +27,8 @@ pub struct IdealRelayArgs {
 }
 
 pub fn run(a: IdealRelayArgs) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let l = TcpListener::bind(a.listen)
-            .await
-            .with_context(|| format!("listening on {}", a.listen))?;
-        let slots = Arc::new(Semaphore::new(MAX_SESSIONS));
-        loop {
-            let permit = slots.clone().acquire_owned().await?;
-            let (client, _) = l.accept().await?;
-            let to = a.to;
-            tokio::spawn(async move {
-                // A session's own failure (refused, reset, timeout) ends only it.
-                let _ = tokio::time::timeout(LIFETIME, relay(client, to)).await;
-                drop(permit);
-            });
-        }
-    })
+    let to = a.to;
+    crate::accept_loop::serve(a.listen, LIFETIME, move |client| relay(client, to))
 }
 
 async fn relay(mut client: TcpStream, to: SocketAddr) -> std::io::Result<()> {

@@ -6,20 +6,16 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::TcpStream;
 
 /// A command line longer than this ends the session (RFC 1939 allows 255 bytes).
 const MAX_LINE: u64 = 512;
-/// Sessions open at once; more wait in the listen backlog.
-const MAX_SESSIONS: usize = 8192;
-/// A session idle this long is closed.
+/// A session is closed after this long.
 const IDLE: Duration = Duration::from_secs(30);
 
 #[derive(Args, Debug)]
@@ -30,24 +26,7 @@ pub struct IdealResponderArgs {
 }
 
 pub fn run(a: IdealResponderArgs) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let l = TcpListener::bind(a.listen)
-            .await
-            .with_context(|| format!("listening on {}", a.listen))?;
-        let slots = Arc::new(Semaphore::new(MAX_SESSIONS));
-        loop {
-            let permit = slots.clone().acquire_owned().await?;
-            let (s, _) = l.accept().await?;
-            tokio::spawn(async move {
-                // A session's own failure (reset, timeout, overlong line) ends only it.
-                let _ = tokio::time::timeout(IDLE, session(s)).await;
-                drop(permit);
-            });
-        }
-    })
+    crate::accept_loop::serve(a.listen, IDLE, session)
 }
 
 /// The reply to one command line: everything succeeds and every maildrop is empty.

@@ -9,6 +9,7 @@
 //! - `loadgen` (internal): the bench's tokio load generator, run inside the client namespace.
 //! - `ideal-responder` (internal): the bench's ceiling, a POP3 responder on kernel TCP.
 
+mod accept_loop;
 mod bench;
 mod demo;
 mod fuzz;
