@@ -513,10 +513,10 @@ impl PacedWakes {
         true
     }
 
-    /// When an owed wake-up may go, if one is owed.
+    /// When an owed wake-up may go, if one is owed (one owed and never paced went out in
+    /// [`Self::take`]).
     fn due(&self) -> Option<Instant> {
-        self.owed
-            .then(|| self.sent_at.map_or_else(Instant::now, |at| at + self.gap))
+        self.sent_at.filter(|_| self.owed).map(|at| at + self.gap)
     }
 }
 

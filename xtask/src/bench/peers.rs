@@ -131,44 +131,52 @@ pub fn start_nginx(topo: &Topology, dir: &Path) -> Result<Peer> {
 
 /// Starts the ideal responder (`xtask ideal-responder`) in the server namespace.
 pub fn start_ideal(topo: &Topology, exe: &Path, dir: &Path) -> Result<Peer> {
-    let exe = exe.display().to_string();
-    let listen = ideal_addr().to_string();
-    let log = dir.join("ideal-responder.log");
-    let args = [exe.as_str(), "ideal-responder", "--listen", listen.as_str()];
-    let child = topo.spawn(Node::Server, &args, &log)?;
-    ready(
+    start_xtask_peer(
         topo,
-        Peer {
-            child,
-            addr: ideal_addr(),
-        },
-        &log,
+        exe,
+        dir,
+        Node::Server,
+        "ideal-responder",
+        ideal_addr(),
+        &[],
     )
 }
 
 /// Starts the ideal relay (`xtask ideal-relay`) in the router namespace, relaying to the
 /// Dovecot.
 pub fn start_ideal_relay(topo: &Topology, exe: &Path, dir: &Path) -> Result<Peer> {
-    let exe = exe.display().to_string();
-    let (listen, to) = (ideal_relay_addr().to_string(), server_pop3_v4().to_string());
-    let log = dir.join("ideal-relay.log");
-    let args = [
-        exe.as_str(),
-        "ideal-relay",
-        "--listen",
-        listen.as_str(),
-        "--to",
-        to.as_str(),
-    ];
-    let child = topo.spawn(Node::Router, &args, &log)?;
-    ready(
+    let to = server_pop3_v4().to_string();
+    let args = ["--to", to.as_str()];
+    start_xtask_peer(
         topo,
-        Peer {
-            child,
-            addr: ideal_relay_addr(),
-        },
-        &log,
+        exe,
+        dir,
+        Node::Router,
+        "ideal-relay",
+        ideal_relay_addr(),
+        &args,
     )
+}
+
+/// Runs `exe command --listen addr args` (one of xtask's own peers) in `node`'s namespace,
+/// logging to `dir/command.log`, and waits until it accepts on `addr`.
+fn start_xtask_peer(
+    topo: &Topology,
+    exe: &Path,
+    dir: &Path,
+    node: Node,
+    command: &str,
+    addr: SocketAddr,
+    args: &[&str],
+) -> Result<Peer> {
+    let (exe, listen) = (exe.display().to_string(), addr.to_string());
+    let argv: Vec<&str> = [exe.as_str(), command, "--listen", listen.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    let log = dir.join(format!("{command}.log"));
+    let child = topo.spawn(node, &argv, &log)?;
+    ready(topo, Peer { child, addr }, &log)
 }
 
 fn ready(topo: &Topology, mut peer: Peer, log: &Path) -> Result<Peer> {
