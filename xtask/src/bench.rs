@@ -138,6 +138,12 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "16,64",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     workers_concurrency: Vec<u16>,
+    /// Rounds of the path comparison (direct, the peers, the relay with one worker), one
+    /// after the other: this machine's speed drifts over minutes, and a path measured only
+    /// before or after another would carry the drift as its own. The tables and charts show
+    /// each figure's median over the rounds; the JSON keeps every round.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=10))]
+    rounds: u64,
     /// Where to write the JSON (default: <target>/bench.json).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -227,9 +233,11 @@ fn scenarios(args: &BenchArgs, path: Path) -> Vec<Scenario> {
     v
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
     pub path: Path,
+    /// The round of the path comparison (1 for the rows measured once).
+    pub round: u64,
     pub scenario: Scenario,
     pub report: LoadReport,
     /// CPU time (user + system, all threads and direct children) of the process on the
@@ -244,6 +252,8 @@ struct BenchJson {
     /// `--dataplane` of the daemon's rows.
     dataplane: String,
     duration_s: f64,
+    /// Rounds of the path comparison (each row of `measurements` has its own).
+    rounds: u64,
     users: u64,
     retr_bytes: usize,
     dovecot_fast_login: bool,
@@ -338,12 +348,18 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     };
     let warm = bench.loadgen(server_pop3_v4(), &eight, Some(args.users))?;
     eprintln!("{} sessions, {} errors", warm.sessions, warm.errors);
-    bench.measure((Path::Direct, None), server_pop3_v4(), None, &mut ms)?;
-    if !args.direct_only && !args.skip_peers {
-        bench.measure_peers(&mut ms)?;
-    }
-    if let Some(bin) = &bin {
-        bench.measure_relay(bin, 1, &mut ms)?;
+    for round in 1..=args.rounds {
+        let first = ms.len();
+        bench.measure((Path::Direct, None), server_pop3_v4(), None, &mut ms)?;
+        if !args.direct_only && !args.skip_peers {
+            bench.measure_peers(&mut ms)?;
+        }
+        if let Some(bin) = &bin {
+            bench.measure_relay(bin, 1, &mut ms)?;
+        }
+        for m in &mut ms[first..] {
+            m.round = round;
+        }
     }
     let attenuation = match &bin {
         Some(bin) if !args.skip_attenuate => {
@@ -384,12 +400,14 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         None
     };
 
-    report::print_paths(&ms);
-    report::print_attenuation_targets(&ms);
+    let rows = report::medians(&ms);
+    report::print_paths(&rows, args.rounds);
+    report::print_rounds(&ms);
+    report::print_attenuation_targets(&rows);
     if let Some(a) = &attenuation {
         print_attenuation_check(a);
     }
-    workers::print(&ms);
+    workers::print(&rows);
     for a in &attenuation_workers {
         print_attenuation_check(a);
     }
@@ -406,6 +424,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         dataplane: args.dataplane.clone(),
         other_traffic: other,
         duration_s: args.duration.as_secs_f64(),
+        rounds: args.rounds,
         users: args.users,
         retr_bytes: big.len(),
         dovecot_fast_login: fast,
@@ -428,7 +447,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Some(p) => p.clone(),
         None => run::target_dir()?.join("bench-charts"),
     };
-    for chart in charts::write(&json.measurements, &charts_dir, &chart_caption(&json))? {
+    for chart in charts::write(&rows, &charts_dir, &chart_caption(&json))? {
         println!("wrote {}", chart.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -456,7 +475,7 @@ fn loadgen_exe(skip_build: bool) -> Result<PathBuf> {
 /// What the charts say about the run they come from.
 fn chart_caption(j: &BenchJson) -> String {
     format!(
-        "{} cores, {} users, {} s per point, daemon dataplane {}",
-        j.nproc, j.users, j.duration_s, j.dataplane
+        "{} cores, {} users, {} s per point, median of {} rounds, daemon dataplane {}",
+        j.nproc, j.users, j.duration_s, j.rounds, j.dataplane
     )
 }

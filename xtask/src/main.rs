@@ -20,6 +20,7 @@ mod other_traffic;
 mod run;
 mod simulate;
 mod soak;
+mod stats;
 mod test;
 
 use std::process::ExitCode;

@@ -11,6 +11,8 @@ use e2e::topology::SERVER_V4;
 use e2e::{Interceptor, InterceptorOptions, Node, Topology};
 use serde::Serialize;
 
+use crate::stats::median;
+
 /// The daemon flags of each row; `None` is the router without an interceptor.
 const ROWS: [(&str, Option<&[&str]>); 5] = [
     ("no interceptor", None),
@@ -25,8 +27,9 @@ const ROWS: [(&str, Option<&[&str]>); 5] = [
     ("tc", Some(&["--dataplane", "tc"])),
     ("default (auto)", Some(&[])),
 ];
-/// Rounds over all rows: the spread between rounds is the noise.
-const ROUNDS: usize = 3;
+/// Rounds over all rows: the spread between rounds is the noise, and their median what
+/// the rows are compared by (a 5 s iperf3 here wanders by 10-20% from one run to the next).
+const ROUNDS: usize = 5;
 /// Frames per `bpftool prog run`.
 const PROG_RUN_REPEAT: &str = "1000000";
 
@@ -210,35 +213,44 @@ fn tcp_frame(port: u16, flags: u8) -> Vec<u8> {
     f
 }
 
-/// The rows as ratios to the router without an interceptor (min-max over rounds).
+/// The rows as ratios to the router without an interceptor: median against median, and
+/// the span of each round against its own round's.
 pub fn print(m: &OtherTraffic) {
-    let rates = |row: &str| -> Vec<f64> {
-        m.throughput
-            .iter()
-            .filter(|t| t.row == row)
-            .map(|t| t.gbit_per_s)
-            .collect()
-    };
+    let rates =
+        |row: &str| -> Vec<&Throughput> { m.throughput.iter().filter(|t| t.row == row).collect() };
     let base = rates(ROWS[0].0);
-    let base_mean = base.iter().sum::<f64>() / base.len().max(1) as f64;
-    let span = |v: &[f64]| {
+    let base_median = median(base.iter().map(|t| t.gbit_per_s).collect());
+    let span = |v: &[f64], digits: usize| {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = v.iter().copied().fold(0.0, f64::max);
-        (lo, hi)
+        format!("{lo:.digits$}-{hi:.digits$}")
     };
     println!();
     println!("other traffic: iperf3 client -> server through the router ({ROUNDS} rounds)");
     println!(
-        "| {:<16} | {:>14} | {:>16} |",
-        "router", "Gbit/s", "x no interceptor"
+        "| {:<16} | {:>11} | {:>6} | {:>25} | {:>15} |",
+        "router", "Gbit/s", "median", "x no interceptor (median)", "x its round's"
     );
-    println!("| {:-<16} | {:->14} | {:->16} |", "", "", "");
+    println!(
+        "| {:-<16} | {:->11} | {:->6} | {:->25} | {:->15} |",
+        "", "", "", "", ""
+    );
     for (row, _) in ROWS {
-        let (lo, hi) = span(&rates(row));
+        let runs = rates(row);
+        let gbit: Vec<f64> = runs.iter().map(|t| t.gbit_per_s).collect();
+        let paired: Vec<f64> = runs
+            .iter()
+            .filter_map(|t| {
+                let b = base.iter().find(|b| b.round == t.round)?;
+                Some(t.gbit_per_s / b.gbit_per_s)
+            })
+            .collect();
+        let row_median = median(gbit.clone());
         println!(
-            "| {row:<16} | {:>14} | {:>16} |",
-            format!("{lo:.1}-{hi:.1}"),
-            format!("{:.2}-{:.2}", lo / base_mean, hi / base_mean)
+            "| {row:<16} | {:>11} | {row_median:>6.1} | {:>25.2} | {:>15} |",
+            span(&gbit, 1),
+            row_median / base_median,
+            span(&paired, 2)
         );
     }
     println!();

@@ -3,6 +3,7 @@
 
 use super::{Measurement, Path, Scenario};
 use crate::loadgen::LoadReport;
+use crate::stats::median;
 
 /// The measurement of `path` (the daemon's with one worker) under the load of `sc`.
 pub fn find<'a>(ms: &'a [Measurement], path: Path, sc: &Scenario) -> Option<&'a Measurement> {
@@ -25,6 +26,37 @@ pub fn find_workers<'a>(
     })
 }
 
+/// Whether `a` and `b` are rounds of one row: the same path, workers and load.
+fn same_row(a: &Measurement, b: &Measurement) -> bool {
+    a.path == b.path && a.workers == b.workers && a.scenario.name() == b.scenario.name()
+}
+
+/// One row per path, workers and load: each figure the median over the row's rounds, the
+/// sessions and errors their sum. The tables, targets and charts use these.
+pub fn medians(ms: &[Measurement]) -> Vec<Measurement> {
+    let mut rows: Vec<Measurement> = Vec::new();
+    for m in ms {
+        if rows.iter().any(|r| same_row(r, m)) {
+            continue;
+        }
+        let rounds: Vec<&Measurement> = ms.iter().filter(|o| same_row(o, m)).collect();
+        let med = |f: fn(&Measurement) -> f64| median(rounds.iter().map(|m| f(m)).collect());
+        let mut row = m.clone();
+        let r = &mut row.report;
+        r.sessions_per_s = med(|m| m.report.sessions_per_s);
+        r.p50_us = med(|m| m.report.p50_us as f64).round() as u64;
+        r.p99_us = med(|m| m.report.p99_us as f64).round() as u64;
+        r.mb_per_s = med(|m| m.report.mb_per_s);
+        r.sessions = rounds.iter().map(|m| m.report.sessions).sum();
+        r.errors = rounds.iter().map(|m| m.report.errors).sum();
+        row.cpu_us_per_session = m
+            .cpu_us_per_session
+            .map(|_| med(|m| m.cpu_us_per_session.unwrap_or(0.0)));
+        rows.push(row);
+    }
+    rows
+}
+
 /// `v / base` as "0.85x", or "-" when either is missing or the base is zero.
 fn ratio(v: f64, base: Option<f64>) -> String {
     match base {
@@ -45,8 +77,11 @@ fn loads(ms: &[Measurement]) -> Vec<&Scenario> {
 }
 
 /// One table row per load and path: each figure, then its ratio against direct and nginx.
-pub fn print_paths(ms: &[Measurement]) {
+pub fn print_paths(ms: &[Measurement], rounds: u64) {
     println!();
+    if rounds > 1 {
+        println!("paths: each figure the median of {rounds} rounds, errors summed");
+    }
     println!(
         "{:<16} {:<10} {:>9} {:>6} {:>6} {:>9} {:>6} {:>6} {:>9} {:>6} {:>6} {:>6} {:>9}",
         "load",
@@ -109,6 +144,45 @@ pub fn print_paths(ms: &[Measurement]) {
     }
 }
 
+/// The relays' figure in each round against direct's and nginx's of the same round (check
+/// p50; RETR MB/s): how far the medians' ratios can be trusted.
+pub fn print_rounds(ms: &[Measurement]) {
+    if ms.iter().all(|m| m.round == 1) {
+        return;
+    }
+    println!();
+    println!("per round: check p50 and RETR MB/s against the same round's direct and nginx");
+    let figure = |m: &Measurement| match m.scenario.mode {
+        "retr" => m.report.mb_per_s,
+        _ => m.report.p50_us as f64,
+    };
+    for sc in loads(ms) {
+        for path in [Path::Relay, Path::IdealRelay] {
+            let mut against = [(Path::Direct, String::new()), (Path::Nginx, String::new())];
+            for m in ms
+                .iter()
+                .filter(|m| m.path == path && m.workers.unwrap_or(1) == 1)
+                .filter(|m| m.scenario.name() == sc.name())
+            {
+                for (base, line) in &mut against {
+                    let same_round = ms.iter().find(|b| {
+                        b.path == *base && b.round == m.round && b.scenario.name() == sc.name()
+                    });
+                    *line += &format!(" {:>6}", ratio(figure(m), same_round.map(figure)));
+                }
+            }
+            let [(_, direct), (_, nginx)] = against;
+            if !direct.is_empty() {
+                println!(
+                    "{:<16} {:<12} /direct{direct}   /nginx{nginx}",
+                    sc.name(),
+                    path.label()
+                );
+            }
+        }
+    }
+}
+
 /// The attenuation targets: against direct, sessions/s >= 3x and p50 <= 0.5x; against the
 /// ideal responder, sessions/s >= 1.0x and CPU per session <= 1.0x.
 pub fn print_attenuation_targets(ms: &[Measurement]) {
@@ -156,5 +230,46 @@ pub fn print_attenuation_targets(ms: &[Measurement]) {
                 verdict(speed >= 1.0),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Measurement, Path, Scenario, medians};
+
+    fn row(path: Path, round: u64, p50_us: u64, errors: u64) -> Measurement {
+        let mut m = Measurement {
+            path,
+            round,
+            scenario: Scenario {
+                mode: "check",
+                concurrency: 16,
+            },
+            report: Default::default(),
+            cpu_us_per_session: Some(p50_us as f64 / 10.0),
+            workers: None,
+        };
+        m.report.p50_us = p50_us;
+        m.report.errors = errors;
+        m
+    }
+
+    #[test]
+    fn a_row_is_the_median_of_its_rounds_and_rows_stay_apart() {
+        let ms = [
+            row(Path::Relay, 1, 900, 0),
+            row(Path::Nginx, 1, 5_000, 0),
+            row(Path::Relay, 2, 1_000, 1),
+            row(Path::Relay, 3, 3_000, 2),
+            row(Path::Nginx, 2, 6_000, 0),
+        ];
+        let rows = medians(&ms);
+        assert_eq!(rows.len(), 2);
+        let (relay, nginx) = (&rows[0], &rows[1]);
+        assert_eq!((relay.path, relay.report.p50_us), (Path::Relay, 1_000));
+        assert_eq!(relay.report.errors, 3);
+        assert_eq!(relay.cpu_us_per_session, Some(100.0));
+        // An even count: the mean of the middle two.
+        assert_eq!((nginx.path, nginx.report.p50_us), (Path::Nginx, 5_500));
     }
 }

@@ -118,6 +118,7 @@ impl Bench<'_> {
             }
             out.push(Measurement {
                 path,
+                round: 1,
                 scenario: sc,
                 report: r,
                 cpu_us_per_session,
