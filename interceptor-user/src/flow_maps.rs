@@ -6,6 +6,12 @@
 //! last event: a check that begins and ends in between costs one map update (its
 //! `HALF_OPEN` entry's removal) instead of four, and a reused 4-tuple's new flow is never
 //! forgotten by a late update for the old one.
+//!
+//! A new SYN of a 4-tuple can also reach the classifier, which puts it in `HALF_OPEN`,
+//! while the old flow's entry is being removed and before the daemon has read the SYN:
+//! the removal takes the new flow's entry, and its next segments would go to the real
+//! server, which resets them. So a SYN the daemon accepts for a flow forgotten in the
+//! last two writes puts the entry back ([`FlowMaps::readmit`]) before it is answered.
 
 use std::{
     net::SocketAddr,
@@ -32,6 +38,9 @@ pub struct FlowMaps {
     /// Flows written to `FLOWS` and not removed yet (at most `--max-conns`): a flow that
     /// ended before its adoption costs no `FLOWS` update at all.
     adopted: hashbrown::HashSet<(SocketAddr, SocketAddr)>,
+    /// Flows whose entries the last write removed, and the write before it's: a SYN of
+    /// theirs still waiting to be read may have lost its `HALF_OPEN` entry.
+    forgotten: [hashbrown::HashSet<(SocketAddr, SocketAddr)>; 2],
     /// When `pending` was last written.
     written_at: Instant,
 }
@@ -46,6 +55,7 @@ impl FlowMaps {
             half_open,
             pending: hashbrown::HashMap::new(),
             adopted: hashbrown::HashSet::new(),
+            forgotten: Default::default(),
             written_at: Instant::now(),
         }
     }
@@ -72,6 +82,26 @@ impl FlowMaps {
             .extend(closed.iter().map(|&flow| (flow, false)));
     }
 
+    /// Puts back the `HALF_OPEN` entry of a flow whose SYN was just accepted, if a write
+    /// may have removed it after the classifier added it: one map update, only for a
+    /// 4-tuple reused within two writes.
+    pub fn readmit(&mut self, client: SocketAddr, server: SocketAddr) {
+        let flow = (client, server);
+        let [last, before] = &mut self.forgotten;
+        if !(last.remove(&flow) | before.remove(&flow)) {
+            return;
+        }
+        let Some(key) = FlowKey::new(client, server) else {
+            return;
+        };
+        let value = FlowValue {
+            first_seen_ns: monotonic_ns(),
+        };
+        if let Err(err) = self.half_open.insert(key, value, 0) {
+            tracing::warn!(%err, "HALF_OPEN: a reused 4-tuple's entry could not be put back");
+        }
+    }
+
     /// When [`Self::write`] has something to write, if anything is pending.
     pub fn due(&self) -> Option<Instant> {
         (!self.pending.is_empty()).then(|| self.written_at + SETTLE)
@@ -85,6 +115,8 @@ impl FlowMaps {
             return;
         }
         self.written_at = now;
+        self.forgotten.swap(0, 1);
+        self.forgotten[0].clear();
         let value = FlowValue {
             first_seen_ns: monotonic_ns(),
         };
@@ -101,8 +133,11 @@ impl FlowMaps {
                 self.adopted.insert(flow);
             } else if live(flow.0, flow.1) {
                 continue;
-            } else if self.adopted.remove(&flow) {
-                let _ = self.flows.remove(&key);
+            } else {
+                if self.adopted.remove(&flow) {
+                    let _ = self.flows.remove(&key);
+                }
+                self.forgotten[0].insert(flow);
             }
             let _ = self.half_open.remove(&key);
         }

@@ -326,7 +326,7 @@ pub fn measure(a: &LoadgenArgs) -> Result<LoadReport> {
                         }
                         Ok(Err(e)) => {
                             r.errors += 1;
-                            note_error(&mut r.first_errors, format!("{e:#}"));
+                            note_error(&mut r.first_errors, format!("{step}: {e:#}"));
                             // Do not spin on a refusing server.
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }

@@ -45,6 +45,7 @@ use thiserror::Error;
 
 use crate::{
     cache::{self, SharedCache, reads::CacheReads},
+    flow_maps::FlowMaps,
     upstream::{Upstream, UpstreamEvent},
     waker::Waker,
 };
@@ -204,6 +205,9 @@ pub struct Dataplane<E> {
     last_round: Instant,
     /// When the caller wants a pass at the latest (see [`Self::wake_by`]).
     wanted_by: Option<Instant>,
+    /// The classifier's flow maps, written at the end of each pass; `None` without a
+    /// classifier (tests).
+    flow_maps: Option<FlowMaps>,
 }
 
 impl<E: Pop3Engine> Dataplane<E> {
@@ -260,6 +264,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             cache: None,
             last_round: epoch,
             wanted_by: None,
+            flow_maps: None,
         })
     }
 
@@ -268,21 +273,20 @@ impl<E: Pop3Engine> Dataplane<E> {
         self.cache = Some(cache);
     }
 
-    /// `(client, server)` of the connections whose handshake completed during the last
-    /// pass (for `FLOWS`).
-    pub fn established_flows(&self) -> &[(SocketAddr, SocketAddr)] {
-        &self.established_flows
+    /// Keeps the classifier's `FLOWS` and `HALF_OPEN` as this worker's flows come and go.
+    pub fn set_flow_maps(&mut self, flow_maps: FlowMaps) {
+        self.flow_maps = Some(flow_maps);
+    }
+
+    /// Whether a flow came or went during the last pass.
+    pub fn flows_changed(&self) -> bool {
+        !self.established_flows.is_empty() || !self.closed_flows.is_empty()
     }
 
     /// Asks for a pass by `at` at the latest (or none: `None`), for work the caller does
     /// between passes.
     pub fn wake_by(&mut self, at: Option<Instant>) {
         self.wanted_by = at;
-    }
-
-    /// Whether the flow `(client, server)` has a connection now.
-    pub fn has_flow(&self, client: SocketAddr, server: SocketAddr) -> bool {
-        self.conns.by_flow(client, server).is_some()
     }
 
     /// `(client, server)` of the connections that ended during the last pass.
@@ -314,6 +318,7 @@ impl<E: Pop3Engine> Dataplane<E> {
         // The descriptors never change: build the poll set once, not per pass, on
         // duplicates (the same open files) so that it does not borrow `self`.
         let upstream_slot = self.queues.len();
+        let waker_slot = upstream_slot + 1;
         let watched = self
             .queues
             .iter()
@@ -338,20 +343,39 @@ impl<E: Pop3Engine> Dataplane<E> {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(err) => return Err(DataplaneError::Poll(err.into())),
             }
-            self.waker.reset();
+            // An eventfd read that finds nothing is a syscall for nothing. A wake-up whose
+            // write is still on its way makes the descriptor readable for the next poll.
+            if !fds[waker_slot].revents().is_empty() {
+                self.waker.reset();
+            }
             self.closed_flows.clear();
             self.established_flows.clear();
             let now = Instant::now();
-            self.receive(now);
+            self.receive(now, &fds[..upstream_slot]);
             let upstream_ready = fds[upstream_slot].revents().contains(PollFlags::IN);
             self.upstream_events(upstream_ready, now);
             self.service_conns(now);
             self.timers(now);
             self.transmit(now);
+            self.write_flow_maps(now);
             if on_tick(self).is_break() {
                 return Ok(());
             }
         }
+    }
+
+    /// Hands the pass's new and ended flows to the flow maps, which write them once they
+    /// have settled.
+    fn write_flow_maps(&mut self, now: Instant) {
+        let Some(flow_maps) = &mut self.flow_maps else {
+            return;
+        };
+        flow_maps.adopt(&self.established_flows);
+        flow_maps.forget(&self.closed_flows);
+        let conns = &self.conns;
+        flow_maps.write(now, |client, server| {
+            conns.by_flow(client, server).is_some()
+        });
     }
 
     fn smol_now(&self, now: Instant) -> smoltcp::time::Instant {
@@ -374,6 +398,7 @@ impl<E: Pop3Engine> Dataplane<E> {
             self.engine.next_timeout(),
             self.upstream.next_deadline(),
             self.wanted_by,
+            self.flow_maps.as_ref().and_then(FlowMaps::due),
         ]
         .into_iter()
         .flatten()
@@ -383,8 +408,9 @@ impl<E: Pop3Engine> Dataplane<E> {
         wait
     }
 
-    /// Reads frames from every queue into the TCP stack.
-    fn receive(&mut self, now: Instant) {
+    /// Reads frames from every queue into the TCP stack; `polled` is the queues' part of
+    /// the poll set, in their order.
+    fn receive(&mut self, now: Instant, polled: &[PollFd<'_>]) {
         let smol_now = self.smol_now(now);
         let Self {
             config,
@@ -396,10 +422,12 @@ impl<E: Pop3Engine> Dataplane<E> {
             control_tx,
             challenges,
             limits,
+            flow_maps,
             ..
         } = self;
         for (index, queue) in queues.iter_mut().enumerate() {
-            queue.receive(RX_BUDGET, |bytes| {
+            let reported = polled.get(index).is_some_and(|fd| !fd.revents().is_empty());
+            queue.receive(RX_BUDGET, reported, |bytes| {
                 let segment = match frame::parse(bytes) {
                     Ok(segment) => segment,
                     Err(err) => {
@@ -492,6 +520,10 @@ impl<E: Pop3Engine> Dataplane<E> {
                     } else {
                         dirty.insert(id);
                         stats.conns_accepted += 1;
+                        // Before the SYN-ACK leaves: the client's next segment needs it.
+                        if let Some(flow_maps) = flow_maps {
+                            flow_maps.readmit(segment.client, segment.server);
+                        }
                     }
                 }
             });

@@ -29,11 +29,16 @@ pub enum FrameQueue {
 }
 
 impl FrameQueue {
-    /// Hands up to `budget` received frames to `on_frame`; returns how many.
-    pub fn receive(&mut self, budget: u32, on_frame: impl FnMut(&[u8])) -> u32 {
+    /// Hands up to `budget` received frames to `on_frame`; returns how many. `polled`:
+    /// whether `poll(2)` reported the queue's descriptor. A TAP is read only then: reading
+    /// an empty one is a syscall for nothing, two a pass with the one that drains it. An
+    /// AF_XDP ring is read every pass: that costs no syscall, and it refills the fill ring
+    /// with what an earlier pass could not give back.
+    pub fn receive(&mut self, budget: u32, polled: bool, on_frame: impl FnMut(&[u8])) -> u32 {
         match self {
             FrameQueue::Xsk(q) => q.receive(budget, on_frame),
-            FrameQueue::Tap(q) => q.receive(budget, on_frame),
+            FrameQueue::Tap(q) if polled => q.receive(budget, on_frame),
+            FrameQueue::Tap(_) => 0,
         }
     }
 

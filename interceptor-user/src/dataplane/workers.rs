@@ -13,8 +13,8 @@
 //! own worker takes in the hot path; the operator thread takes it to mirror the table,
 //! apply notifications and read counters.
 //!
-//! Each worker moves its own flows into and out of the classifier's `FLOWS` map
-//! ([`FlowMaps`]: at the end of a pass, once the updates are a moment old). The operator
+//! Each worker's dataplane moves its own flows into and out of the classifier's `FLOWS`
+//! map ([`FlowMaps`]: at the end of a pass, once the updates are a moment old). The operator
 //! thread (the daemon's main thread) is woken when a worker's connections came or went
 //! (for the mirror; each worker at most once per [`OPERATOR_WAKE_GAP`], so a busy worker
 //! does not run the operator's whole tick for every check), and asks the workers for
@@ -429,7 +429,7 @@ impl WorkerRun {
             limits,
             waker,
             cache,
-            mut flows,
+            flows,
             runtime,
             outbox,
             stop,
@@ -437,6 +437,7 @@ impl WorkerRun {
             operator,
         } = self;
         let mut dataplane = Dataplane::new(config, engine, queues, limits, waker, runtime)?;
+        dataplane.set_flow_maps(flows);
         if let Some(cache) = cache {
             dataplane.set_cache(cache);
         }
@@ -444,10 +445,7 @@ impl WorkerRun {
         let mut wakes = PacedWakes::new(OPERATOR_WAKE_GAP);
         dataplane.run(|dp| {
             let now = Instant::now();
-            flows.adopt(dp.established_flows());
-            flows.forget(dp.closed_flows());
-            flows.write(now, |client, server| dp.has_flow(client, server));
-            let changed = !dp.established_flows().is_empty() || !dp.closed_flows().is_empty();
+            let changed = dp.flows_changed();
             let wanted = scrape.load(Ordering::Acquire);
             let scraped = wanted > answered;
             if changed || scraped {
@@ -467,7 +465,7 @@ impl WorkerRun {
             if wakes.take(now) {
                 operator.wake();
             }
-            dp.wake_by([flows.due(), wakes.due()].into_iter().flatten().min());
+            dp.wake_by(wakes.due());
             if stop.load(Ordering::Acquire) {
                 ControlFlow::Break(())
             } else {
