@@ -205,8 +205,8 @@ pub struct Dataplane<E> {
     last_round: Instant,
     /// When the caller wants a pass at the latest (see [`Self::wake_by`]).
     wanted_by: Option<Instant>,
-    /// The classifier's flow maps, written at the end of each pass; `None` without a
-    /// classifier (tests).
+    /// The classifier's flow maps, written at the end of each pass; `None` until the
+    /// worker hands them over.
     flow_maps: Option<FlowMaps>,
 }
 
