@@ -475,7 +475,7 @@ fn loadgen_exe(skip_build: bool) -> Result<PathBuf> {
 /// What the charts say about the run they come from.
 fn chart_caption(j: &BenchJson) -> String {
     format!(
-        "{} cores, {} users, {} s per point, median of {} rounds, daemon dataplane {}",
+        "{} cores, {} users, {} s per point, median of {} rounds (attenuated: one run), dataplane {}",
         j.nproc, j.users, j.duration_s, j.rounds, j.dataplane
     )
 }

@@ -49,9 +49,9 @@ pub fn medians(ms: &[Measurement]) -> Vec<Measurement> {
         r.mb_per_s = med(|m| m.report.mb_per_s);
         r.sessions = rounds.iter().map(|m| m.report.sessions).sum();
         r.errors = rounds.iter().map(|m| m.report.errors).sum();
-        row.cpu_us_per_session = m
-            .cpu_us_per_session
-            .map(|_| med(|m| m.cpu_us_per_session.unwrap_or(0.0)));
+        r.timeouts = rounds.iter().map(|m| m.report.timeouts).sum();
+        let cpu: Vec<f64> = rounds.iter().filter_map(|m| m.cpu_us_per_session).collect();
+        row.cpu_us_per_session = (!cpu.is_empty()).then(|| median(cpu));
         rows.push(row);
     }
     rows
@@ -80,7 +80,10 @@ fn loads(ms: &[Measurement]) -> Vec<&Scenario> {
 pub fn print_paths(ms: &[Measurement], rounds: u64) {
     println!();
     if rounds > 1 {
-        println!("paths: each figure the median of {rounds} rounds, errors summed");
+        println!(
+            "paths: direct, peers and relay the median of {rounds} rounds (errors summed); \
+             attenuated and wN one run"
+        );
     }
     println!(
         "{:<16} {:<10} {:>9} {:>6} {:>6} {:>9} {:>6} {:>6} {:>9} {:>6} {:>6} {:>6} {:>9}",
@@ -147,7 +150,7 @@ pub fn print_paths(ms: &[Measurement], rounds: u64) {
 /// The relays' figure in each round against direct's and nginx's of the same round (check
 /// p50; RETR MB/s): how far the medians' ratios can be trusted.
 pub fn print_rounds(ms: &[Measurement]) {
-    if ms.iter().all(|m| m.round == 1) {
+    if ms.iter().all(|m| m.round == 1) || !ms.iter().any(|m| m.path == Path::Relay) {
         return;
     }
     println!();

@@ -33,7 +33,7 @@ pub fn print(ms: &[Measurement]) {
         return;
     }
     println!();
-    println!("dataplane workers (same loads, one run):");
+    println!("dataplane workers (same loads; 1w the relay's median, the rest one run):");
     println!(
         "{:<12} {:<14} {:>9} {:>9} {:>6} {:>8} {:>8} {:>6} {:>8} {:>8} {:>6}",
         "load",
